@@ -1,0 +1,353 @@
+"""The model config: one dataclass read from either checkpoint layout.
+
+Three spellings exist in the wild and all must give the same `ModelConfig`:
+
+* Hugging Face `config.json` with `rope_theta` + `rope_scaling` (as published on the hub);
+* the same re-saved by transformers 5, with `rope_parameters` (`rope_theta` inside);
+* OpenAI's `original/config.json` (`num_experts`, `rope_scaling_factor`, `rope_ntk_*`, ...).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+SLIDING = "sliding_attention"
+FULL = "full_attention"
+MXFP4_BLOCK = 32
+
+
+@dataclass(frozen=True)
+class YarnScaling:
+    """YaRN RoPE scaling parameters (transformers' names)."""
+
+    factor: float = 32.0
+    beta_fast: float = 32.0
+    beta_slow: float = 1.0
+    original_max_position_embeddings: int = 4096
+    truncate: bool = False
+    attention_factor: float | None = None  # None: 0.1 * ln(factor) + 1, as the references
+
+    @property
+    def mscale(self) -> float:
+        """The factor applied to cos and sin."""
+        if self.attention_factor is not None:
+            return self.attention_factor
+        return 0.1 * math.log(self.factor) + 1.0 if self.factor > 1 else 1.0
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    num_hidden_layers: int
+    num_local_experts: int
+    num_experts_per_tok: int
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    head_dim: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    sliding_window: int
+    layer_types: tuple[str, ...]
+    rope_theta: float = 150000.0
+    rope_scaling: YarnScaling | None = field(default_factory=YarnScaling)  # None: plain RoPE
+    swiglu_limit: float = 7.0
+    swiglu_alpha: float = 1.702
+    rms_norm_eps: float = 1e-5
+    max_position_embeddings: int = 131072
+    eos_token_id: int | tuple[int, ...] | None = 200002
+    pad_token_id: int | None = 199999
+    model_type: str = "gpt_oss"
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    # -- derived -------------------------------------------------------------------------
+
+    @property
+    def queries_per_kv_head(self) -> int:
+        return self.num_attention_heads // self.num_key_value_heads
+
+    def is_sliding(self, layer: int) -> bool:
+        return self.layer_types[layer] == SLIDING
+
+    # -- validation ----------------------------------------------------------------------
+
+    def validate(self) -> None:
+        problems = []
+        if self.model_type != "gpt_oss":
+            problems.append(f"model_type is {self.model_type!r}, expected 'gpt_oss'")
+        for name in ("num_hidden_layers", "num_local_experts", "num_experts_per_tok", "vocab_size",
+                     "hidden_size", "intermediate_size", "head_dim", "num_attention_heads",
+                     "num_key_value_heads", "sliding_window", "max_position_embeddings"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                problems.append(f"{name} must be a positive integer, got {value!r}")
+        if problems:  # the checks below assume positive integers
+            raise ConfigError("invalid gpt-oss config: " + "; ".join(problems))
+        if self.num_attention_heads % self.num_key_value_heads:
+            problems.append(
+                f"num_attention_heads ({self.num_attention_heads}) is not divisible by "
+                f"num_key_value_heads ({self.num_key_value_heads})")
+        if self.num_experts_per_tok > self.num_local_experts:
+            problems.append(
+                f"num_experts_per_tok ({self.num_experts_per_tok}) exceeds "
+                f"num_local_experts ({self.num_local_experts})")
+        for name in ("hidden_size", "intermediate_size"):
+            if getattr(self, name) % MXFP4_BLOCK:
+                problems.append(f"{name} ({getattr(self, name)}) must be a multiple of "
+                                f"{MXFP4_BLOCK}, the MXFP4 block size")
+        if self.head_dim % 2:
+            problems.append(f"head_dim ({self.head_dim}) must be even for RoPE")
+        if len(self.layer_types) != self.num_hidden_layers:
+            problems.append(f"layer_types has {len(self.layer_types)} entries for "
+                            f"{self.num_hidden_layers} layers")
+        bad = sorted({t for t in self.layer_types if t not in (SLIDING, FULL)})
+        if bad:
+            problems.append(f"unknown layer_types {bad}; expected {SLIDING!r} or {FULL!r}")
+        if self.rope_theta <= 1:
+            problems.append(f"rope_theta must be > 1, got {self.rope_theta}")
+        if self.swiglu_limit <= 0:
+            problems.append(f"swiglu_limit must be positive, got {self.swiglu_limit}")
+        if self.rope_scaling is not None:
+            y = self.rope_scaling
+            if y.factor < 1:
+                problems.append(f"rope_scaling.factor must be >= 1, got {y.factor}")
+            if y.beta_fast <= y.beta_slow:
+                problems.append(f"rope_scaling.beta_fast ({y.beta_fast}) must exceed "
+                                f"beta_slow ({y.beta_slow})")
+        if problems:
+            raise ConfigError("invalid gpt-oss config: " + "; ".join(problems))
+
+    # -- reading -------------------------------------------------------------------------
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
+        """Build from a Hugging Face or an OpenAI `original/` config dict."""
+        if not isinstance(d, dict):
+            raise ConfigError(f"a config must be a JSON object, got {type(d).__name__}")
+        if "num_experts" in d and "num_local_experts" not in d and "model_type" not in d:
+            return cls._from_original(d)
+        return cls._from_hf(d)
+
+    @classmethod
+    def from_path(cls, path: str | Path) -> "ModelConfig":
+        """Read `config.json` (a file, a checkpoint folder, or a folder with `original/`)."""
+        path = Path(path)
+        if path.is_dir():
+            candidates = [path / "config.json", path / "original" / "config.json"]
+            found = next((p for p in candidates if p.is_file()), None)
+            if found is None:
+                raise ConfigError(f"no config.json in {path} (nor in {path / 'original'})")
+            path = found
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{path} is not valid JSON: {e}") from None
+        try:
+            return cls.from_dict(data)
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {e}") from None
+
+    @classmethod
+    def _from_hf(cls, d: dict[str, Any]) -> "ModelConfig":
+        model_type = d.get("model_type")
+        if model_type != "gpt_oss":
+            raise ConfigError(f"model_type is {model_type!r}, expected 'gpt_oss' "
+                              "(this engine runs gpt-oss models only)")
+        n_layers = _require(d, "num_hidden_layers")
+        experts = d.get("num_local_experts", d.get("num_experts"))
+        top_k = d.get("num_experts_per_tok", d.get("experts_per_token"))
+        _require(d, "vocab_size", "hidden_size", "intermediate_size", "num_attention_heads",
+                 extra={"num_local_experts": experts, "num_experts_per_tok": top_k})
+        n_heads = d["num_attention_heads"]
+        head_dim = d.get("head_dim") or d["hidden_size"] // n_heads
+        layer_types = d.get("layer_types") or [SLIDING if i % 2 == 0 else FULL
+                                               for i in range(n_layers)]
+        rope_theta, rope_scaling = _hf_rope(d)
+        eos = d.get("eos_token_id", 200002)
+        return cls(
+            num_hidden_layers=n_layers,
+            num_local_experts=experts,
+            num_experts_per_tok=top_k,
+            vocab_size=d["vocab_size"],
+            hidden_size=d["hidden_size"],
+            intermediate_size=d["intermediate_size"],
+            head_dim=head_dim,
+            num_attention_heads=n_heads,
+            num_key_value_heads=d.get("num_key_value_heads") or n_heads,
+            sliding_window=d.get("sliding_window") or 128,
+            layer_types=tuple(layer_types),
+            rope_theta=float(rope_theta),
+            rope_scaling=rope_scaling,
+            swiglu_limit=float(d.get("swiglu_limit", 7.0)),
+            swiglu_alpha=float(d.get("swiglu_alpha", 1.702)),
+            rms_norm_eps=float(d.get("rms_norm_eps", 1e-5)),
+            max_position_embeddings=d.get("max_position_embeddings", 131072),
+            eos_token_id=tuple(eos) if isinstance(eos, list) else eos,
+            pad_token_id=d.get("pad_token_id", 199999),
+        )
+
+    @classmethod
+    def _from_original(cls, d: dict[str, Any]) -> "ModelConfig":
+        _require(d, "num_hidden_layers", "num_experts", "experts_per_token", "vocab_size",
+                 "hidden_size", "intermediate_size", "head_dim", "num_attention_heads",
+                 "num_key_value_heads", "sliding_window", "rope_theta")
+        n_layers = d["num_hidden_layers"]
+        factor = float(d.get("rope_scaling_factor", 1.0))
+        initial_context = int(d.get("initial_context_length", 4096))
+        scaling = None
+        if factor > 1:
+            scaling = YarnScaling(factor=factor,
+                                  beta_fast=float(d.get("rope_ntk_beta", 32.0)),
+                                  beta_slow=float(d.get("rope_ntk_alpha", 1.0)),
+                                  original_max_position_embeddings=initial_context)
+        # OpenAI's reference uses the sliding window on even layers.
+        return cls(
+            num_hidden_layers=n_layers,
+            num_local_experts=d["num_experts"],
+            num_experts_per_tok=d["experts_per_token"],
+            vocab_size=d["vocab_size"],
+            hidden_size=d["hidden_size"],
+            intermediate_size=d["intermediate_size"],
+            head_dim=d["head_dim"],
+            num_attention_heads=d["num_attention_heads"],
+            num_key_value_heads=d["num_key_value_heads"],
+            sliding_window=d["sliding_window"],
+            layer_types=tuple(SLIDING if i % 2 == 0 else FULL for i in range(n_layers)),
+            rope_theta=float(d["rope_theta"]),
+            rope_scaling=scaling,
+            swiglu_limit=float(d.get("swiglu_limit", 7.0)),
+            max_position_embeddings=int(initial_context * factor),
+        )
+
+    # -- writing -------------------------------------------------------------------------
+
+    def to_hf_dict(self, rope_spelling: str = "rope_scaling") -> dict[str, Any]:
+        """The Hugging Face `config.json` for this config.
+
+        `rope_spelling` is "rope_scaling" (as on the hub) or "rope_parameters" (transformers 5).
+        """
+        d: dict[str, Any] = {
+            "architectures": ["GptOssForCausalLM"],
+            "model_type": "gpt_oss",
+            "num_hidden_layers": self.num_hidden_layers,
+            "num_local_experts": self.num_local_experts,
+            "num_experts_per_tok": self.num_experts_per_tok,
+            "experts_per_token": self.num_experts_per_tok,
+            "vocab_size": self.vocab_size,
+            "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size,
+            "head_dim": self.head_dim,
+            "num_attention_heads": self.num_attention_heads,
+            "num_key_value_heads": self.num_key_value_heads,
+            "sliding_window": self.sliding_window,
+            "layer_types": list(self.layer_types),
+            "swiglu_limit": self.swiglu_limit,
+            "rms_norm_eps": self.rms_norm_eps,
+            "max_position_embeddings": self.max_position_embeddings,
+            "attention_bias": True,
+            "attention_dropout": 0.0,
+            "hidden_act": "silu",
+            "initializer_range": 0.02,
+            "tie_word_embeddings": False,
+            "use_cache": True,
+            "output_router_logits": False,
+            "router_aux_loss_coef": 0.9,
+            "eos_token_id": list(self.eos_token_id) if isinstance(self.eos_token_id, tuple)
+            else self.eos_token_id,
+            "pad_token_id": self.pad_token_id,
+            "torch_dtype": "bfloat16",
+            "quantization_config": {
+                "quant_method": "mxfp4",
+                "modules_to_not_convert": ["model.layers.*.self_attn", "model.layers.*.mlp.router",
+                                           "model.embed_tokens", "lm_head"],
+            },
+        }
+        if self.swiglu_alpha != 1.702:
+            d["swiglu_alpha"] = self.swiglu_alpha
+        rope: dict[str, Any]
+        if self.rope_scaling is None:
+            rope = {"rope_type": "default"}
+        else:
+            rope = {"rope_type": "yarn", **asdict(self.rope_scaling)}
+            if rope["attention_factor"] is None:
+                del rope["attention_factor"]
+        if rope_spelling == "rope_scaling":
+            d["rope_theta"] = self.rope_theta
+            d["rope_scaling"] = None if self.rope_scaling is None else rope
+        elif rope_spelling == "rope_parameters":
+            d["rope_parameters"] = {**rope, "rope_theta": self.rope_theta}
+        else:
+            raise ValueError(f"rope_spelling must be 'rope_scaling' or 'rope_parameters', "
+                             f"got {rope_spelling!r}")
+        return d
+
+    def to_original_dict(self) -> dict[str, Any]:
+        """OpenAI's `original/config.json`. Only configs that layout can express are allowed."""
+        expected = tuple(SLIDING if i % 2 == 0 else FULL for i in range(self.num_hidden_layers))
+        if self.layer_types != expected:
+            raise ConfigError("the original/ layout can only express sliding attention on even "
+                              "layers")
+        y = self.rope_scaling or YarnScaling(factor=1.0)
+        if y.truncate or y.attention_factor is not None:
+            raise ConfigError("the original/ layout cannot express truncate or attention_factor")
+        return {
+            "num_hidden_layers": self.num_hidden_layers,
+            "num_experts": self.num_local_experts,
+            "experts_per_token": self.num_experts_per_tok,
+            "vocab_size": self.vocab_size,
+            "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size,
+            "swiglu_limit": self.swiglu_limit,
+            "head_dim": self.head_dim,
+            "num_attention_heads": self.num_attention_heads,
+            "num_key_value_heads": self.num_key_value_heads,
+            "sliding_window": self.sliding_window,
+            "initial_context_length": y.original_max_position_embeddings,
+            "rope_theta": self.rope_theta,
+            "rope_scaling_factor": y.factor,
+            "rope_ntk_alpha": y.beta_slow,
+            "rope_ntk_beta": y.beta_fast,
+        }
+
+
+def _require(d: dict[str, Any], *names: str, extra: dict[str, Any] | None = None):
+    missing = [n for n in names if d.get(n) is None]
+    missing += [n for n, v in (extra or {}).items() if v is None]
+    if missing:
+        raise ConfigError(f"config is missing required field(s): {', '.join(missing)}")
+    return d[names[0]] if names else None
+
+
+def _hf_rope(d: dict[str, Any]) -> tuple[float, YarnScaling | None]:
+    """RoPE theta and YaRN scaling from either `rope_scaling`+`rope_theta` or `rope_parameters`."""
+    params = d.get("rope_parameters")
+    if params is not None:
+        theta = params.get("rope_theta", d.get("rope_theta"))
+    else:
+        params = d.get("rope_scaling")
+        theta = d.get("rope_theta")
+    if theta is None:
+        raise ConfigError("config is missing required field(s): rope_theta")
+    if not params:
+        return theta, None
+    rope_type = params.get("rope_type", params.get("type", "default"))
+    if rope_type == "default":
+        return theta, None
+    if rope_type != "yarn":
+        raise ConfigError(f"unsupported RoPE type {rope_type!r}: gpt-oss uses 'yarn' (or none)")
+    known = {"factor", "beta_fast", "beta_slow", "original_max_position_embeddings", "truncate",
+             "attention_factor"}
+    kwargs = {k: v for k, v in params.items() if k in known and v is not None}
+    for k in ("factor", "beta_fast", "beta_slow", "attention_factor"):
+        if k in kwargs:
+            kwargs[k] = float(kwargs[k])
+    return theta, YarnScaling(**kwargs)

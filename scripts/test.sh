@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Set up a virtual environment from scratch (or reuse it) and run the test suite.
+#   scripts/test.sh [pytest args...]
+# The o200k vocabulary: set OPENHARMONY_VOCAB to a local o200k_base.tiktoken where the
+# machine has no network (CI points it at ../shared/vocab).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+    "$PY" -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet --upgrade pip
+.venv/bin/python -m pip install --quiet -e ".[test]"
+exec .venv/bin/python -m pytest "$@"
