@@ -1,0 +1,359 @@
+"""The GPT-OSS forward pass in MLX.
+
+    x = embed(tokens)
+    for each block:  x += attention(rmsnorm(x));  x += experts(rmsnorm(x))
+    logits = lm_head(rmsnorm(x))
+
+The math follows docs/gpt-oss-facts.md (checked against transformers and OpenAI's reference):
+GQA attention with q/k/v/o biases and one learned sink logit per head, a sliding window of W
+keys on the layers `config.layer_types` marks, half-split RoPE with YaRN (unrounded correction
+range), top-k routing with a softmax over the k chosen logits, and MXFP4 experts that stay
+packed and run through `mx.gather_qmm(mode="mxfp4")`.
+
+Numerics: RMSNorm and the router run in float32 whatever the compute dtype (the router's top-k
+choice is where low precision hurts most); attention softmax is float32 inside
+`mx.fast.scaled_dot_product_attention`; logits are returned as float32.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+
+from .cache import KVCache
+from .config import MXFP4_BLOCK, ModelConfig
+from .errors import CheckpointError
+
+try:
+    from .mxfp4 import to_mlx
+except ImportError:  # until openharmony/mxfp4.py lands: the same reshape + view
+    def to_mlx(blocks: mx.array, scales: mx.array) -> tuple[mx.array, mx.array]:
+        *lead, groups, nbytes = blocks.shape
+        return blocks.reshape(*lead, groups * nbytes).view(mx.uint32), scales
+
+# Token-expert pairs at or above which the expert matmuls run on tokens sorted by expert
+# (few large matmuls over contiguous rows); below it a plain gather is cheaper.
+SORT_THRESHOLD = 64
+
+
+def default_dtype() -> mx.Dtype:
+    """The compute dtype when none is asked for.
+
+    MLX's CPU backend runs bfloat16 arithmetic many times slower than float32 (it has no bf16
+    kernels), so float32 there; bfloat16 on a GPU (Metal or CUDA), where it halves the memory
+    traffic that bounds decoding.
+    """
+    return mx.float32 if mx.default_device() == mx.cpu else mx.bfloat16
+
+
+# -- layers -------------------------------------------------------------------------------
+
+
+class RMSNorm(nn.Module):
+    """`x * rsqrt(mean(x^2) + eps) * w`, computed in float32 and cast back to x's dtype."""
+
+    def __init__(self, dims: int, eps: float):
+        super().__init__()
+        self.weight = mx.ones((dims,), dtype=mx.float32)
+        self.eps = eps
+
+    def __call__(self, x: mx.array) -> mx.array:
+        return mx.fast.rms_norm(x.astype(mx.float32), self.weight, self.eps).astype(x.dtype)
+
+
+def rope_inverse_frequencies(config: ModelConfig) -> tuple[np.ndarray, float]:
+    """Per-pair inverse frequencies [D/2] and the factor YaRN applies to cos and sin.
+
+    YaRN exactly as transformers and OpenAI's reference: the correction range [low, high] is
+    rounded outwards only when `truncate` is set (gpt-oss ships `truncate: false`).
+    """
+    dims, theta = config.head_dim, config.rope_theta
+    base_inv_freq = 1.0 / theta ** (np.arange(0, dims, 2, dtype=np.float64) / dims)
+    yarn = config.rope_scaling
+    if yarn is None:
+        return base_inv_freq, 1.0
+
+    def correction_dim(rotations: float) -> float:
+        return dims * math.log(yarn.original_max_position_embeddings
+                               / (rotations * 2 * math.pi)) / (2 * math.log(theta))
+
+    low, high = correction_dim(yarn.beta_fast), correction_dim(yarn.beta_slow)
+    if yarn.truncate:
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, dims - 1)
+    if low == high:
+        high += 0.001  # as the references: avoids a division by zero
+    ramp = np.clip((np.arange(dims // 2, dtype=np.float64) - low) / (high - low), 0, 1)
+    inv_freq = (1 - ramp) * base_inv_freq + ramp * base_inv_freq / yarn.factor
+    return inv_freq, yarn.mscale
+
+
+class Attention(nn.Module):
+    def __init__(self, config: ModelConfig, layer: int):
+        super().__init__()
+        hidden, self.head_dim = config.hidden_size, config.head_dim
+        self.n_heads, self.n_kv_heads = config.num_attention_heads, config.num_key_value_heads
+        self.q_proj = nn.Linear(hidden, self.n_heads * self.head_dim, bias=True)
+        self.k_proj = nn.Linear(hidden, self.n_kv_heads * self.head_dim, bias=True)
+        self.v_proj = nn.Linear(hidden, self.n_kv_heads * self.head_dim, bias=True)
+        self.o_proj = nn.Linear(self.n_heads * self.head_dim, hidden, bias=True)
+        self.sinks = mx.zeros((self.n_heads,))
+        self.window = config.sliding_window if config.is_sliding(layer) else None
+
+        inv_freq, attention_factor = rope_inverse_frequencies(config)
+        # mx.fast.rope takes wavelengths (1 / inverse frequency).
+        self._rope_wavelengths = mx.array(1.0 / inv_freq, dtype=mx.float32)
+        # YaRN multiplies cos and sin by `attention_factor` for both q and k, which scales every
+        # q.k score by its square: fold that into the softmax scale instead of rescaling q and k.
+        self.scale = attention_factor ** 2 / math.sqrt(self.head_dim)
+
+    def rope(self, x: mx.array, offset: int) -> mx.array:
+        return mx.fast.rope(x, self.head_dim, traditional=False, base=None, scale=1.0,
+                            offset=offset, freqs=self._rope_wavelengths)
+
+    def __call__(self, x: mx.array, cache) -> mx.array:
+        B, T, _ = x.shape
+        D = self.head_dim
+        q = self.q_proj(x).reshape(B, T, self.n_heads, D).transpose(0, 2, 1, 3)
+        k = self.k_proj(x).reshape(B, T, self.n_kv_heads, D).transpose(0, 2, 1, 3)
+        v = self.v_proj(x).reshape(B, T, self.n_kv_heads, D).transpose(0, 2, 1, 3)
+
+        q, k = self.rope(q, cache.offset), self.rope(k, cache.offset)
+        k, v = cache.update_and_fetch(k, v)
+        mask = cache.make_mask(T, self.window)
+        assert k.shape[:2] == (B, self.n_kv_heads) and k.shape[3] == D, k.shape
+
+        # GQA without tiling k/v: the kernel maps q head h to kv head h // (n_heads/n_kv_heads).
+        # The sink is a per-head logit appended to the softmax, unscaled and never masked.
+        out = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.scale, mask=mask,
+                                                   sinks=self.sinks)
+        return self.o_proj(out.transpose(0, 2, 1, 3).reshape(B, T, self.n_heads * D))
+
+
+class Router(nn.Module):
+    """Picks `top_k` experts per token; their weights are a softmax over the chosen logits."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.top_k = config.num_experts_per_tok
+        self.weight = mx.zeros((config.num_local_experts, config.hidden_size), dtype=mx.float32)
+        self.bias = mx.zeros((config.num_local_experts,), dtype=mx.float32)
+
+    def __call__(self, x: mx.array) -> tuple[mx.array, mx.array]:
+        # float32 whatever the compute dtype: a flipped top-k choice changes the output far
+        # more than any rounding elsewhere, and this matmul is tiny.
+        logits = x.astype(mx.float32) @ self.weight.T + self.bias
+        indices = mx.argpartition(-logits, kth=self.top_k - 1, axis=-1)[..., :self.top_k]
+        weights = mx.softmax(mx.take_along_axis(logits, indices, axis=-1), axis=-1)
+        return indices, weights
+
+
+class MXFP4SwitchLinear(nn.Module):
+    """`num_experts` linear layers with MXFP4 weights (MLX's packed uint32 form) and biases."""
+
+    def __init__(self, num_experts: int, in_dims: int, out_dims: int):
+        super().__init__()
+        groups = in_dims // MXFP4_BLOCK
+        self.weight = mx.zeros((num_experts, out_dims, groups * MXFP4_BLOCK // 8), dtype=mx.uint32)
+        self.scales = mx.zeros((num_experts, out_dims, groups), dtype=mx.uint8)
+        self.bias = mx.zeros((num_experts, out_dims))
+
+    def __call__(self, x: mx.array, expert: mx.array, sorted_indices: bool) -> mx.array:
+        """x [..., 1, in] and expert ids [...] -> [..., 1, out]: row r goes through expert[r]."""
+        y = mx.gather_qmm(x, self.weight, self.scales, None, rhs_indices=expert, transpose=True,
+                          group_size=MXFP4_BLOCK, bits=4, mode="mxfp4",
+                          sorted_indices=sorted_indices)
+        return y + mx.expand_dims(self.bias[expert], -2)
+
+
+class Experts(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        E, H, I = config.num_local_experts, config.hidden_size, config.intermediate_size
+        # gate_up rows stay interleaved as stored (row 2i: gate unit i, row 2i+1: up unit i):
+        # one matmul for both halves, split by strided slices.
+        self.gate_up_proj = MXFP4SwitchLinear(E, H, 2 * I)
+        self.down_proj = MXFP4SwitchLinear(E, I, H)
+        self.limit, self.alpha = config.swiglu_limit, config.swiglu_alpha
+
+    def swiglu(self, gate_up: mx.array) -> mx.array:
+        gate = mx.minimum(gate_up[..., ::2], self.limit)
+        up = mx.clip(gate_up[..., 1::2], -self.limit, self.limit)
+        return gate * mx.sigmoid(self.alpha * gate) * (up + 1)
+
+    def mlp(self, x: mx.array, expert: mx.array, sorted_indices: bool) -> mx.array:
+        h = self.swiglu(self.gate_up_proj(x, expert, sorted_indices))
+        return self.down_proj(h, expert, sorted_indices)
+
+    def __call__(self, x: mx.array, indices: mx.array, weights: mx.array) -> mx.array:
+        """x [N, H], indices and routing weights [N, k] -> sum_j weights[:, j] * expert_j(x)."""
+        N, k = indices.shape
+        H = x.shape[-1]
+        if N * k >= SORT_THRESHOLD:
+            # Prefill: sort the N*k (token, expert) pairs by expert so each expert's rows are
+            # contiguous and gather_qmm runs one large matmul per expert.
+            flat = indices.reshape(-1)
+            order = mx.argsort(flat)
+            y = self.mlp(x[order // k][:, None, :], flat[order], sorted_indices=True)
+            y = y[mx.argsort(order)].reshape(N, k, H)
+        else:
+            # Decode: a handful of rows, each gathers its k experts directly.
+            y = self.mlp(x[:, None, None, :], indices, sorted_indices=False).reshape(N, k, H)
+        # The down bias is already in y: it is added per expert, before the routing weight.
+        return (y * weights[..., None].astype(y.dtype)).sum(axis=1)
+
+
+class MLP(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.router = Router(config)
+        self.experts = Experts(config)
+
+    def __call__(self, x: mx.array) -> mx.array:
+        B, T, H = x.shape
+        x = x.reshape(B * T, H)
+        indices, weights = self.router(x)
+        return self.experts(x, indices, weights).reshape(B, T, H)
+
+
+class Block(nn.Module):
+    def __init__(self, config: ModelConfig, layer: int):
+        super().__init__()
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.self_attn = Attention(config, layer)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.mlp = MLP(config)
+
+    def __call__(self, x: mx.array, cache) -> mx.array:
+        x = x + self.self_attn(self.input_layernorm(x), cache)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+# -- the model ----------------------------------------------------------------------------
+
+
+class Model(nn.Module):
+    """GPT-OSS. Parameter names are the loader's engine names (MXFP4 `blocks` -> `weight`)."""
+
+    def __init__(self, config: ModelConfig, dtype: mx.Dtype | None = None):
+        super().__init__()
+        self.config = config
+        self.dtype = dtype or default_dtype()
+        if self.dtype not in (mx.float32, mx.bfloat16, mx.float16):
+            raise ValueError(f"dtype must be float32, bfloat16 or float16, got {self.dtype}")
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = [Block(config, i) for i in range(config.num_hidden_layers)]
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+
+    def __call__(self, tokens: mx.array, cache: list | None = None) -> mx.array:
+        """tokens [B, T] int -> float32 logits [B, T, vocab]; `cache` is extended in place."""
+        assert tokens.ndim == 2, f"tokens must be [batch, time], got shape {tokens.shape}"
+        if cache is None:
+            cache = [KVCache() for _ in self.layers]  # a full forward: positions from 0
+        assert len(cache) == len(self.layers), (len(cache), len(self.layers))
+        x = self.embed_tokens(tokens)
+        for layer, layer_cache in zip(self.layers, cache):
+            x = layer(x, layer_cache)
+        return self.lm_head(self.norm(x)).astype(mx.float32)
+
+    def make_cache(self) -> list:
+        """One cache per layer, for `__call__(tokens, cache)` across calls."""
+        return [KVCache() for _ in self.layers]
+
+    # -- weights --------------------------------------------------------------------------
+
+    def sanitize(self, weights: dict[str, mx.array]) -> dict[str, mx.array]:
+        """Engine-named tensors (the loader's names) -> this module's parameters.
+
+        Checks every name and shape against the config, turns MXFP4 blocks into MLX's packed
+        uint32 form (a view, no copy), keeps norms and the router in float32 and casts every
+        other floating tensor to the compute dtype.
+        """
+        expected = engine_shapes(self.config)
+        missing = sorted(set(expected) - set(weights))
+        unexpected = sorted(set(weights) - set(expected))
+        if missing or unexpected:
+            parts = []
+            if missing:
+                parts.append(f"missing {_summarize(missing)}")
+            if unexpected:
+                parts.append(f"unexpected {_summarize(unexpected)}")
+            raise CheckpointError("checkpoint tensors do not match the config: "
+                                  + "; ".join(parts))
+        for name, shape in expected.items():
+            if tuple(weights[name].shape) != shape:
+                raise CheckpointError(f"tensor {name} has shape {tuple(weights[name].shape)}, "
+                                      f"the config implies {shape}")
+
+        params: dict[str, mx.array] = {}
+        for name, value in weights.items():
+            if name.endswith(".scales"):
+                continue  # consumed with its blocks
+            if name.endswith(".blocks"):
+                prefix = name[: -len(".blocks")]
+                scales = weights[prefix + ".scales"]
+                if value.dtype != mx.uint8 or scales.dtype != mx.uint8:
+                    raise CheckpointError(f"MXFP4 tensors {prefix}.blocks/.scales must be "
+                                          f"uint8, got {value.dtype}/{scales.dtype}")
+                params[prefix + ".weight"], params[prefix + ".scales"] = to_mlx(value, scales)
+            elif _kept_in_float32(name):
+                params[name] = value.astype(mx.float32)
+            else:
+                params[name] = value.astype(self.dtype)
+        return params
+
+
+def _kept_in_float32(name: str) -> bool:
+    return name.endswith("norm.weight") or ".mlp.router." in name
+
+
+def _summarize(names: list[str], limit: int = 4) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def engine_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """Every engine-named tensor of a checkpoint with this config, with its shape."""
+    V, H, I, D = config.vocab_size, config.hidden_size, config.intermediate_size, config.head_dim
+    E, nh, nkv = config.num_local_experts, config.num_attention_heads, config.num_key_value_heads
+    shapes = {"embed_tokens.weight": (V, H), "norm.weight": (H,), "lm_head.weight": (V, H)}
+    for n in range(config.num_hidden_layers):
+        p = f"layers.{n}."
+        shapes.update({
+            p + "input_layernorm.weight": (H,),
+            p + "post_attention_layernorm.weight": (H,),
+            p + "self_attn.q_proj.weight": (nh * D, H), p + "self_attn.q_proj.bias": (nh * D,),
+            p + "self_attn.k_proj.weight": (nkv * D, H), p + "self_attn.k_proj.bias": (nkv * D,),
+            p + "self_attn.v_proj.weight": (nkv * D, H), p + "self_attn.v_proj.bias": (nkv * D,),
+            p + "self_attn.o_proj.weight": (H, nh * D), p + "self_attn.o_proj.bias": (H,),
+            p + "self_attn.sinks": (nh,),
+            p + "mlp.router.weight": (E, H), p + "mlp.router.bias": (E,),
+        })
+        for proj, out_dims, in_dims in (("gate_up_proj", 2 * I, H), ("down_proj", H, I)):
+            groups = in_dims // MXFP4_BLOCK
+            shapes[p + f"mlp.experts.{proj}.blocks"] = (E, out_dims, groups, MXFP4_BLOCK // 2)
+            shapes[p + f"mlp.experts.{proj}.scales"] = (E, out_dims, groups)
+            shapes[p + f"mlp.experts.{proj}.bias"] = (E, out_dims)
+    return shapes
+
+
+def load_model(path: str | Path, dtype: mx.Dtype | None = None) -> Model:
+    """Load a checkpoint folder of either layout (HF or `original/`) into a `Model`.
+
+    `dtype` is the compute dtype (default: `default_dtype()`). Weights are read and converted
+    once here; MXFP4 experts stay packed.
+    """
+    from .loader import open_checkpoint
+
+    checkpoint = open_checkpoint(path)
+    model = Model(checkpoint.config, dtype)
+    model.load_weights(list(model.sanitize(checkpoint.weights()).items()), strict=True)
+    model.freeze()
+    model.eval()
+    mx.eval(model.parameters())
+    return model
