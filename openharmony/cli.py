@@ -1,0 +1,536 @@
+"""The `openharmony` command line (typer).
+
+    openharmony generate "The sky is blue because"          # raw text completion
+    openharmony generate --chat "Why is the sky blue?"      # one harmony chat turn
+    openharmony chat                                        # interactive, multi-turn
+    openharmony download [openai/gpt-oss-20b]               # the Hugging Face layout only
+    openharmony info [MODEL]                                # sizes and memory, from headers
+
+Errors caused by the user's input (every `OpenHarmonyError`, and typer's own bad-flag errors)
+are printed as one line on stderr with a non-zero exit code; `--debug` shows the traceback
+instead. Anything else is a bug and keeps its traceback. MLX and the model code are imported
+inside the commands, so `download` and `--help` start quickly.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from typer.core import TyperGroup
+
+from .download import DEFAULT_MODEL, download_model, resolve_model
+from .errors import OpenHarmonyError
+
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+class _Settings:
+    """The global options, set by the app callback for the command that follows."""
+
+    debug = False
+    vocab: str | None = None
+
+
+settings = _Settings()
+
+
+class OneLineErrors(TyperGroup):
+    """Turns user errors into one line on stderr instead of a traceback or a usage box."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True,
+             **extra):
+        settings.debug = False
+        try:
+            result = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except typer.TyperException as e:  # typer's bad flags and arguments
+            ctx = getattr(e, "ctx", None)
+            hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+            return self._fail(e.format_message() + hint, e.exit_code, standalone_mode)
+        except (typer.Abort, KeyboardInterrupt):
+            return self._fail("interrupted", EXIT_INTERRUPTED, standalone_mode)
+        except OpenHarmonyError as e:
+            if settings.debug:
+                raise
+            return self._fail(str(e), EXIT_ERROR, standalone_mode)
+        if not standalone_mode:
+            return result
+        sys.exit(result if isinstance(result, int) else 0)
+
+    @staticmethod
+    def _fail(message: str, code: int, standalone_mode: bool):
+        # Messages from libraries may span lines; the contract is one line.
+        typer.echo("error: " + " ".join(message.split()), err=True)
+        if standalone_mode:
+            sys.exit(code)
+        return code
+
+
+app = typer.Typer(
+    cls=OneLineErrors,
+    name="openharmony",
+    help="GPT-OSS (gpt-oss-20b / gpt-oss-120b) inference on MLX.",
+    invoke_without_command=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+
+@app.callback()
+def _global_options(
+    ctx: typer.Context,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
+    vocab: Annotated[Optional[str], typer.Option(
+        "--vocab", envvar="OPENHARMONY_VOCAB", metavar="PATH",
+        help="The o200k_base.tiktoken vocabulary file (or a folder holding it); "
+             "without it tiktoken downloads and caches it.")] = None,
+) -> None:
+    settings.debug = debug
+    settings.vocab = vocab
+    if ctx.invoked_subcommand is None:
+        typer.echo(ctx.get_help())
+
+
+def main() -> None:
+    """The console script `openharmony`."""
+    app(prog_name="openharmony")
+
+
+# -- shared options -----------------------------------------------------------------------
+
+
+class ReasoningEffort(str, enum.Enum):
+    low = "low"
+    medium = "medium"
+    high = "high"
+
+
+class DType(str, enum.Enum):
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+    float16 = "float16"
+
+
+ModelOption = Annotated[str, typer.Option(
+    "--model", "-m", help="A checkpoint folder, or a hub id (found in the Hugging Face cache, "
+                          "else downloaded).")]
+DTypeOption = Annotated[Optional[DType], typer.Option(
+    help="Compute dtype of the dense weights (MXFP4 experts stay packed). "
+         "Default: float32 on the CPU, bfloat16 on a GPU.")]
+MaxTokens = Annotated[int, typer.Option(min=1, help="Most tokens to generate.")]
+Temperature = Annotated[float, typer.Option(min=0.0, help="0 is greedy.")]
+TopP = Annotated[float, typer.Option(min=0.0, max=1.0, help="Nucleus sampling; 1 is off.")]
+TopK = Annotated[int, typer.Option(min=0, help="Keep the k most likely tokens; 0 is off.")]
+MinP = Annotated[float, typer.Option(min=0.0, max=1.0,
+                                     help="Drop tokens below min-p x the top probability.")]
+RepetitionPenalty = Annotated[float, typer.Option(min=0.0, help="1 is off.")]
+PresencePenalty = Annotated[float, typer.Option(help="0 is off.")]
+FrequencyPenalty = Annotated[float, typer.Option(help="0 is off.")]
+Seed = Annotated[Optional[int], typer.Option(help="Seed of the sampler (reproducible output).")]
+Effort = Annotated[ReasoningEffort, typer.Option(help="How much the model reasons (chat).")]
+System = Annotated[Optional[str], typer.Option(
+    help="Replaces the model identity line of the system message (chat).")]
+Developer = Annotated[Optional[str], typer.Option(
+    help="Developer instructions, what other APIs call the system prompt (chat).")]
+ShowReasoning = Annotated[bool, typer.Option(
+    "--show-reasoning", help="Show the analysis channel (chain of thought), dimmed.")]
+Verbose = Annotated[bool, typer.Option("--verbose", "-v",
+                                       help="Print timing statistics to stderr at the end.")]
+
+
+def _sampling(max_tokens, temperature, top_p, top_k, min_p, repetition_penalty,
+              presence_penalty, frequency_penalty, seed) -> dict[str, Any]:
+    return dict(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
+                min_p=min_p, repetition_penalty=repetition_penalty,
+                presence_penalty=presence_penalty, frequency_penalty=frequency_penalty,
+                seed=seed)
+
+
+def _load(model: str, dtype: DType | None):
+    """The tokenizer (first: a missing vocabulary fails fast) and the model."""
+    from .tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(settings.vocab)
+    folder = resolve_model(model)
+    import mlx.core as mx
+
+    from .model import load_model
+
+    loaded = load_model(folder, getattr(mx, dtype.value) if dtype is not None else None)
+    if loaded.config.vocab_size < tokenizer.n_vocab:
+        raise OpenHarmonyError(f"the model's vocabulary ({loaded.config.vocab_size} tokens) is "
+                               f"smaller than the tokenizer's ({tokenizer.n_vocab})")
+    return tokenizer, loaded
+
+
+def _write(text: str, dim: bool = False) -> None:
+    # click.echo drops the styling when stdout is not a terminal.
+    typer.echo(typer.style(text, dim=True) if dim else text, nl=False)
+    sys.stdout.flush()
+
+
+class _ReplyPrinter:
+    """Prints a streamed harmony reply: the final answer plainly, reasoning dimmed (when
+    asked for), tool calls as `[tool call] name arguments`."""
+
+    def __init__(self, show_reasoning: bool):
+        self.show_reasoning = show_reasoning
+        self._current: tuple | None = None
+        self._wrote_any = False
+
+    def __call__(self, event) -> None:
+        key = (event.channel, event.recipient)
+        if key != self._current:
+            self._start_message(event)
+            self._current = key
+        if self._is_tool_call(event):
+            _write(event.delta, dim=True)
+        elif event.channel == "final":
+            _write(event.delta)
+        elif self.show_reasoning:
+            _write(event.delta, dim=True)
+
+    def _start_message(self, event) -> None:
+        if self._wrote_any:
+            _write("\n")
+        if self._is_tool_call(event):
+            _write(f"[tool call] {event.recipient} ", dim=True)
+        elif event.channel != "final" and self.show_reasoning:
+            _write(f"[{event.channel or 'analysis'}] ", dim=True)
+        elif event.channel != "final":
+            return
+        self._wrote_any = True
+
+    @staticmethod
+    def _is_tool_call(event) -> bool:
+        return event.recipient not in (None, "assistant", "user")
+
+    def end(self) -> None:
+        if self._wrote_any:
+            _write("\n")
+
+
+def _print_stats(stats) -> None:
+    fields = stats if isinstance(stats, dict) else vars(stats)
+    parts = []
+    for name, value in fields.items():
+        if isinstance(value, float):
+            value = f"{value:.3f}" if abs(value) < 100 else f"{value:.1f}"
+        parts.append(f"{name}={value}")
+    typer.echo(" ".join(parts), err=True)
+
+
+# -- generate -----------------------------------------------------------------------------
+
+
+@app.command()
+def generate(
+    prompt: Annotated[str, typer.Argument(help="The prompt: raw text, or the user message "
+                                               "with --chat.")],
+    chat: Annotated[bool, typer.Option("--chat", help="Send the prompt as a harmony user "
+                                                      "message and print the final answer.")
+                    ] = False,
+    model: ModelOption = DEFAULT_MODEL,
+    max_tokens: MaxTokens = 512,
+    temperature: Temperature = 1.0,
+    top_p: TopP = 1.0,
+    top_k: TopK = 0,
+    min_p: MinP = 0.0,
+    repetition_penalty: RepetitionPenalty = 1.0,
+    presence_penalty: PresencePenalty = 0.0,
+    frequency_penalty: FrequencyPenalty = 0.0,
+    seed: Seed = None,
+    reasoning_effort: Effort = ReasoningEffort.medium,
+    system: System = None,
+    developer: Developer = None,
+    dtype: DTypeOption = None,
+    show_reasoning: ShowReasoning = False,
+    verbose: Verbose = False,
+) -> None:
+    """Stream a completion of PROMPT to stdout."""
+    from .generate import stream_generate
+
+    tokenizer, loaded = _load(model, dtype)
+    sampling = _sampling(max_tokens, temperature, top_p, top_k, min_p, repetition_penalty,
+                         presence_penalty, frequency_penalty, seed)
+    if chat:
+        from .chat import Chat, ChatOptions
+
+        conversation = Chat(tokenizer, ChatOptions(reasoning_effort=reasoning_effort.value,
+                                                   system=system, developer=developer))
+        conversation.add_user(prompt)
+        stats = _chat_turn(loaded, tokenizer, conversation, sampling, show_reasoning, None)
+    else:
+        stats = None
+        for chunk in stream_generate(loaded, prompt, tokenizer=tokenizer, **sampling):
+            _write(chunk.text)
+            stats = getattr(chunk, "stats", None) or stats
+        _write("\n")
+    if verbose and stats is not None:
+        _print_stats(stats)
+
+
+def _chat_turn(model, tokenizer, conversation, sampling, show_reasoning, prompt_cache):
+    """Generate the assistant's reply to `conversation`, stream it, and append it."""
+    from .chat import ChatStreamParser, chat_stop_tokens
+    from .generate import stream_generate
+
+    parser = ChatStreamParser(tokenizer)
+    printer = _ReplyPrinter(show_reasoning)
+    stats = None
+    extra = {} if prompt_cache is None else {"prompt_cache": prompt_cache}
+    for chunk in stream_generate(model, conversation.render(), tokenizer=tokenizer,
+                                 stop_tokens=chat_stop_tokens(tokenizer), **extra, **sampling):
+        event = parser.feed(chunk.token)
+        if event is not None:
+            printer(event)
+        stats = getattr(chunk, "stats", None) or stats
+    printer.end()
+    conversation.add_assistant_messages(parser.finish())
+    return stats
+
+
+# -- chat ---------------------------------------------------------------------------------
+
+CHAT_HELP = "Type a message; /reset starts over, /exit (or Ctrl-D) quits, Ctrl-C stops an answer."
+
+
+@app.command()
+def chat(
+    model: ModelOption = DEFAULT_MODEL,
+    max_tokens: MaxTokens = 4096,
+    temperature: Temperature = 1.0,
+    top_p: TopP = 1.0,
+    top_k: TopK = 0,
+    min_p: MinP = 0.0,
+    repetition_penalty: RepetitionPenalty = 1.0,
+    presence_penalty: PresencePenalty = 0.0,
+    frequency_penalty: FrequencyPenalty = 0.0,
+    seed: Seed = None,
+    reasoning_effort: Effort = ReasoningEffort.medium,
+    system: System = None,
+    developer: Developer = None,
+    dtype: DTypeOption = None,
+    show_reasoning: ShowReasoning = False,
+    verbose: Verbose = False,
+) -> None:
+    """Chat with the model (multi-turn; earlier turns are not recomputed)."""
+    from .chat import Chat, ChatOptions
+    from .generate import PromptCache
+
+    tokenizer, loaded = _load(model, dtype)
+    sampling = _sampling(max_tokens, temperature, top_p, top_k, min_p, repetition_penalty,
+                         presence_penalty, frequency_penalty, seed)
+    options = ChatOptions(reasoning_effort=reasoning_effort.value, system=system,
+                          developer=developer)
+    conversation = Chat(tokenizer, options)
+    prompt_cache = PromptCache(loaded)
+    typer.echo(CHAT_HELP, err=True)
+    while True:
+        line = _read_line(">>> ")
+        if line is None or line.strip() in ("/exit", "/quit"):
+            break
+        message = line.strip()
+        if not message:
+            continue
+        if message == "/reset":
+            conversation = Chat(tokenizer, options)
+            prompt_cache = PromptCache(loaded)
+            typer.echo("(new conversation)", err=True)
+            continue
+        conversation.add_user(message)
+        turn_start = list(conversation.messages)
+        try:
+            stats = _chat_turn(loaded, tokenizer, conversation, sampling, show_reasoning,
+                               prompt_cache)
+        except KeyboardInterrupt:
+            # The stopped answer is dropped; the prompt cache trims what it no longer shares.
+            conversation.messages[:] = turn_start
+            typer.echo("\n(stopped)", err=True)
+            continue
+        if verbose and stats is not None:
+            _print_stats(stats)
+
+
+def _read_line(prompt: str) -> str | None:
+    """A line from stdin, None at end of input. Ctrl-C at the prompt just asks again."""
+    while True:
+        try:
+            return input(prompt)
+        except EOFError:
+            typer.echo("")
+            return None
+        except KeyboardInterrupt:
+            typer.echo("\n(" + CHAT_HELP + ")", err=True)
+
+
+# -- download -----------------------------------------------------------------------------
+
+
+@app.command()
+def download(
+    repo_id: Annotated[str, typer.Argument(help="The hub model id.")] = DEFAULT_MODEL,
+    revision: Annotated[Optional[str], typer.Option(help="Branch, tag or commit.")] = None,
+    cache_dir: Annotated[Optional[Path], typer.Option(
+        help="The Hugging Face cache to use (default: $HF_HUB_CACHE, else "
+             "$HF_HOME/hub, else ~/.cache/huggingface/hub).")] = None,
+    local_dir: Annotated[Optional[Path], typer.Option(
+        help="Put the files in this folder instead of the cache.")] = None,
+    original: Annotated[bool, typer.Option(
+        "--original", help="Also fetch original/ (OpenAI's layout of the same weights).")
+    ] = False,
+    metal: Annotated[bool, typer.Option("--metal", help="Also fetch metal/ (a Metal build).")
+                     ] = False,
+) -> None:
+    """Download a checkpoint (only the Hugging Face layout, unless asked); prints its folder.
+
+    Interrupted downloads resume: run the same command again.
+    """
+    if cache_dir is not None and local_dir is not None:
+        raise OpenHarmonyError("--cache-dir and --local-dir exclude each other")
+    folder = download_model(repo_id, revision=revision, cache_dir=cache_dir,
+                            local_dir=local_dir, original=original, metal=metal)
+    typer.echo(str(folder))
+
+
+# -- info ---------------------------------------------------------------------------------
+
+BYTES_PER_ELEMENT = {"float32": 4, "bfloat16": 2, "float16": 2}
+
+
+def _kept_in_float32(name: str) -> bool:
+    """The tensors `Model.sanitize` keeps in float32 whatever the dtype: norms and router."""
+    return name.endswith("norm.weight") or ".mlp.router." in name
+
+
+def checkpoint_summary(checkpoint, dtype: str, context: int) -> dict[str, Any]:
+    """Parameter counts, bytes on disk and the memory to run `checkpoint`, from its headers.
+
+    Parameters count every weight once, MXFP4 expert weights included (two 4-bit values per
+    stored byte; their scales are not parameters). Active parameters per token leave out the
+    embedding table (a lookup) and count the experts at num_experts_per_tok / num_experts.
+    Memory: dense weights in `dtype` (norms and router in float32, as the model keeps them),
+    MXFP4 blocks and scales as stored, plus the KV cache for `context` positions (sliding
+    window layers hold at most `sliding_window` of them).
+    """
+    c = checkpoint.config
+    total = experts = embedding = weight_bytes = 0
+    for name in checkpoint.names():
+        shape = checkpoint.shape(name)
+        if name.endswith(".scales"):
+            weight_bytes += checkpoint.nbytes(name)
+            continue
+        if name.endswith(".blocks"):
+            count = math.prod(shape) * 2
+            weight_bytes += checkpoint.nbytes(name)
+        else:
+            count = math.prod(shape)
+            weight_bytes += count * (4 if _kept_in_float32(name) else BYTES_PER_ELEMENT[dtype])
+        total += count
+        if ".mlp.experts." in name:
+            experts += count
+        if name == "embed_tokens.weight":
+            embedding += count
+    active = total - embedding - experts + experts * c.num_experts_per_tok // c.num_local_experts
+    sliding_layers = sum(c.is_sliding(i) for i in range(c.num_hidden_layers))
+    full_layers = c.num_hidden_layers - sliding_layers
+    kv_positions = full_layers * context + sliding_layers * min(context, c.sliding_window)
+    kv_bytes = 2 * c.num_key_value_heads * c.head_dim * BYTES_PER_ELEMENT[dtype] * kv_positions
+    return {
+        "path": str(checkpoint.path),
+        "layout": checkpoint.layout,
+        "files": len(checkpoint.files),
+        "layers": c.num_hidden_layers,
+        "sliding_layers": sliding_layers,
+        "sliding_window": c.sliding_window,
+        "experts": c.num_local_experts,
+        "experts_per_token": c.num_experts_per_tok,
+        "hidden_size": c.hidden_size,
+        "intermediate_size": c.intermediate_size,
+        "attention_heads": c.num_attention_heads,
+        "kv_heads": c.num_key_value_heads,
+        "head_dim": c.head_dim,
+        "vocab_size": c.vocab_size,
+        "max_context": c.max_position_embeddings,
+        "parameters": total,
+        "active_parameters": active,
+        "expert_parameters": experts,
+        "bytes_on_disk": checkpoint.total_bytes,
+        "dtype": dtype,
+        "context": context,
+        "weight_bytes": weight_bytes,
+        "kv_cache_bytes": kv_bytes,
+        "memory_bytes": weight_bytes + kv_bytes,
+    }
+
+
+@app.command()
+def info(
+    model: Annotated[str, typer.Argument(help="A checkpoint folder or a hub id (in the cache)."
+                                         )] = DEFAULT_MODEL,
+    dtype: DTypeOption = None,
+    context: Annotated[int, typer.Option(min=1, help="Context length for the KV cache "
+                                                     "estimate.")] = 8192,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the numbers as JSON.")] = False,
+) -> None:
+    """A checkpoint's config, parameter counts, size on disk and the memory it needs.
+
+    Reads only the headers: no weights are loaded.
+    """
+    from .loader import open_checkpoint
+
+    checkpoint = open_checkpoint(resolve_model(model, download=False))
+    if dtype is None:
+        from .model import default_dtype
+
+        dtype_name = str(default_dtype()).removeprefix("mlx.core.")
+    else:
+        dtype_name = dtype.value
+    s = checkpoint_summary(checkpoint, dtype_name, context)
+    if as_json:
+        typer.echo(json.dumps(s, indent=2))
+        return
+    rows = [
+        ("checkpoint", f"{s['path']} ({s['layout']} layout, {s['files']} file(s))"),
+        ("layers", f"{s['layers']} ({s['sliding_layers']} with a sliding window of "
+                   f"{s['sliding_window']})"),
+        ("experts", f"{s['experts']} per layer, {s['experts_per_token']} per token"),
+        ("sizes", f"hidden {s['hidden_size']}, intermediate {s['intermediate_size']}, "
+                  f"vocabulary {s['vocab_size']}"),
+        ("attention", f"{s['attention_heads']} query heads, {s['kv_heads']} key/value heads "
+                      f"of {s['head_dim']}"),
+        ("max context", f"{s['max_context']}"),
+        ("parameters", f"{_count(s['parameters'])} total ({_count(s['expert_parameters'])} "
+                       f"in MXFP4 experts), {_count(s['active_parameters'])} active per token"),
+        ("on disk", _gb(s["bytes_on_disk"])),
+        ("memory", f"{_gb(s['memory_bytes'])} = weights {_gb(s['weight_bytes'])} "
+                   f"({s['dtype']}) + KV cache {_gb(s['kv_cache_bytes'])} "
+                   f"({s['context']} tokens)"),
+    ]
+    width = max(len(label) for label, _ in rows)
+    for label, value in rows:
+        typer.echo(f"{label:<{width}}  {value}")
+
+
+def _count(n: int) -> str:
+    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= size:
+            return f"{n / size:.2f}{unit} ({n:,})"
+    return str(n)
+
+
+def _gb(n: int) -> str:
+    return f"{n / 1e9:.2f} GB" if n >= 1e8 else f"{n / 1e6:.2f} MB"
+
+
+if __name__ == "__main__":
+    main()
