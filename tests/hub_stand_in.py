@@ -106,10 +106,12 @@ class HubStandIn:
         if not head and (rng := h.headers.get("Range")):
             start = int(re.fullmatch(r"bytes=(\d+)-", rng).group(1))
         body = data[start:]
-        with self._lock:
-            fail = not head and name in self.fail_once
-            self.fail_once.discard(name)
-            drop = None if head else self.drop_after.pop(name, None)
+        fail, drop = False, None
+        if not head:
+            with self._lock:
+                fail = name in self.fail_once
+                self.fail_once.discard(name)
+                drop = self.drop_after.pop(name, None)
         if fail:
             return self._error(h, 500, None)
         h.send_response(206 if start else 200)
