@@ -26,7 +26,7 @@ import numpy as np
 
 from .cache import KVCache
 from .config import MXFP4_BLOCK, ModelConfig
-from .errors import CheckpointError
+from .errors import CheckpointError, ConfigError
 
 try:
     from .mxfp4 import to_mlx
@@ -48,6 +48,20 @@ def default_dtype() -> mx.Dtype:
     traffic that bounds decoding.
     """
     return mx.float32 if mx.default_device() == mx.cpu else mx.bfloat16
+
+
+COMPUTE_DTYPES = {"float32": mx.float32, "bfloat16": mx.bfloat16}
+
+
+def compute_dtype(dtype: mx.Dtype | str | None) -> mx.Dtype:
+    """The compute dtype for `dtype` (an mx dtype, its name, or None for the default)."""
+    if dtype is None:
+        return default_dtype()
+    if isinstance(dtype, str) and dtype in COMPUTE_DTYPES:
+        return COMPUTE_DTYPES[dtype]
+    if isinstance(dtype, mx.Dtype) and dtype in COMPUTE_DTYPES.values():
+        return dtype
+    raise ConfigError(f"compute dtype must be one of {', '.join(COMPUTE_DTYPES)}, got {dtype!r}")
 
 
 # -- layers -------------------------------------------------------------------------------
@@ -239,12 +253,10 @@ class Block(nn.Module):
 class Model(nn.Module):
     """GPT-OSS. Parameter names are the loader's engine names (MXFP4 `blocks` -> `weight`)."""
 
-    def __init__(self, config: ModelConfig, dtype: mx.Dtype | None = None):
+    def __init__(self, config: ModelConfig, dtype: mx.Dtype | str | None = None):
         super().__init__()
         self.config = config
-        self.dtype = dtype or default_dtype()
-        if self.dtype not in (mx.float32, mx.bfloat16, mx.float16):
-            raise ValueError(f"dtype must be float32, bfloat16 or float16, got {self.dtype}")
+        self.dtype = compute_dtype(dtype)
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         self.layers = [Block(config, i) for i in range(config.num_hidden_layers)]
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
@@ -342,7 +354,7 @@ def engine_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def load_model(path: str | Path, dtype: mx.Dtype | None = None) -> Model:
+def load_model(path: str | Path, dtype: mx.Dtype | str | None = None) -> Model:
     """Load a checkpoint folder of either layout (HF or `original/`) into a `Model`.
 
     `dtype` is the compute dtype (default: `default_dtype()`). Weights are read and converted

@@ -1,0 +1,334 @@
+"""Parity of the MLX forward pass with Hugging Face transformers (float32, CPU).
+
+Every config is written as a random checkpoint by the project's writer, loaded by the engine
+and, independently, by transformers (which dequantizes the MXFP4 experts itself). The three
+configs differ in head counts, kv heads, experts, top-k, window, swiglu_limit and RoPE, and
+their sequences are six sliding windows long, so the window boundary, YaRN at many positions
+and the clamp of the SwiGLU are all exercised. `test_deliberate_bugs_are_caught` shows that
+the parity bound catches the classic porting bugs.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+import openharmony.model as model_module
+from openharmony.config import FULL, SLIDING, ModelConfig, YarnScaling
+from openharmony.errors import CheckpointError, ConfigError
+from openharmony.loader import open_checkpoint
+from openharmony.model import Model, load_model
+from openharmony.random_checkpoint import write_random_checkpoint
+from reference import load_reference, reference_logits, reference_rope
+
+TOLERANCE = 1e-4  # max |logit difference| in float32
+BATCH = 2
+WINDOWS_PER_SEQUENCE = 6
+
+
+def _layers(kinds: str) -> tuple[str, ...]:
+    return tuple(SLIDING if k == "s" else FULL for k in kinds)
+
+
+CONFIGS = {
+    # gpt-oss's own RoPE (YaRN factor 32, unrounded range) and SwiGLU limit, GQA 3:1.
+    "gqa-yarn": (ModelConfig(
+        num_hidden_layers=2, num_local_experts=8, num_experts_per_tok=4, vocab_size=512,
+        hidden_size=64, intermediate_size=128, head_dim=16, num_attention_heads=6,
+        num_key_value_heads=2, sliding_window=8, layer_types=_layers("sf"),
+        rope_theta=150000.0, rope_scaling=YarnScaling(), swiglu_limit=7.0,
+        eos_token_id=2, pad_token_id=0), "rope_scaling"),
+    # MHA, two sliding layers in a row, a truncated (rounded) YaRN range, a tight clamp; the
+    # config spells RoPE as transformers 5 re-saves it.
+    "mha-truncated-yarn": (ModelConfig(
+        num_hidden_layers=3, num_local_experts=6, num_experts_per_tok=2, vocab_size=384,
+        hidden_size=96, intermediate_size=64, head_dim=32, num_attention_heads=4,
+        num_key_value_heads=4, sliding_window=5, layer_types=_layers("ssf"),
+        rope_theta=10000.0,
+        rope_scaling=YarnScaling(factor=8.0, beta_fast=16.0, beta_slow=2.0,
+                                 original_max_position_embeddings=256, truncate=True),
+        swiglu_limit=2.0, eos_token_id=2, pad_token_id=0), "rope_parameters"),
+    # MQA, full attention first, many experts with top-3, an explicit YaRN attention factor.
+    "mqa-attention-factor": (ModelConfig(
+        num_hidden_layers=2, num_local_experts=16, num_experts_per_tok=3, vocab_size=640,
+        hidden_size=32, intermediate_size=96, head_dim=8, num_attention_heads=8,
+        num_key_value_heads=1, sliding_window=12, layer_types=_layers("fs"),
+        rope_theta=500000.0,
+        rope_scaling=YarnScaling(factor=4.0, beta_fast=24.0, beta_slow=1.5,
+                                 original_max_position_embeddings=1024, attention_factor=1.3),
+        swiglu_limit=4.0, eos_token_id=2, pad_token_id=0), "rope_scaling"),
+}
+
+
+ORIGINAL_LAYOUT_CONFIG = "gqa-yarn"
+
+
+@dataclass
+class Case:
+    config: ModelConfig
+    path: Path
+    tokens: np.ndarray  # [BATCH, T]
+    reference: np.ndarray  # transformers' float32 logits [BATCH, T, V]
+    model: Model  # the engine in float32
+
+
+@pytest.fixture(scope="module")
+def cases(tmp_path_factory):
+    """name -> Case, each built (checkpoint, reference logits, model) once per module."""
+    built: dict[str, Case] = {}
+
+    def get(name: str) -> Case:
+        if name not in built:
+            config, rope_spelling = CONFIGS[name]
+            # Only the first config is expressible in OpenAI's layout (sliding on even layers).
+            layout = "both" if name == ORIGINAL_LAYOUT_CONFIG else "hf"
+            path = write_random_checkpoint(tmp_path_factory.mktemp(name), config, seed=7,
+                                           layout=layout, rope_spelling=rope_spelling)
+            length = WINDOWS_PER_SEQUENCE * config.sliding_window
+            tokens = np.random.default_rng(11).integers(0, config.vocab_size, (BATCH, length))
+            reference = reference_logits(load_reference(path), tokens)
+            built[name] = Case(config, path, tokens, reference, load_model(path, mx.float32))
+        return built[name]
+
+    return get
+
+
+def max_diff(logits: mx.array, reference: np.ndarray) -> float:
+    assert logits.dtype == mx.float32 and logits.shape == reference.shape
+    return float(np.abs(np.array(logits) - reference).max())
+
+
+# -- parity -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_full_forward_matches_transformers(cases, name):
+    case = cases(name)
+    assert case.model.config == case.config
+    assert case.tokens.shape[1] >= 5 * case.config.sliding_window
+    assert max_diff(case.model(mx.array(case.tokens)), case.reference) <= TOLERANCE
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_chunked_prefill_matches_full_forward_of_transformers(cases, name):
+    case = cases(name)
+    W, T = case.config.sliding_window, case.tokens.shape[1]
+    # Chunks shorter and longer than the window, each starting at a different offset.
+    sizes = [1, W - 1, W + 3, 2, 2 * W + 1]
+    cache = case.model.make_cache()
+    chunks, start = [], 0
+    for size in sizes + [T]:
+        chunk = case.tokens[:, start:start + size]
+        chunks.append(case.model(mx.array(chunk), cache))
+        start += size
+        if start >= T:
+            break
+    assert cache[0].offset == T
+    assert max_diff(mx.concatenate(chunks, axis=1), case.reference) <= TOLERANCE
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_token_by_token_decode_matches_full_forward_of_transformers(cases, name):
+    case = cases(name)
+    cache = case.model.make_cache()
+    steps = [case.model(mx.array(case.tokens[:, t:t + 1]), cache)
+             for t in range(case.tokens.shape[1])]
+    assert max_diff(mx.concatenate(steps, axis=1), case.reference) <= TOLERANCE
+
+
+def test_original_layout_gives_the_same_logits(cases):
+    case = cases(ORIGINAL_LAYOUT_CONFIG)
+    assert open_checkpoint(case.path / "original").layout == "original"
+    original = load_model(case.path / "original", mx.float32)
+    tokens = mx.array(case.tokens)
+    np.testing.assert_array_equal(np.array(original(tokens)), np.array(case.model(tokens)))
+    assert max_diff(original(tokens), case.reference) <= TOLERANCE
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_bfloat16_agrees_on_the_top_token(cases, name):
+    case = cases(name)
+    model = load_model(case.path, mx.bfloat16)
+    logits = model(mx.array(case.tokens))
+    assert logits.dtype == mx.float32
+    agreement = np.mean(np.array(logits).argmax(-1) == case.reference.argmax(-1))
+    assert agreement >= 0.9
+
+
+# -- the parity check catches the classic bugs ----------------------------------------------
+
+
+def _swap_nibbles(blocks: mx.array) -> mx.array:
+    return ((blocks & 0x0F) << 4) | (blocks >> 4)
+
+
+def _bug_window_off_by_one(monkeypatch):  # W + 1 keys, as shipped ports did
+    make_mask = model_module.KVCache.make_mask
+    monkeypatch.setattr(model_module.KVCache, "make_mask",
+                        lambda self, n, window: make_mask(self, n, window and window + 1))
+
+
+def _bug_yarn_range_rounded(monkeypatch):  # as mlx-lm
+    rope = model_module.rope_inverse_frequencies
+    monkeypatch.setattr(model_module, "rope_inverse_frequencies", lambda config: rope(
+        replace(config, rope_scaling=replace(config.rope_scaling, truncate=True))))
+
+
+def _bug_yarn_attention_factor_dropped(monkeypatch):
+    rope = model_module.rope_inverse_frequencies
+    monkeypatch.setattr(model_module, "rope_inverse_frequencies",
+                        lambda config: (rope(config)[0], 1.0))
+
+
+def _bug_nibble_order(monkeypatch):
+    to_mlx = model_module.to_mlx
+    monkeypatch.setattr(model_module, "to_mlx", lambda b, s: to_mlx(_swap_nibbles(b), s))
+
+
+def _bug_scale_bias_128(monkeypatch):
+    to_mlx = model_module.to_mlx
+    monkeypatch.setattr(model_module, "to_mlx", lambda b, s: to_mlx(b, s - 1))
+
+
+def _bug_gate_up_halves(monkeypatch):
+    def swiglu(self, gate_up):
+        half = gate_up.shape[-1] // 2
+        gate = mx.minimum(gate_up[..., :half], self.limit)
+        up = mx.clip(gate_up[..., half:], -self.limit, self.limit)
+        return gate * mx.sigmoid(self.alpha * gate) * (up + 1)
+    monkeypatch.setattr(model_module.Experts, "swiglu", swiglu)
+
+
+def _bug_swiglu_limit_ignored(monkeypatch):  # as mlx-lm (a fixed 7.0 instead)
+    swiglu = model_module.Experts.swiglu
+
+    def unclamped(self, gate_up):
+        self.limit = math.inf
+        return swiglu(self, gate_up)
+    monkeypatch.setattr(model_module.Experts, "swiglu", unclamped)
+
+
+def _patch_sinks(monkeypatch, change):
+    sdpa = mx.fast.scaled_dot_product_attention
+    monkeypatch.setattr(mx.fast, "scaled_dot_product_attention",
+                        lambda q, k, v, *, scale, mask, sinks: sdpa(
+                            q, k, v, scale=scale, mask=mask, sinks=change(sinks, scale)))
+
+
+def _bug_sinks_missing(monkeypatch):
+    _patch_sinks(monkeypatch, lambda sinks, scale: None)
+
+
+def _bug_sinks_scaled(monkeypatch):
+    _patch_sinks(monkeypatch, lambda sinks, scale: sinks * scale)
+
+
+def _bug_softmax_over_all_experts(monkeypatch):
+    def route(self, x):
+        logits = x.astype(mx.float32) @ self.weight.T + self.bias
+        indices = mx.argpartition(-logits, kth=self.top_k - 1, axis=-1)[..., :self.top_k]
+        return indices, mx.take_along_axis(mx.softmax(logits, axis=-1), indices, axis=-1)
+    monkeypatch.setattr(model_module.Router, "__call__", route)
+
+
+BUGS = {
+    "window off by one": _bug_window_off_by_one,
+    "YaRN range rounded": _bug_yarn_range_rounded,
+    "YaRN attention factor dropped": _bug_yarn_attention_factor_dropped,
+    "nibble order swapped": _bug_nibble_order,
+    "scale bias 128": _bug_scale_bias_128,
+    "gate/up as halves": _bug_gate_up_halves,
+    "swiglu_limit ignored": _bug_swiglu_limit_ignored,
+    "sinks missing": _bug_sinks_missing,
+    "sinks scaled": _bug_sinks_scaled,
+    "router softmax over all experts": _bug_softmax_over_all_experts,
+}
+
+
+@pytest.mark.parametrize("bug", BUGS)
+def test_deliberate_bugs_are_caught(cases, monkeypatch, bug):
+    case = cases("gqa-yarn")  # gpt-oss's RoPE and limit: the unrounded YaRN range matters here
+    BUGS[bug](monkeypatch)
+    buggy = load_model(case.path, mx.float32)
+    # At least 10x the parity bound: the bound catches the bug with a wide margin.
+    assert max_diff(buggy(mx.array(case.tokens)), case.reference) > 10 * TOLERANCE
+
+
+# -- pieces -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", [*CONFIGS, "plain-rope", "gpt-oss-20b"])
+def test_rope_frequencies_match_transformers(name):
+    if name == "plain-rope":
+        config = replace(CONFIGS["gqa-yarn"][0], rope_scaling=None)
+    elif name == "gpt-oss-20b":
+        config = ModelConfig.from_path(Path(__file__).parents[1] / "configs" / "gpt-oss-20b")
+    else:
+        config = CONFIGS[name][0]
+    inv_freq, attention_factor = model_module.rope_inverse_frequencies(config)
+    # transformers reads `rope_scaling: null` as gpt-oss's default YaRN; plain RoPE needs the
+    # explicit `rope_parameters: {rope_type: default}`.
+    expected_inv_freq, expected_factor = reference_rope(config.to_hf_dict("rope_parameters"))
+    np.testing.assert_allclose(inv_freq, expected_inv_freq, rtol=1e-6)
+    assert attention_factor == pytest.approx(expected_factor, rel=1e-12)
+
+
+def test_parameters_are_laid_out_for_the_kernels(cases):
+    case = cases("gqa-yarn")
+    c = case.config
+    model = load_model(case.path, "bfloat16")
+    assert model.dtype == mx.bfloat16
+    layer = model.layers[0]
+    experts = layer.mlp.experts.gate_up_proj
+    assert experts.weight.dtype == mx.uint32
+    assert experts.weight.shape == (c.num_local_experts, 2 * c.intermediate_size,
+                                    c.hidden_size // 8)
+    assert experts.scales.dtype == mx.uint8
+    assert experts.scales.shape == (c.num_local_experts, 2 * c.intermediate_size,
+                                    c.hidden_size // 32)
+    assert layer.self_attn.q_proj.weight.dtype == mx.bfloat16
+    assert experts.bias.dtype == mx.bfloat16
+    # Precision-critical pieces stay float32 whatever the compute dtype.
+    assert layer.input_layernorm.weight.dtype == mx.float32
+    assert layer.mlp.router.weight.dtype == mx.float32
+
+
+def test_default_dtype_on_cpu_is_float32(cases):
+    if mx.default_device() != mx.cpu:
+        pytest.skip("this checks the CPU default")
+    assert load_model(cases("gqa-yarn").path).dtype == mx.float32
+
+
+def test_unknown_compute_dtype_is_rejected():
+    with pytest.raises(ConfigError, match="compute dtype"):
+        Model(CONFIGS["gqa-yarn"][0], "float64")
+
+
+def test_sanitize_names_a_missing_tensor(cases):
+    case = cases("gqa-yarn")
+    weights = open_checkpoint(case.path).weights()
+    del weights["layers.1.self_attn.sinks"]
+    with pytest.raises(CheckpointError, match=r"missing layers\.1\.self_attn\.sinks"):
+        Model(case.config).sanitize(weights)
+
+
+def test_sanitize_names_a_tensor_of_the_wrong_shape(cases):
+    case = cases("gqa-yarn")
+    weights = open_checkpoint(case.path).weights()
+    weights["layers.0.mlp.experts.down_proj.blocks"] = weights[
+        "layers.0.mlp.experts.down_proj.blocks"][:, :-1]
+    with pytest.raises(CheckpointError, match=r"layers\.0\.mlp\.experts\.down_proj\.blocks"):
+        Model(case.config).sanitize(weights)
+
+
+def test_checkpoint_of_another_config_is_rejected(cases):
+    case = cases("gqa-yarn")
+    weights = open_checkpoint(case.path).weights()
+    other = replace(case.config, num_local_experts=4, num_experts_per_tok=2)
+    with pytest.raises(CheckpointError, match="router.weight has shape"):
+        Model(other).sanitize(weights)
