@@ -233,7 +233,11 @@ def _load_harmony_encoding(vocab_path: Path | None) -> HarmonyEncoding:
         try:
             return load_harmony_encoding(HarmonyEncodingName.HARMONY_GPT_OSS)
         except HarmonyError as error:
-            raise OpenHarmonyError(f"{MISSING_VOCAB_HELP} (openai-harmony: {error})") from error
+            if vocab_path is None:
+                problem = f"{MISSING_VOCAB_HELP} (openai-harmony: {error})"
+            else:
+                problem = f"openai-harmony cannot load the vocabulary file {vocab_path}: {error}"
+            raise OpenHarmonyError(problem) from error
 
     if vocab_path is None:
         return load()

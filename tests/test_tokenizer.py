@@ -166,9 +166,22 @@ def test_detokenizer_deltas_are_whole_characters(tokenizer, text):
 
 @needs_vocab
 @settings(max_examples=200, deadline=None)
-@given(ids=st.lists(st.integers(min_value=0, max_value=199997), max_size=40))
-def test_detokenizer_matches_tiktoken_on_any_ids(tokenizer, ids):
-    # Arbitrary byte-level tokens make invalid UTF-8; tiktoken's decode is the reference.
+@given(
+    picks=st.lists(
+        st.one_of(
+            st.tuples(st.just("byte"), st.integers(min_value=0, max_value=255)),
+            st.tuples(st.just("id"), st.integers(min_value=0, max_value=199997)),
+        ),
+        max_size=40,
+    )
+)
+def test_detokenizer_matches_tiktoken_on_any_ids(tokenizer, picks):
+    # Single-byte tokens in any order make partial and invalid UTF-8 (which decodes to U+FFFD);
+    # tiktoken's decode of the whole sequence is the reference.
+    ids = [
+        tokenizer.encoding.encode_single_token(bytes([value])) if kind == "byte" else value
+        for kind, value in picks
+    ]
     detokenizer = tokenizer.detokenizer()
     streamed = "".join(detokenizer.add(i) for i in ids) + detokenizer.finish()
     assert streamed == tokenizer.encoding.decode(ids)
