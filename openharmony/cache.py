@@ -245,7 +245,9 @@ class PromptCache:
                 break
             common += 1
         target = min(common, len(prompt) - 1)
-        if all(cache.can_trim_to(target) for cache in self.caches):
+        if any(cache.offset != len(self.tokens) for cache in self.caches):
+            start, self.caches, self._snapshots = 0, self.model.make_cache(), []  # interrupted
+        elif all(cache.can_trim_to(target) for cache in self.caches):
             start = target
         else:
             start, saved = next(((p, s) for p, s in reversed(self._snapshots) if p <= target),
