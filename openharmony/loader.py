@@ -225,19 +225,16 @@ def read_safetensors_header(file: Path) -> dict[str, StoredTensor]:
 
     # The data must be covered exactly once, in order: no gap, no overlap, nothing past the end.
     data_size = size - 8 - header_len
-    position, previous = 0, None
+    position, previous = 0, "the header"
     for begin, end, name in sorted(ranges):
         if begin != position:
-            what = "overlaps" if begin < position else "leaves a gap after"
-            raise CheckpointError(
-                f"{file} has a corrupt safetensors header: tensor {name!r} (bytes {begin}.."
-                f"{end}) {what} {previous!r}" if previous else
-                f"{file} has a corrupt safetensors header: tensor {name!r} starts at byte "
-                f"{begin}, not 0")
-        position, previous = end, name
+            how = "overlaps" if begin < position else "leaves a gap after"
+            raise CheckpointError(f"{file} has a corrupt safetensors header: tensor {name!r} "
+                                  f"(bytes {begin}..{end}) {how} {previous}")
+        position, previous = end, repr(name)
     if position > data_size:
         raise CheckpointError(f"{file} is truncated: its header describes {position} bytes of "
-                              f"tensor data ending with {previous!r}, the file holds {data_size}")
+                              f"tensor data ending with {previous}, the file holds {data_size}")
     if position < data_size:
         raise CheckpointError(f"{file} has {data_size - position} bytes after its last tensor: "
                               "the header does not describe the file")
@@ -333,14 +330,19 @@ def _weight_files(folder: Path) -> tuple[list[Path], dict[str, str] | None]:
     if single.is_file():
         return [single], None
     files = sorted(folder.glob("*.safetensors"))
-    # Without an index, a set of shards must at least be complete.
-    shards = [m for m in map(lambda f: _SHARD.fullmatch(f.name), files) if m]
-    for prefix, total in {(m.group(1), m.group(3)) for m in shards}:
-        width = len(total)
-        for i in range(1, int(total) + 1):
-            name = f"{prefix}-{i:0{width}d}-of-{total}.safetensors"
-            if not (folder / name).is_file():
-                raise CheckpointError(f"shard {name} is missing from {folder}")
+    # Without an index, a set of shards must at least be complete. Shards count from 1
+    # (model-00001-of-00003) or, as in openai/gpt-oss-20b, from 0 (model-00000-of-00002).
+    groups: dict[tuple[str, str], dict[int, int]] = {}  # (prefix, last) -> number -> width
+    for match in filter(None, (_SHARD.fullmatch(f.name) for f in files)):
+        prefix, number, last = match.groups()
+        groups.setdefault((prefix, last), {})[int(number)] = len(number)
+    for (prefix, last), numbers in groups.items():
+        first = 0 if 0 in numbers else 1
+        width = max(numbers.values())
+        for i in range(first, int(last) + 1):
+            if i not in numbers:
+                raise CheckpointError(f"shard {prefix}-{i:0{width}d}-of-{last}.safetensors "
+                                      f"is missing from {folder}")
     return files, None
 
 

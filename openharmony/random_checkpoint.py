@@ -55,12 +55,15 @@ _TINY = ModelConfig(
     hidden_size=64, intermediate_size=128, head_dim=16, num_attention_heads=6,
     num_key_value_heads=2, sliding_window=8, layer_types=_alternating(2), rope_theta=150000.0,
     rope_scaling=YarnScaling(), swiglu_limit=7.0, max_position_embeddings=131072,
-    eos_token_id=2, pad_token_id=0)
+    # eos keeps gpt-oss's id, outside this vocabulary: a tiny model never stops by itself.
+    # No pad: transformers needs one inside the vocabulary. (OpenAI's original/ config
+    # spells neither, so that layout reads back gpt-oss's defaults.)
+    pad_token_id=None)
 
 PRESETS: dict[str, ModelConfig] = {
     "tiny": _TINY,
     # The real vocabulary size, so the o200k_harmony tokenizer works end to end.
-    "tiny-vocab": replace(_TINY, vocab_size=201088, eos_token_id=200002, pad_token_id=199999),
+    "tiny-vocab": replace(_TINY, vocab_size=201088, pad_token_id=199999),
     "20b": _real(24, 32),
     "120b": _real(36, 128),
 }

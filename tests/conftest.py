@@ -4,7 +4,9 @@ Fixture names are a contract for every test module; keep them stable.
 
 * `tiny_config` -- the `ModelConfig` of the "tiny" preset (2 layers, one sliding and one full;
   hidden 64, intermediate 128, 6 query heads x 2 KV heads of dim 16, 8 experts top-4,
-  vocab 1024, window 8, YaRN RoPE, eos 2, pad 0).
+  vocab 1024, window 8, YaRN RoPE; eos 200002 as gpt-oss, outside this vocabulary, so a
+  tiny model never samples it; pad None). OpenAI's original/ config cannot spell eos/pad, so
+  `tiny_original_checkpoint` reads back gpt-oss's defaults there (pad 199999).
 * `tiny_checkpoint` -- that config in the Hugging Face layout: a folder with `config.json`
   and one `model.safetensors` (seed 0).
 * `tiny_sharded_checkpoint` -- the same weights in three shards with
