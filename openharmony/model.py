@@ -24,16 +24,10 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from .cache import KVCache
+from .cache import make_caches
 from .config import MXFP4_BLOCK, ModelConfig
 from .errors import CheckpointError, ConfigError
-
-try:
-    from .mxfp4 import to_mlx
-except ImportError:  # until openharmony/mxfp4.py lands: the same reshape + view
-    def to_mlx(blocks: mx.array, scales: mx.array) -> tuple[mx.array, mx.array]:
-        *lead, groups, nbytes = blocks.shape
-        return blocks.reshape(*lead, groups * nbytes).view(mx.uint32), scales
+from .mxfp4 import to_mlx
 
 # Token-expert pairs at or above which the expert matmuls run on tokens sorted by expert
 # (few large matmuls over contiguous rows); below it a plain gather is cheaper.
@@ -266,7 +260,7 @@ class Model(nn.Module):
         """tokens [B, T] int -> float32 logits [B, T, vocab]; `cache` is extended in place."""
         assert tokens.ndim == 2, f"tokens must be [batch, time], got shape {tokens.shape}"
         if cache is None:
-            cache = [KVCache() for _ in self.layers]  # a full forward: positions from 0
+            cache = self.make_cache()  # a forward from position 0, keeping nothing
         assert len(cache) == len(self.layers), (len(cache), len(self.layers))
         x = self.embed_tokens(tokens)
         for layer, layer_cache in zip(self.layers, cache):
@@ -274,8 +268,8 @@ class Model(nn.Module):
         return self.lm_head(self.norm(x)).astype(mx.float32)
 
     def make_cache(self) -> list:
-        """One cache per layer, for `__call__(tokens, cache)` across calls."""
-        return [KVCache() for _ in self.layers]
+        """One cache per layer (rotating on sliding-window layers), extended by each call."""
+        return make_caches(self.config)
 
     # -- weights --------------------------------------------------------------------------
 

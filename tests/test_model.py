@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 import openharmony.model as model_module
+from openharmony.cache import KVCache
 from openharmony.config import FULL, SLIDING, ModelConfig, YarnScaling
 from openharmony.errors import CheckpointError, ConfigError
 from openharmony.loader import open_checkpoint
@@ -133,6 +134,19 @@ def test_chunked_prefill_matches_full_forward_of_transformers(cases, name):
 
 
 @pytest.mark.parametrize("name", CONFIGS)
+def test_growing_caches_on_every_layer_match(cases, name):
+    """The model relies on the cache protocol only: a growing cache on a sliding layer (whose
+    mask then carries the window) gives the same logits as the rotating one."""
+    case = cases(name)
+    W = case.config.sliding_window
+    cache = [KVCache() for _ in case.model.layers]
+    prefill = case.model(mx.array(case.tokens[:, :2 * W + 1]), cache)
+    steps = [case.model(mx.array(case.tokens[:, t:t + 1]), cache)
+             for t in range(2 * W + 1, case.tokens.shape[1])]
+    assert max_diff(mx.concatenate([prefill, *steps], axis=1), case.reference) <= TOLERANCE
+
+
+@pytest.mark.parametrize("name", CONFIGS)
 def test_token_by_token_decode_matches_full_forward_of_transformers(cases, name):
     case = cases(name)
     cache = case.model.make_cache()
@@ -168,8 +182,11 @@ def _swap_nibbles(blocks: mx.array) -> mx.array:
 
 
 def _bug_window_off_by_one(monkeypatch):  # W + 1 keys, as shipped ports did
-    make_mask = model_module.KVCache.make_mask
-    monkeypatch.setattr(model_module.KVCache, "make_mask",
+    def caches(config):
+        return [KVCache() for _ in range(config.num_hidden_layers)]
+    make_mask = KVCache.make_mask
+    monkeypatch.setattr(model_module, "make_caches", caches)
+    monkeypatch.setattr(KVCache, "make_mask",
                         lambda self, n, window: make_mask(self, n, window and window + 1))
 
 
