@@ -74,7 +74,7 @@ class MXFP4Error(OpenHarmonyError, ValueError):
 
 
 def encode(x: mx.array) -> tuple[mx.array, mx.array]:
-    """Quantize `x` [..., K] (K a multiple of 32) to (`blocks` [..., K/32, 16], `scales` [..., K/32]).
+    """Quantize `x` [..., K] (K a multiple of 32) to `blocks` [..., K/32, 16], `scales` [..., K/32].
 
     Floating inputs are converted to float32 first (exact for float16 and bfloat16).
     """

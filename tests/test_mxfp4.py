@@ -94,7 +94,8 @@ def edge_values():
     out = [0.0, -0.0, F32_MAX, -F32_MAX, 2.0 ** -149, -(2.0 ** -149), 2.0 ** -127, 2.0 ** -126]
     for m in (0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0, 6.0, 7.0, 1.5):
         m32 = np.float32(m)
-        out += [m, -m, float(np.nextafter(m32, np.float32(0))), float(np.nextafter(m32, np.float32(9)))]
+        out += [m, -m, float(np.nextafter(m32, np.float32(0))),
+                float(np.nextafter(m32, np.float32(9)))]
     out += [2.0 ** e for e in range(-149, 128, 7)]
     return out
 
@@ -194,7 +195,7 @@ def test_encode_rounds_ties_to_even_and_saturates():
     assert got.tolist() == [np.float32(v) for v in cases.values()]
 
 
-def _block_scales(x, scales):
+def _block_scales(scales):
     """The decoded scale 2**(s - 127) of each element's block, as float64 [R, K]."""
     return np.repeat(2.0 ** (np.array(scales).astype(np.float64) - 127), 32, axis=-1)
 
@@ -212,7 +213,7 @@ def test_round_trip_error_is_at_most_half_a_step(x):
     blocks, scales = encode(mx.array(x))
     decoded = np.array(decode(blocks, scales)).astype(np.float64)
     x64 = x.astype(np.float64)
-    scale = _block_scales(x, scales)
+    scale = _block_scales(scales)
     q = np.abs(x64) / scale
     in_range = q <= 6
     err = np.abs(decoded - x64)
@@ -232,7 +233,7 @@ def test_block_maximum_with_significand_above_1_5_saturates_to_6_scale(x, signif
     x[:, ::32] = (-significand * 2.0 ** exponent).astype(np.float32)
     blocks, scales = encode(mx.array(x))
     decoded = np.array(decode(blocks, scales)).astype(np.float64)
-    scale = _block_scales(x, scales)
+    scale = _block_scales(scales)
     assert (np.array(scales).astype(int) - 127 == exponent - 2).all()
     assert (decoded[:, ::32] == -6 * scale[:, ::32]).all()
     assert (np.abs(decoded) <= 6 * scale).all()
@@ -347,7 +348,8 @@ def test_to_mlx_feeds_quantized_matmul():
     x = mx.array(rng.standard_normal((5, 128)).astype(np.float32))
     w, s = to_mlx(blocks, scales)
     got = mx.quantized_matmul(x, w, s, transpose=True, group_size=32, bits=4, mode="mxfp4")
-    expected = np.array(x).astype(np.float64) @ np.array(decode(blocks, scales)).astype(np.float64).T
+    weights = np.array(decode(blocks, scales)).astype(np.float64)
+    expected = np.array(x).astype(np.float64) @ weights.T
     np.testing.assert_allclose(np.array(got), expected, rtol=1e-5, atol=1e-3)
 
 
