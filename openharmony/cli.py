@@ -220,13 +220,13 @@ class _ReplyPrinter:
 
 
 def _print_stats(stats) -> None:
-    fields = stats if isinstance(stats, dict) else vars(stats)
-    parts = []
-    for name, value in fields.items():
-        if isinstance(value, float):
-            value = f"{value:.3f}" if abs(value) < 100 else f"{value:.1f}"
-        parts.append(f"{name}={value}")
-    typer.echo(" ".join(parts), err=True)
+    """One line of `GenerationStats` on stderr."""
+    typer.echo(
+        f"prompt: {stats.prompt_tokens} tokens ({stats.reused_prompt_tokens} reused) in "
+        f"{stats.prompt_seconds:.2f} s, {stats.prompt_tokens_per_second:.1f} tokens/s; "
+        f"generation: {stats.generated_tokens} tokens, "
+        f"{stats.generation_tokens_per_second:.1f} tokens/s; "
+        f"peak memory {stats.peak_memory_bytes / 1e9:.2f} GB", err=True)
 
 
 # -- generate -----------------------------------------------------------------------------
@@ -273,7 +273,7 @@ def generate(
         stats = None
         for chunk in stream_generate(loaded, prompt, tokenizer=tokenizer, **sampling):
             _write(chunk.text)
-            stats = getattr(chunk, "stats", None) or stats
+            stats = chunk.stats or stats
         _write("\n")
     if verbose and stats is not None:
         _print_stats(stats)
@@ -293,7 +293,7 @@ def _chat_turn(model, tokenizer, conversation, sampling, show_reasoning, prompt_
         event = parser.feed(chunk.token)
         if event is not None:
             printer(event)
-        stats = getattr(chunk, "stats", None) or stats
+        stats = chunk.stats or stats
     printer.end()
     conversation.add_assistant_messages(parser.finish())
     return stats
@@ -324,8 +324,8 @@ def chat(
     verbose: Verbose = False,
 ) -> None:
     """Chat with the model (multi-turn; earlier turns are not recomputed)."""
+    from .cache import PromptCache
     from .chat import Chat, ChatOptions
-    from .generate import PromptCache
 
     tokenizer, loaded = _load(model, dtype)
     sampling = _sampling(max_tokens, temperature, top_p, top_k, min_p, repetition_penalty,
@@ -347,15 +347,21 @@ def chat(
             prompt_cache = PromptCache(loaded)
             typer.echo("(new conversation)", err=True)
             continue
+        before_turn = list(conversation.messages)
         conversation.add_user(message)
-        turn_start = list(conversation.messages)
         try:
             stats = _chat_turn(loaded, tokenizer, conversation, sampling, show_reasoning,
                                prompt_cache)
-        except KeyboardInterrupt:
-            # The stopped answer is dropped; the prompt cache trims what it no longer shares.
-            conversation.messages[:] = turn_start
-            typer.echo("\n(stopped)", err=True)
+        except (KeyboardInterrupt, OpenHarmonyError) as e:
+            # A stopped turn, or one that cannot run (too long for the context, an answer that
+            # breaks the harmony format), is forgotten and the conversation goes on; the
+            # prompt cache drops what the next prompt no longer shares.
+            if settings.debug and not isinstance(e, KeyboardInterrupt):
+                raise
+            conversation.messages[:] = before_turn
+            reason = "stopped" if isinstance(e, KeyboardInterrupt) else "error: " + " ".join(
+                str(e).split())
+            typer.echo(f"\n{reason}", err=True)
             continue
         if verbose and stats is not None:
             _print_stats(stats)

@@ -1,0 +1,459 @@
+"""The `openharmony` CLI through typer's CliRunner, on tiny checkpoints with the real vocabulary.
+
+Generation is checked on a "bigram" checkpoint: the tiny-vocab random checkpoint with its
+attention and expert outputs zeroed, so the next token depends on the current token only, and
+with embedding and lm_head rows set so that each token of a chosen chain is followed by the
+next one. What the model says is then known in advance (from the chains below), independently
+of the generation code: "The" -> " sky is blue." and, in a chat, "Hello".
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import tiktoken
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from typer.testing import CliRunner
+
+from openharmony.cli import _ReplyPrinter, app, checkpoint_summary
+from openharmony.errors import OpenHarmonyError
+from openharmony.tokenizer import load_tokenizer
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def find_vocab() -> Path | None:
+    for candidate in (os.environ.get("OPENHARMONY_VOCAB"), REPO_ROOT.parent / "shared" / "vocab"):
+        if candidate:
+            path = Path(candidate)
+            path = path / "o200k_base.tiktoken" if path.is_dir() else path
+            if path.is_file():
+                return path
+    return None
+
+
+VOCAB = find_vocab()
+pytestmark = pytest.mark.skipif(
+    VOCAB is None, reason="no o200k_base.tiktoken: set OPENHARMONY_VOCAB or put it in "
+                          "../shared/vocab/")
+
+RAW_TEXT = "The sky is blue."
+CHAT_ANSWER = "Hello"
+
+
+@pytest.fixture(autouse=True)
+def vocab_env(monkeypatch):
+    monkeypatch.setenv("OPENHARMONY_VOCAB", str(VOCAB))
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return load_tokenizer(VOCAB)
+
+
+def bigram_chains(tokenizer) -> dict[int, int]:
+    """token -> the token the bigram model must produce after it."""
+    special = tokenizer.special_ids
+    raw = tokenizer.encode(RAW_TEXT) + [special["<|endoftext|>"]]
+    # The reply to a harmony prompt, which ends with <|start|>assistant.
+    chat = (tokenizer.encode("assistant") + [special["<|channel|>"]] + tokenizer.encode("final")
+            + [special["<|message|>"]] + tokenizer.encode(CHAT_ANSWER) + [special["<|return|>"]])
+    chains = {}
+    for sequence in (raw, chat):
+        for current, following in zip(sequence, sequence[1:]):
+            assert chains.get(current, following) == following, "a token with two successors"
+            chains[current] = following
+    return chains
+
+
+@pytest.fixture(scope="module")
+def bigram_checkpoint(tmp_path_factory, tiny_vocab_checkpoint, tokenizer) -> Path:
+    folder = tmp_path_factory.mktemp("bigram") / "hf"
+    shutil.copytree(tiny_vocab_checkpoint, folder)
+    weights = load_file(folder / "model.safetensors")
+    for name, tensor in weights.items():
+        if ("self_attn.o_proj" in name or "experts.down_proj_blocks" in name
+                or "experts.down_proj_bias" in name):
+            tensor.zero_()  # no attention, no experts: the residual stays the token's embedding
+    embedding = weights["model.embed_tokens.weight"].zero_()
+    lm_head = weights["lm_head.weight"].zero_()
+    weights["model.norm.weight"].fill_(1.0)
+    for dim, (current, following) in enumerate(bigram_chains(tokenizer).items()):
+        embedding[current, dim] = 1.0
+        lm_head[following, dim] = 10.0
+    save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+    return folder
+
+
+def run(*args: str, input: str | None = None):
+    return CliRunner().invoke(app, list(args), input=input)
+
+
+def assert_one_line_error(result, code: int = 1) -> str:
+    assert result.exit_code == code, (result.exit_code, result.output)
+    assert result.stdout == ""
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    return lines[0]
+
+
+def stats_lines(stderr: str) -> list[tuple[int, int, int]]:
+    """(prompt tokens, reused prompt tokens, generated tokens) of each --verbose stats line."""
+    found = []
+    for line in stderr.splitlines():
+        if line.startswith("prompt: "):
+            words = line.split()
+            found.append((int(words[1]), int(words[3].lstrip("(")),
+                          int(words[words.index("generation:") + 1])))
+    return found
+
+
+# -- generate ------------------------------------------------------------------------------
+
+
+def test_generate_raw_streams_the_continuation(bigram_checkpoint):
+    result = run("generate", "The", "--model", str(bigram_checkpoint), "--temperature", "0",
+                 "--max-tokens", "20", "--verbose")
+    assert result.exit_code == 0, result.output
+    assert result.stdout == " sky is blue.\n"
+    # 1 prompt token; " sky", " is", " blue", "." and <|endoftext|> (which ends it, no text).
+    assert stats_lines(result.stderr) == [(1, 0, 5)]
+
+
+def test_generate_max_tokens_cuts_the_text(bigram_checkpoint):
+    result = run("generate", "The", "-m", str(bigram_checkpoint), "--temperature", "0",
+                 "--max-tokens", "2")
+    assert result.exit_code == 0, result.output
+    assert result.stdout == " sky is\n"
+
+
+def test_generate_chat_prints_the_final_answer(bigram_checkpoint):
+    for extra in ([], ["--show-reasoning", "--reasoning-effort", "high", "--system", "You are "
+                       "terse.", "--developer", "Answer briefly.", "--dtype", "float32"]):
+        result = run("generate", "--chat", "Hi!", "-m", str(bigram_checkpoint),
+                     "--temperature", "0", *extra)
+        assert result.exit_code == 0, result.output
+        assert result.stdout == CHAT_ANSWER + "\n"
+
+
+def test_generate_sampling_options_are_accepted(bigram_checkpoint):
+    # The bigram logits (80 for the right token, 0 elsewhere) make every filter keep it alone.
+    result = run("generate", "The", "-m", str(bigram_checkpoint), "--temperature", "0.7",
+                 "--top-p", "0.9", "--top-k", "5", "--min-p", "0.1", "--repetition-penalty",
+                 "1.1", "--presence-penalty", "0.5", "--frequency-penalty", "0.5", "--seed", "3")
+    assert result.exit_code == 0, result.output
+    assert result.stdout == " sky is blue.\n"
+
+
+# -- chat ----------------------------------------------------------------------------------
+
+
+def test_chat_turns_reuse_the_prompt_and_reset_forgets(bigram_checkpoint):
+    script = "Hi!\nAnd again?\n/reset\nAfter the reset.\n/exit\nNever read.\n"
+    result = run("chat", "-m", str(bigram_checkpoint), "--temperature", "0", "--verbose",
+                 input=script)
+    assert result.exit_code == 0, result.output
+    assert result.stdout.count(CHAT_ANSWER) == 3
+    turns = stats_lines(result.stderr)
+    assert len(turns) == 3
+    (first_prompt, first_reused, first_generated), second, third = turns
+    assert first_reused == 0 and first_generated == 5  # <|channel|> final <|message|> Hello <|return|>
+    # Turn 2's prompt holds turn 1 and its answer; at least turn 1's prompt is not recomputed.
+    assert second[0] > first_prompt + 4
+    assert second[1] >= first_prompt - 1
+    # After /reset the conversation starts over: nothing to reuse, and the prompt is short again.
+    assert third[1] == 0
+    assert third[0] < second[0]
+    assert "(new conversation)" in result.stderr
+
+
+def test_chat_ends_at_end_of_input(bigram_checkpoint):
+    result = run("chat", "-m", str(bigram_checkpoint), "--temperature", "0", input="Hi!\n")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.count(CHAT_ANSWER) == 1
+
+
+def test_ctrl_c_stops_the_answer_not_the_chat(bigram_checkpoint, monkeypatch):
+    import openharmony.generate as generate_module
+
+    real = generate_module.stream_generate
+    calls = []
+
+    def interrupted_once(*args, **kwargs):
+        calls.append(1)
+        for i, chunk in enumerate(real(*args, **kwargs)):
+            if len(calls) == 1 and i == 2:
+                raise KeyboardInterrupt
+            yield chunk
+
+    fresh = run("chat", "-m", str(bigram_checkpoint), "--temperature", "0", "--verbose",
+                input="Hi!\n")
+    monkeypatch.setattr(generate_module, "stream_generate", interrupted_once)
+    result = run("chat", "-m", str(bigram_checkpoint), "--temperature", "0", "--verbose",
+                 input="Hi!\nHi!\n")
+    assert result.exit_code == 0, result.output
+    assert "\nstopped\n" in result.stderr
+    assert len(calls) == 2
+    assert result.stdout.count(CHAT_ANSWER) == 1  # the second turn's answer
+    # The stopped turn was forgotten: the second turn's prompt is a first turn's prompt.
+    assert [turn[0] for turn in stats_lines(result.stderr)] == [
+        turn[0] for turn in stats_lines(fresh.stderr)]
+
+
+def test_reply_printer_hides_reasoning_and_shows_tool_calls(tokenizer, capsys):
+    """Events from the real harmony parser on a completion rendered by openai-harmony."""
+    from openai_harmony import Message, Role
+
+    from openharmony.chat import ChatStreamParser
+
+    encoding = tokenizer.harmony()
+    messages = [
+        Message.from_role_and_content(Role.ASSISTANT, "Think first.").with_channel("analysis"),
+        Message.from_role_and_content(Role.ASSISTANT, '{"city": "Paris"}')
+        .with_channel("commentary").with_recipient("functions.get_weather"),
+        Message.from_role_and_content(Role.ASSISTANT, "It is sunny.").with_channel("final"),
+    ]
+    start = tokenizer.encode("<|start|>assistant", allow_special=True)
+    completion = []
+    for message in messages:
+        tokens = encoding.render(message)
+        assert tokens[:2] == start
+        completion += tokens[2:] if not completion else tokens
+    outputs = {}
+    for show in (False, True):
+        parser, printer = ChatStreamParser(tokenizer), _ReplyPrinter(show)
+        for token in completion:
+            event = parser.feed(token)
+            if event is not None:
+                printer(event)
+        printer.end()
+        outputs[show] = capsys.readouterr().out
+    assert outputs[False] == ('[tool call] functions.get_weather {"city": "Paris"}\n'
+                              "It is sunny.\n")
+    assert outputs[True] == ("[analysis] Think first.\n"
+                             '[tool call] functions.get_weather {"city": "Paris"}\n'
+                             "It is sunny.\n")
+
+
+# -- info ----------------------------------------------------------------------------------
+
+
+def expected_info(folder: Path, dtype_bytes: int, context: int) -> dict[str, int]:
+    """The numbers `info` must print, computed here from the safetensors headers and config."""
+    config = json.loads((folder / "config.json").read_text())
+    files = sorted(folder.glob("*.safetensors"))
+    total = experts = embedding = weights = 0
+    for file in files:
+        with safe_open(file, "pt") as f:
+            for name in f.keys():
+                tensor = f.get_slice(name)
+                numel = math.prod(tensor.get_shape())
+                if tensor.get_dtype() == "U8":  # MXFP4: two 4-bit weights per byte of blocks
+                    weights += numel
+                    count = 2 * numel if name.endswith("_blocks") else 0
+                else:
+                    count = numel
+                    float32 = name.endswith("norm.weight") or ".router." in name
+                    weights += numel * (4 if float32 else dtype_bytes)
+                total += count
+                experts += count if ".experts." in name else 0
+                embedding += count if "embed_tokens" in name else 0
+    top_k, num_experts = config["num_experts_per_tok"], config["num_local_experts"]
+    per_position = 2 * config["num_key_value_heads"] * config["head_dim"] * dtype_bytes
+    kv = sum(per_position * (min(context, config["sliding_window"])
+                             if kind == "sliding_attention" else context)
+             for kind in config["layer_types"])
+    return {
+        "parameters": total,
+        "active_parameters": total - embedding - experts + experts * top_k // num_experts,
+        "bytes_on_disk": sum(f.stat().st_size for f in files),
+        "weight_bytes": weights,
+        "kv_cache_bytes": kv,
+        "memory_bytes": weights + kv,
+    }
+
+
+@pytest.mark.parametrize("dtype, dtype_bytes", [("float32", 4), ("bfloat16", 2)])
+@pytest.mark.parametrize("fixture", ["tiny_vocab_checkpoint", "tiny_sharded_checkpoint"])
+def test_info_numbers(request, fixture, dtype, dtype_bytes):
+    folder = request.getfixturevalue(fixture)
+    result = run("info", str(folder), "--dtype", dtype, "--context", "100", "--json")
+    assert result.exit_code == 0, result.output
+    got = json.loads(result.stdout)
+    expected = expected_info(folder, dtype_bytes, context=100)
+    assert {key: got[key] for key in expected} == expected
+    config = json.loads((folder / "config.json").read_text())
+    assert got["layers"] == config["num_hidden_layers"]
+    assert got["vocab_size"] == config["vocab_size"]
+
+
+def test_info_text(tiny_checkpoint):
+    result = run("info", str(tiny_checkpoint), "--dtype", "bfloat16")
+    assert result.exit_code == 0, result.output
+    labels = [line.split("  ")[0] for line in result.stdout.splitlines()]
+    assert labels == ["checkpoint", "layers", "experts", "sizes", "attention", "max context",
+                      "parameters", "on disk", "memory"]
+    assert "8 per layer, 4 per token" in result.stdout
+    assert "(bfloat16)" in result.stdout and "(8192 tokens)" in result.stdout
+
+
+class _HeadersOnly:
+    """A checkpoint as `info` sees it, from a config's tensor shapes (no file at all)."""
+
+    def __init__(self, config):
+        from openharmony.model import engine_shapes
+
+        self.config, self.path, self.layout, self.files, self.total_bytes = (
+            config, "-", "hf", (), 0)
+        self._shapes = engine_shapes(config)
+
+    def names(self):
+        return list(self._shapes)
+
+    def shape(self, name):
+        return self._shapes[name]
+
+    def nbytes(self, name):
+        uint8 = name.endswith((".blocks", ".scales"))
+        return math.prod(self._shapes[name]) * (1 if uint8 else 2)
+
+
+@pytest.mark.parametrize("preset, total, active", [("20b", 20.91, 3.61),
+                                                   ("120b", 116.83, 5.13)])
+def test_parameter_counts_match_the_published_ones(preset, total, active):
+    """OpenAI's model card: gpt-oss-20b 20.91B total / 3.61B active, 120b 116.83B / 5.13B."""
+    from openharmony.random_checkpoint import PRESETS
+
+    summary = checkpoint_summary(_HeadersOnly(PRESETS[preset]), "bfloat16", 4096)
+    assert round(summary["parameters"] / 1e9, 2) == total
+    assert round(summary["active_parameters"] / 1e9, 2) == active
+
+
+# -- errors --------------------------------------------------------------------------------
+
+
+def test_missing_model_folder(tmp_path):
+    line = assert_one_line_error(run("generate", "x", "-m", str(tmp_path / "nope")))
+    assert line == f"error: model folder not found: {tmp_path / 'nope'}"
+    assert_one_line_error(run("info", str(tmp_path / "nope")))
+
+
+def test_hub_id_not_in_cache_for_info(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    line = assert_one_line_error(run("info", "someone/not-cached"))
+    assert line == "error: someone/not-cached is not in the local Hugging Face cache"
+
+
+@pytest.mark.parametrize("args, code, fragment", [
+    (["--temperature", "-1"], 2, "Invalid value for '--temperature'"),
+    (["--reasoning-effort", "extreme"], 2, "Invalid value for '--reasoning-effort'"),
+    (["--dtype", "float8"], 2, "Invalid value for '--dtype'"),
+    (["--max-tokens", "0"], 2, "Invalid value for '--max-tokens'"),
+    (["--no-such-flag"], 2, "No such option: --no-such-flag"),
+    (["--presence-penalty", "3"], 1, "presence_penalty must be in [-2, 2], got 3.0"),
+])
+def test_bad_flag_values(bigram_checkpoint, args, code, fragment):
+    result = run("generate", "The", "-m", str(bigram_checkpoint), *args)
+    line = assert_one_line_error(result, code)
+    assert fragment in line
+
+
+def test_unknown_command_and_missing_argument():
+    assert "No such command 'generat'" in assert_one_line_error(run("generat", "x"), 2)
+    assert "Missing argument 'prompt'" in assert_one_line_error(run("generate"), 2)
+
+
+def test_no_vocabulary_offline(bigram_checkpoint, monkeypatch, tmp_path):
+    def no_network(url):
+        raise ConnectionError(f"cannot reach {url}")
+
+    monkeypatch.delenv("OPENHARMONY_VOCAB")
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path))  # an empty cache
+    monkeypatch.setattr(tiktoken.load, "read_file", no_network)
+    monkeypatch.setattr(tiktoken.registry, "ENCODINGS", {})
+    line = assert_one_line_error(run("generate", "The", "-m", str(bigram_checkpoint)))
+    assert "OPENHARMONY_VOCAB" in line and "--vocab" in line
+
+
+def test_vocab_flag(bigram_checkpoint, monkeypatch, tmp_path):
+    monkeypatch.delenv("OPENHARMONY_VOCAB")
+    missing = tmp_path / "missing.tiktoken"
+    line = assert_one_line_error(run("--vocab", str(missing), "generate", "The", "-m",
+                                     str(bigram_checkpoint)))
+    assert str(missing) in line
+    result = run("--vocab", str(VOCAB), "generate", "The", "-m", str(bigram_checkpoint),
+                 "--temperature", "0")
+    assert result.exit_code == 0, result.output
+    assert result.stdout == " sky is blue.\n"
+
+
+def test_corrupt_checkpoint(tiny_vocab_checkpoint, tmp_path):
+    folder = tmp_path / "corrupt"
+    shutil.copytree(tiny_vocab_checkpoint, folder)
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # truncated
+    for args in (["info", str(folder)], ["generate", "The", "-m", str(folder)]):
+        line = assert_one_line_error(run(*args))
+        assert "model.safetensors" in line
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    result = run("--debug", "info", str(tmp_path / "nope"))
+    assert result.exit_code == 1
+    assert isinstance(result.exception, OpenHarmonyError)  # raised, not turned into a line
+    assert result.stderr == ""
+
+
+# -- entry points --------------------------------------------------------------------------
+
+
+def test_python_dash_m_and_console_script(tiny_checkpoint):
+    module = subprocess.run([sys.executable, "-m", "openharmony", "info", str(tiny_checkpoint)],
+                            capture_output=True, text=True, timeout=120)
+    assert module.returncode == 0, module.stderr
+    assert module.stdout.startswith("checkpoint")
+    error = subprocess.run([sys.executable, "-m", "openharmony", "info", "--context", "x"],
+                           capture_output=True, text=True, timeout=120)
+    assert error.returncode == 2
+    assert error.stderr.count("\n") == 1 and error.stderr.startswith("error: ")
+    script = Path(sys.executable).with_name("openharmony")
+    if script.exists():  # installed with pip install -e .
+        console = subprocess.run([str(script), "--help"], capture_output=True, text=True,
+                                 timeout=120)
+        assert console.returncode == 0
+        assert all(name in console.stdout for name in ("generate", "chat", "download", "info"))
+
+
+def test_download_and_run_script(bigram_checkpoint):
+    script = REPO_ROOT / "scripts" / "download_and_run.sh"
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    env = {**os.environ, "MODEL": str(bigram_checkpoint), "SKIP_INSTALL": "1",
+           "VENV": str(Path(sys.executable).parent.parent),
+           "OPENHARMONY_ARGS": "--temperature 0 --max-tokens 10", "OPENHARMONY_VOCAB": str(VOCAB)}
+    result = subprocess.run(["bash", str(script), "Hi!"], env=env, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == CHAT_ANSWER + "\n"
+
+
+def test_chat_survives_an_answer_that_breaks_the_format(tiny_vocab_checkpoint):
+    """The random checkpoint answers garbage, not harmony: each turn reports it and the chat
+    goes on until the end of input."""
+    result = run("chat", "-m", str(tiny_vocab_checkpoint), "--temperature", "0",
+                 "--max-tokens", "8", input="Hi!\nAgain?\n")
+    assert result.exit_code == 0, result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert errors == ["error: the completion is not in the harmony format: Unexpected EOS while "
+                      "waiting for message header to complete"] * 2
