@@ -4,7 +4,7 @@
     for each block:  x += attention(rmsnorm(x));  x += experts(rmsnorm(x))
     logits = lm_head(rmsnorm(x))
 
-The math follows docs/gpt-oss-facts.md (checked against transformers and OpenAI's reference):
+The math is that of transformers' and OpenAI's reference implementations (docs/model.md):
 GQA attention with q/k/v/o biases and one learned sink logit per head, a sliding window of W
 keys on the layers `config.layer_types` marks, half-split RoPE with YaRN (unrounded correction
 range), top-k routing with a softmax over the k chosen logits, and MXFP4 experts that stay
@@ -27,6 +27,7 @@ import numpy as np
 from .cache import make_caches
 from .config import MXFP4_BLOCK, ModelConfig
 from .errors import CheckpointError, ConfigError
+from .loader import open_checkpoint
 from .mxfp4 import to_mlx
 
 # Token-expert pairs at or above which the expert matmuls run on tokens sorted by expert
@@ -354,8 +355,6 @@ def load_model(path: str | Path, dtype: mx.Dtype | str | None = None) -> Model:
     `dtype` is the compute dtype (default: `default_dtype()`). Weights are read and converted
     once here; MXFP4 experts stay packed.
     """
-    from .loader import open_checkpoint
-
     checkpoint = open_checkpoint(path)
     model = Model(checkpoint.config, dtype)
     model.load_weights(list(model.sanitize(checkpoint.weights()).items()), strict=True)
