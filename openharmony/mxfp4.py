@@ -153,11 +153,14 @@ def from_mlx(w: mx.array, scales: mx.array) -> tuple[mx.array, mx.array]:
     if scales.dtype != mx.uint8:
         raise MXFP4Error(f"MXFP4 scales must be uint8, got {scales.dtype}")
     words_per_block = BYTES_PER_BLOCK // 4
-    if tuple(scales.shape) != (*w.shape[:-1], w.shape[-1] // words_per_block) \
-            or w.shape[-1] % words_per_block:
-        raise MXFP4Error(f"MLX mxfp4 weights {tuple(w.shape)} need scales of shape "
-                         f"[..., {w.shape[-1]}/{words_per_block}], got {tuple(scales.shape)}")
     *lead, words = w.shape
+    if words % words_per_block:
+        raise MXFP4Error(f"MLX mxfp4 weights need a last dimension that is a multiple of "
+                         f"{words_per_block} (one block), got shape {tuple(w.shape)}")
+    expected_scales = (*lead, words // words_per_block)
+    if tuple(scales.shape) != expected_scales:
+        raise MXFP4Error(f"MLX mxfp4 weights of shape {tuple(w.shape)} need scales of shape "
+                         f"{expected_scales}, got {tuple(scales.shape)}")
     blocks = w.view(mx.uint8).reshape(*lead, words // words_per_block, BYTES_PER_BLOCK)
     return blocks, scales
 
