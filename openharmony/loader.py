@@ -204,10 +204,13 @@ def read_safetensors_header(file: Path) -> dict[str, StoredTensor]:
     except OSError as e:
         raise CheckpointError(f"cannot read {file}: {e.strerror or e}") from None
     try:
-        header = json.loads(raw.decode("utf-8"))
+        header = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{file} has a corrupt safetensors header: not valid JSON "
                               f"({e})") from None
+    except _DuplicateKey as e:
+        raise CheckpointError(f"{file} has a corrupt safetensors header: {e.args[0]!r} "
+                              "appears twice") from None
     if not isinstance(header, dict):
         raise CheckpointError(f"{file} has a corrupt safetensors header: not a JSON object")
     metadata = header.pop("__metadata__", None)
@@ -239,6 +242,20 @@ def read_safetensors_header(file: Path) -> dict[str, StoredTensor]:
         raise CheckpointError(f"{file} has {data_size - position} bytes after its last tensor: "
                               "the header does not describe the file")
     return tensors
+
+
+class _DuplicateKey(Exception):
+    pass
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object hook: plain `json` would silently keep the last of two equal keys."""
+    result = {}
+    for key, value in pairs:
+        if key in result:
+            raise _DuplicateKey(key)
+        result[key] = value
+    return result
 
 
 def _check_entry(file: Path, name: str, entry: Any) -> tuple[int, int]:
@@ -277,7 +294,8 @@ def _is_original_config(file: Path) -> bool:
 
 
 def _has_weights(folder: Path) -> bool:
-    return (folder / INDEX_FILE).is_file() or any(folder.glob("*.safetensors"))
+    return ((folder / INDEX_FILE).is_file()
+            or any(f.is_file() for f in folder.glob("*.safetensors")))
 
 
 def _find_layout(path: Path) -> tuple[str, Path]:
@@ -329,7 +347,7 @@ def _weight_files(folder: Path) -> tuple[list[Path], dict[str, str] | None]:
     single = folder / SINGLE_FILE
     if single.is_file():
         return [single], None
-    files = sorted(folder.glob("*.safetensors"))
+    files = sorted(f for f in folder.glob("*.safetensors") if f.is_file())
     # Without an index, a set of shards must at least be complete. Shards count from 1
     # (model-00001-of-00003) or, as in openai/gpt-oss-20b, from 0 (model-00000-of-00002).
     groups: dict[tuple[str, str], dict[int, int]] = {}  # (prefix, last) -> number -> width
@@ -365,7 +383,7 @@ class Checkpoint:
         self.layout = layout
         self.config = config
         self.files = tuple(files)
-        self.total_bytes = sum(f.stat().st_size for f in files)
+        self.total_bytes = sum(f.stat().st_size for f in files)  # on disk, headers included
         self._stored = stored
         self._sources = _engine_sources(config, layout)
         self._shapes = engine_shapes(config)
@@ -394,6 +412,11 @@ class Checkpoint:
     def dtype(self, name: str) -> mx.Dtype:
         """The stored dtype (a dense tensor may be cast on `get`)."""
         return SAFETENSORS_DTYPES[self._source(name)[0].dtype][1]
+
+    @property
+    def tensor_bytes(self) -> int:
+        """Bytes of all tensors as stored (what a forward pass over every weight reads)."""
+        return sum(t.nbytes for t in self._stored.values())
 
     def nbytes(self, name: str) -> int:
         """Bytes of this tensor as stored."""
@@ -432,7 +455,7 @@ def open_checkpoint(path: str | Path) -> Checkpoint:
     Reads and validates the config and every safetensors header; reads no tensor bytes.
     Raises `CheckpointError` (or `ConfigError` for a bad config) naming the file and tensor.
     """
-    layout, folder = _find_layout(Path(path))
+    layout, folder = _find_layout(Path(path).expanduser())
     try:
         config = ModelConfig.from_path(folder / "config.json")
     except ConfigError as e:
@@ -446,9 +469,10 @@ def open_checkpoint(path: str | Path) -> Checkpoint:
                 raise CheckpointError(f"tensor {name!r} is stored twice: in "
                                       f"{stored[name].file.name} and in {file.name}")
             if weight_map is not None and weight_map.get(name) != file.name:
-                raise CheckpointError(
-                    f"{folder / INDEX_FILE} maps tensor {name!r} to "
-                    f"{weight_map.get(name)!r}, but it is stored in {file.name}")
+                where = (f"maps tensor {name!r} to {weight_map[name]}" if name in weight_map
+                         else f"does not list tensor {name!r}")
+                raise CheckpointError(f"{folder / INDEX_FILE} {where}, but it is stored in "
+                                      f"{file.name}")
             stored[name] = tensor
     if weight_map is not None:
         for name, filename in weight_map.items():
@@ -457,8 +481,7 @@ def open_checkpoint(path: str | Path) -> Checkpoint:
                                       f"{filename}, which does not hold it")
 
     _check_tensors(folder, layout, config, stored)
-    checkpoint = Checkpoint(folder, layout, config, stored, files)
-    return checkpoint
+    return Checkpoint(folder, layout, config, stored, files)
 
 
 def _check_tensors(folder: Path, layout: str, config: ModelConfig,

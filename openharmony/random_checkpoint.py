@@ -249,6 +249,8 @@ def write_random_checkpoint(path: str | Path, config: ModelConfig, *, seed: int 
         raise ValueError(f"layout must be 'hf', 'original' or 'both', got {layout!r}")
     path = Path(path)
     layouts = [HF, ORIGINAL] if layout == "both" else [layout]
+    if ORIGINAL in layouts:
+        config.to_original_dict()  # raises now, not after writing, if that layout cannot hold it
     total = sum(sum(s.nbytes for s in (hf_tensor_specs(config) if lay == HF
                                        else original_tensor_specs(config)).values())
                 for lay in layouts)

@@ -117,6 +117,28 @@ def test_a_folder_with_both_layouts_opens_the_hf_one(tmp_path, tiny_config):
     assert open_checkpoint(tmp_path / "original").layout == "original"
 
 
+def test_a_folder_of_symlinks_opens_like_the_hub_cache(tmp_path, tiny_sharded_checkpoint):
+    """huggingface_hub snapshots are folders of symlinks into a blob store."""
+    snapshot = tmp_path / "snapshot"
+    snapshot.mkdir()
+    for file in tiny_sharded_checkpoint.iterdir():
+        (snapshot / file.name).symlink_to(file)
+    ckpt = open_checkpoint(snapshot)
+    assert ckpt.total_bytes == sum(f.stat().st_size
+                                   for f in tiny_sharded_checkpoint.glob("*.safetensors"))
+    reference = open_checkpoint(tiny_sharded_checkpoint)
+    assert mx.array_equal(ckpt.get("lm_head.weight"), reference.get("lm_head.weight")).item()
+
+
+def test_byte_counts(tiny_checkpoint, tiny_config):
+    ckpt = open_checkpoint(tiny_checkpoint)
+    with safe_open(tiny_checkpoint / "model.safetensors", "pt") as f:
+        total = sum(f.get_tensor(n).numel() * f.get_tensor(n).element_size() for n in f.keys())
+    assert ckpt.tensor_bytes == total == sum(ckpt.nbytes(n) for n in ckpt.names())
+    assert total < ckpt.total_bytes < total + 16_000  # plus the header
+    assert ckpt.nbytes("embed_tokens.weight") == tiny_config.vocab_size * 64 * 2
+
+
 def test_opening_reads_no_tensor_bytes(tmp_path, tiny_checkpoint):
     """Bytes are read at evaluation: overwrite a tensor after opening, see the new bytes."""
     folder = tmp_path / "ckpt"
@@ -169,7 +191,8 @@ def read_entries(file: Path) -> dict[str, list]:
 def write_entries(file: Path, entries: dict[str, list]) -> None:
     header, offset = {}, 0
     for name, (dtype, shape, data) in entries.items():
-        header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + len(data)]}
+        header[name] = {"dtype": dtype, "shape": shape,
+                        "data_offsets": [offset, offset + len(data)]}
         offset += len(data)
     raw = json.dumps(header).encode()
     file.write_bytes(struct.pack("<Q", len(raw)) + raw + b"".join(e[2] for e in entries.values()))
@@ -251,6 +274,11 @@ def test_index_naming_a_missing_file_or_the_wrong_file(sharded):
     index_file.write_text(json.dumps(wrong))
     fails(sharded, "lm_head.weight", other, holder)
 
+    unlisted = json.loads(json.dumps(index))
+    del unlisted["weight_map"]["lm_head.weight"]
+    index_file.write_text(json.dumps(unlisted))
+    fails(sharded, "does not list tensor 'lm_head.weight'", holder)
+
     index_file.write_text(json.dumps({"weight_map": {}}))
     fails(sharded, "weight_map")
 
@@ -330,6 +358,16 @@ def test_overlapping_out_of_range_and_inconsistent_offsets(good):
     file.write_bytes(raw)
     edit_header(file, unknown_dtype)
     fails(good, "model.safetensors", norm, "unknown dtype 'Q4_K'")
+
+
+def test_a_tensor_named_twice_in_a_header(good):
+    file = good / "model.safetensors"
+    raw = file.read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = raw[8:8 + n].replace(b'"model.layers.0.self_attn.sinks"',
+                                  b'"model.layers.1.self_attn.sinks"')
+    file.write_bytes(raw[:8] + header + raw[8 + n:])
+    fails(good, "model.safetensors", "'model.layers.1.self_attn.sinks' appears twice")
 
 
 def test_trailing_bytes(good):
@@ -418,15 +456,18 @@ def test_header_parser_accepts_what_the_safetensors_library_reads(tiny_sharded_c
 @given(data=st.data())
 def test_random_header_corruption_is_an_error_or_harmless(tmp_path_factory, tiny_checkpoint,
                                                           data):
-    """Any single corrupted header byte: a CheckpointError, or a checkpoint that loads right."""
+    """A corrupted header byte or a truncation anywhere: a CheckpointError, or (for a harmless
+    byte such as whitespace) a checkpoint that loads the right values."""
     raw = (tiny_checkpoint / "model.safetensors").read_bytes()
     (n,) = struct.unpack("<Q", raw[:8])
-    position = data.draw(st.integers(0, 8 + n - 1))
-    value = data.draw(st.integers(0, 255))
+    corrupted = bytearray(raw)
+    if data.draw(st.booleans(), label="truncate"):
+        del corrupted[data.draw(st.integers(0, len(raw) - 1), label="length"):]
+    else:
+        corrupted[data.draw(st.integers(0, 8 + n - 1), label="position")] = data.draw(
+            st.integers(0, 255), label="value")
     folder = tmp_path_factory.mktemp("fuzz")
     shutil.copy(tiny_checkpoint / "config.json", folder)
-    corrupted = bytearray(raw)
-    corrupted[position] = value
     (folder / "model.safetensors").write_bytes(bytes(corrupted))
     try:
         ckpt = open_checkpoint(folder)

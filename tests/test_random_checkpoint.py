@@ -21,6 +21,7 @@ from safetensors import safe_open
 
 from openharmony import random_checkpoint
 from openharmony.config import ModelConfig
+from openharmony.errors import ConfigError
 from openharmony.random_checkpoint import PRESETS, write_random_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
@@ -218,3 +219,7 @@ def test_command_line(tmp_path):
 def test_bad_arguments_are_refused(tmp_path, tiny_config):
     with pytest.raises(ValueError, match="layout"):
         write_random_checkpoint(tmp_path, tiny_config, layout="gguf")
+    all_full = replace(tiny_config, layer_types=("full_attention",) * 2)
+    with pytest.raises(ConfigError, match="original"):
+        write_random_checkpoint(tmp_path / "x", all_full, layout="both")
+    assert not (tmp_path / "x").exists()  # refused before writing anything
