@@ -148,7 +148,16 @@ def stream_generate(
         prompt_cache = PromptCache(model)
     elif prompt_cache.model is not model:
         raise GenerationError("prompt_cache was made for another model")
+    sampler = Sampler(options, config.vocab_size, prompt_tokens=prompt_ids, seed=seed)
+    # Bad input raises here, at the call; the work starts with the first `next()`.
+    return _stream(model, prompt_ids, tokenizer, max_tokens, sampler, stop_ids, stop_matcher,
+                   prompt_cache, prefill_chunk, logprobs)
 
+
+def _stream(model, prompt_ids: list[int], tokenizer, max_tokens: int, sampler: Sampler,
+            stop_ids: set[int], stop_matcher: "_StopStrings",
+            prompt_cache: PromptCache, prefill_chunk: int,
+            logprobs: bool) -> Iterator[GenerationChunk]:
     mx.reset_peak_memory()
     start_time = time.perf_counter()
     reused = prompt_cache.reuse(prompt_ids)
@@ -163,8 +172,6 @@ def stream_generate(
         mx.eval(prompt_cache.state)
         prompt_cache.add_tokens(chunk)
     prompt_cache.snapshot()
-
-    sampler = Sampler(options, config.vocab_size, prompt_tokens=prompt_ids, seed=seed)
 
     def step(token: mx.array) -> tuple[mx.array, mx.array | None]:
         logits = model(token.reshape(1, 1), cache=caches)[:, -1, :]
@@ -241,9 +248,8 @@ class _StopStrings:
         if found:
             emit, self.pending = self.pending[:min(found)], ""
             return emit, True
-        held = 0 if final else self._longest_stop_prefix_suffix()
-        emit, self.pending = self.pending[:len(self.pending) - held], self.pending[
-            len(self.pending) - held:]
+        cut = len(self.pending) - (0 if final else self._longest_stop_prefix_suffix())
+        emit, self.pending = self.pending[:cut], self.pending[cut:]
         return emit, False
 
     def _longest_stop_prefix_suffix(self) -> int:
