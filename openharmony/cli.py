@@ -90,9 +90,9 @@ def _global_options(
     ctx: typer.Context,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
     vocab: Annotated[Optional[str], typer.Option(
-        "--vocab", envvar="OPENHARMONY_VOCAB", metavar="PATH",
-        help="The o200k_base.tiktoken vocabulary file (or a folder holding it); "
-             "without it tiktoken downloads and caches it.")] = None,
+        "--vocab", metavar="PATH",
+        help="The o200k_base.tiktoken vocabulary file (or a folder holding it). Default: "
+             "$OPENHARMONY_VOCAB, else tiktoken's cache (downloaded once).")] = None,
 ) -> None:
     settings.debug = debug
     settings.vocab = vocab
@@ -403,8 +403,12 @@ def download(
     """
     if cache_dir is not None and local_dir is not None:
         raise OpenHarmonyError("--cache-dir and --local-dir exclude each other")
-    folder = download_model(repo_id, revision=revision, cache_dir=cache_dir,
-                            local_dir=local_dir, original=original, metal=metal)
+    try:
+        folder = download_model(repo_id, revision=revision, cache_dir=cache_dir,
+                                local_dir=local_dir, original=original, metal=metal)
+    except KeyboardInterrupt:
+        typer.echo("\ninterrupted: run the same command again to resume", err=True)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
     typer.echo(str(folder))
 
 
