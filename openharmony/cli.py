@@ -18,7 +18,6 @@ import enum
 import json
 import math
 import sys
-import time
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -28,8 +27,7 @@ from typer.core import TyperGroup
 from .download import DEFAULT_MODEL, download_model, resolve_model
 from .errors import OpenHarmonyError
 
-EXIT_ERROR = 1
-EXIT_USAGE = 2
+EXIT_ERROR = 1  # typer's own usage errors exit with 2
 EXIT_INTERRUPTED = 130
 
 
@@ -179,8 +177,9 @@ def _write(text: str, dim: bool = False) -> None:
 
 
 class _ReplyPrinter:
-    """Prints a streamed harmony reply: the final answer plainly, reasoning dimmed (when
-    asked for), tool calls as `[tool call] name arguments`."""
+    """Prints a streamed harmony reply: what is meant for the user (the final answer, and
+    commentary preambles) plainly, the reasoning (analysis channel) dimmed when asked for,
+    tool calls dimmed as `[tool call] RECIPIENT ARGUMENTS`."""
 
     def __init__(self, show_reasoning: bool):
         self.show_reasoning = show_reasoning
@@ -192,27 +191,30 @@ class _ReplyPrinter:
         if key != self._current:
             self._start_message(event)
             self._current = key
-        if self._is_tool_call(event):
-            _write(event.delta, dim=True)
-        elif event.channel == "final":
+        if self._is_tool_call(event) or self._is_reasoning(event):
+            if self.show_reasoning or not self._is_reasoning(event):
+                _write(event.delta, dim=True)
+        else:
             _write(event.delta)
-        elif self.show_reasoning:
-            _write(event.delta, dim=True)
 
     def _start_message(self, event) -> None:
+        if self._is_reasoning(event) and not self.show_reasoning:
+            return
         if self._wrote_any:
             _write("\n")
         if self._is_tool_call(event):
             _write(f"[tool call] {event.recipient} ", dim=True)
-        elif event.channel != "final" and self.show_reasoning:
-            _write(f"[{event.channel or 'analysis'}] ", dim=True)
-        elif event.channel != "final":
-            return
+        elif self._is_reasoning(event):
+            _write("[analysis] ", dim=True)
         self._wrote_any = True
 
     @staticmethod
     def _is_tool_call(event) -> bool:
         return event.recipient not in (None, "assistant", "user")
+
+    @staticmethod
+    def _is_reasoning(event) -> bool:
+        return event.channel == "analysis" and event.recipient in (None, "assistant")
 
     def end(self) -> None:
         if self._wrote_any:

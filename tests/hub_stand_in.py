@@ -83,11 +83,11 @@ class HubStandIn:
         with self._lock:
             self.requests.append(("HEAD" if head else "GET", path, dict(h.headers.items())))
         repo = re.escape(self.repo_id)
-        if m := re.fullmatch(rf"/api/models/{repo}/revision/[^/]+", path):
+        if re.fullmatch(rf"/api/models/{repo}/revision/[^/]+", path):
             siblings = [{"rfilename": name} for name in self.files]
             return self._json(h, {"id": self.repo_id, "sha": COMMIT, "private": False,
                                   "siblings": siblings})
-        if m := re.fullmatch(rf"/api/models/{repo}/tree/[^/]+", path):
+        if re.fullmatch(rf"/api/models/{repo}/tree/[^/]+", path):
             tree = [{"type": "file", "path": name, "size": len(data), "oid": _git_oid(data)}
                     for name, data in self.files.items()]
             return self._json(h, tree)

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import pytest
 import tiktoken
-import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
@@ -221,6 +220,7 @@ def test_reply_printer_hides_reasoning_and_shows_tool_calls(tokenizer, capsys):
         Message.from_role_and_content(Role.ASSISTANT, "Think first.").with_channel("analysis"),
         Message.from_role_and_content(Role.ASSISTANT, '{"city": "Paris"}')
         .with_channel("commentary").with_recipient("functions.get_weather"),
+        Message.from_role_and_content(Role.ASSISTANT, "Let me look.").with_channel("commentary"),
         Message.from_role_and_content(Role.ASSISTANT, "It is sunny.").with_channel("final"),
     ]
     start = tokenizer.encode("<|start|>assistant", allow_special=True)
@@ -238,11 +238,12 @@ def test_reply_printer_hides_reasoning_and_shows_tool_calls(tokenizer, capsys):
                 printer(event)
         printer.end()
         outputs[show] = capsys.readouterr().out
+    # A commentary message without a recipient is a preamble meant for the user.
     assert outputs[False] == ('[tool call] functions.get_weather {"city": "Paris"}\n'
-                              "It is sunny.\n")
+                              "Let me look.\nIt is sunny.\n")
     assert outputs[True] == ("[analysis] Think first.\n"
                              '[tool call] functions.get_weather {"city": "Paris"}\n'
-                             "It is sunny.\n")
+                             "Let me look.\nIt is sunny.\n")
 
 
 # -- info ----------------------------------------------------------------------------------
