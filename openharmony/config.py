@@ -131,9 +131,15 @@ class ModelConfig:
         """Build from a Hugging Face or an OpenAI `original/` config dict."""
         if not isinstance(d, dict):
             raise ConfigError(f"a config must be a JSON object, got {type(d).__name__}")
-        if "num_experts" in d and "num_local_experts" not in d and "model_type" not in d:
+        if ("model_type" not in d and "num_local_experts" not in d
+                and any(k in d for k in _ORIGINAL_ONLY_KEYS)):
             return cls._from_original(d)
-        return cls._from_hf(d)
+        try:
+            return cls._from_hf(d)
+        except (TypeError, ValueError) as e:
+            if isinstance(e, ConfigError):
+                raise
+            raise ConfigError(f"config has a value of the wrong type: {e}") from None
 
     @classmethod
     def from_path(cls, path: str | Path) -> "ModelConfig":
@@ -162,7 +168,8 @@ class ModelConfig:
         if model_type != "gpt_oss":
             raise ConfigError(f"model_type is {model_type!r}, expected 'gpt_oss' "
                               "(this engine runs gpt-oss models only)")
-        n_layers = _require(d, "num_hidden_layers")
+        _require(d, "num_hidden_layers")
+        n_layers = _int_field(d, "num_hidden_layers")
         experts = d.get("num_local_experts", d.get("num_experts"))
         top_k = d.get("num_experts_per_tok", d.get("experts_per_token"))
         _require(d, "vocab_size", "hidden_size", "intermediate_size", "num_attention_heads",
@@ -185,11 +192,11 @@ class ModelConfig:
             num_key_value_heads=d.get("num_key_value_heads") or n_heads,
             sliding_window=d.get("sliding_window") or 128,
             layer_types=tuple(layer_types),
-            rope_theta=float(rope_theta),
+            rope_theta=_float_value("rope_theta", rope_theta),
             rope_scaling=rope_scaling,
-            swiglu_limit=float(d.get("swiglu_limit", 7.0)),
-            swiglu_alpha=float(d.get("swiglu_alpha", 1.702)),
-            rms_norm_eps=float(d.get("rms_norm_eps", 1e-5)),
+            swiglu_limit=_float_field(d, "swiglu_limit", 7.0),
+            swiglu_alpha=_float_field(d, "swiglu_alpha", 1.702),
+            rms_norm_eps=_float_field(d, "rms_norm_eps", 1e-5),
             max_position_embeddings=d.get("max_position_embeddings", 131072),
             eos_token_id=tuple(eos) if isinstance(eos, list) else eos,
             pad_token_id=d.get("pad_token_id", 199999),
@@ -200,14 +207,14 @@ class ModelConfig:
         _require(d, "num_hidden_layers", "num_experts", "experts_per_token", "vocab_size",
                  "hidden_size", "intermediate_size", "head_dim", "num_attention_heads",
                  "num_key_value_heads", "sliding_window", "rope_theta")
-        n_layers = d["num_hidden_layers"]
-        factor = float(d.get("rope_scaling_factor", 1.0))
+        n_layers = _int_field(d, "num_hidden_layers")
+        factor = _float_field(d, "rope_scaling_factor", 1.0)
         initial_context = int(d.get("initial_context_length", 4096))
         scaling = None
         if factor > 1:
             scaling = YarnScaling(factor=factor,
-                                  beta_fast=float(d.get("rope_ntk_beta", 32.0)),
-                                  beta_slow=float(d.get("rope_ntk_alpha", 1.0)),
+                                  beta_fast=_float_field(d, "rope_ntk_beta", 32.0),
+                                  beta_slow=_float_field(d, "rope_ntk_alpha", 1.0),
                                   original_max_position_embeddings=initial_context)
         # OpenAI's reference uses the sliding window on even layers.
         return cls(
@@ -222,9 +229,9 @@ class ModelConfig:
             num_key_value_heads=d["num_key_value_heads"],
             sliding_window=d["sliding_window"],
             layer_types=tuple(SLIDING if i % 2 == 0 else FULL for i in range(n_layers)),
-            rope_theta=float(d["rope_theta"]),
+            rope_theta=_float_field(d, "rope_theta"),
             rope_scaling=scaling,
-            swiglu_limit=float(d.get("swiglu_limit", 7.0)),
+            swiglu_limit=_float_field(d, "swiglu_limit", 7.0),
             max_position_embeddings=int(initial_context * factor),
         )
 
@@ -282,7 +289,8 @@ class ModelConfig:
                 del rope["attention_factor"]
         if rope_spelling == "rope_scaling":
             d["rope_theta"] = self.rope_theta
-            d["rope_scaling"] = None if self.rope_scaling is None else rope
+            # Not null: transformers 5 reads a null rope_scaling as gpt-oss's default YaRN.
+            d["rope_scaling"] = rope
         elif rope_spelling == "rope_parameters":
             d["rope_parameters"] = {**rope, "rope_theta": self.rope_theta}
         else:
@@ -296,9 +304,20 @@ class ModelConfig:
         if self.layer_types != expected:
             raise ConfigError("the original/ layout can only express sliding attention on even "
                               "layers")
-        y = self.rope_scaling or YarnScaling(factor=1.0)
-        if y.truncate or y.attention_factor is not None:
-            raise ConfigError("the original/ layout cannot express truncate or attention_factor")
+        # Without YaRN the context length is the original one (factor 1).
+        y = self.rope_scaling or YarnScaling(factor=1.0,
+                                             original_max_position_embeddings=self.max_position_embeddings)
+        defaults = ModelConfig.__dataclass_fields__
+        lost = [name for name in ("rms_norm_eps", "swiglu_alpha", "eos_token_id", "pad_token_id")
+                if getattr(self, name) != defaults[name].default]
+        if y.truncate:
+            lost.append("rope_scaling.truncate")
+        if y.attention_factor is not None:
+            lost.append("rope_scaling.attention_factor")
+        if self.max_position_embeddings != int(y.original_max_position_embeddings * y.factor):
+            lost.append("max_position_embeddings")
+        if lost:
+            raise ConfigError(f"the original/ layout cannot express {', '.join(lost)}")
         return {
             "num_hidden_layers": self.num_hidden_layers,
             "num_experts": self.num_local_experts,
@@ -319,6 +338,31 @@ class ModelConfig:
         }
 
 
+# Keys only OpenAI's original/config.json has (hub config.json files also carry
+# experts_per_token and initial_context_length, so those do not tell the layouts apart).
+_ORIGINAL_ONLY_KEYS = ("num_experts", "rope_scaling_factor", "rope_ntk_alpha", "rope_ntk_beta")
+
+
+def _float_value(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{name} must be a number, got {value!r}")
+    return float(value)
+
+
+def _float_field(d: dict[str, Any], name: str, default: float | None = None) -> float:
+    value = d.get(name, default)
+    if value is None:
+        raise ConfigError(f"config is missing required field(s): {name}")
+    return _float_value(name, value)
+
+
+def _int_field(d: dict[str, Any], name: str) -> int:
+    value = d.get(name)
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
 def _require(d: dict[str, Any], *names: str, extra: dict[str, Any] | None = None):
     missing = [n for n in names if d.get(n) is None]
     missing += [n for n, v in (extra or {}).items() if v is None]
@@ -337,8 +381,11 @@ def _hf_rope(d: dict[str, Any]) -> tuple[float, YarnScaling | None]:
         theta = d.get("rope_theta")
     if theta is None:
         raise ConfigError("config is missing required field(s): rope_theta")
-    if not params:
-        return theta, None
+    if params is None:
+        # As transformers: a gpt-oss config without a RoPE block means gpt-oss's YaRN.
+        return theta, YarnScaling()
+    if not isinstance(params, dict):
+        raise ConfigError(f"rope_scaling must be an object, got {params!r}")
     rope_type = params.get("rope_type", params.get("type", "default"))
     if rope_type == "default":
         return theta, None
@@ -349,5 +396,5 @@ def _hf_rope(d: dict[str, Any]) -> tuple[float, YarnScaling | None]:
     kwargs = {k: v for k, v in params.items() if k in known and v is not None}
     for k in ("factor", "beta_fast", "beta_slow", "attention_factor"):
         if k in kwargs:
-            kwargs[k] = float(kwargs[k])
+            kwargs[k] = _float_value(f"rope_scaling.{k}", kwargs[k])
     return theta, YarnScaling(**kwargs)
