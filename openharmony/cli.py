@@ -325,7 +325,11 @@ def chat(
     show_reasoning: ShowReasoning = False,
     verbose: Verbose = False,
 ) -> None:
-    """Chat with the model (multi-turn; earlier turns are not recomputed)."""
+    """Chat with the model, multi-turn.
+
+    Each turn reuses the computed prefix of the previous ones. /reset starts over, /exit (or
+    Ctrl-D) quits, Ctrl-C stops an answer.
+    """
     from .cache import PromptCache
     from .chat import Chat, ChatOptions
 
@@ -399,9 +403,10 @@ def download(
     metal: Annotated[bool, typer.Option("--metal", help="Also fetch metal/ (a Metal build).")
                      ] = False,
 ) -> None:
-    """Download a checkpoint (only the Hugging Face layout, unless asked); prints its folder.
+    """Download a checkpoint (the Hugging Face layout only).
 
-    Interrupted downloads resume: run the same command again.
+    --original and --metal add the other copies of the weights. Interrupted downloads resume:
+    run the same command again.
     """
     if cache_dir is not None and local_dir is not None:
         raise OpenHarmonyError("--cache-dir and --local-dir exclude each other")
@@ -494,9 +499,9 @@ def info(
                                                      "estimate.")] = 8192,
     as_json: Annotated[bool, typer.Option("--json", help="Print the numbers as JSON.")] = False,
 ) -> None:
-    """A checkpoint's config, parameter counts, size on disk and the memory it needs.
+    """Parameter counts, size on disk and memory needs of a checkpoint.
 
-    Reads only the headers: no weights are loaded.
+    Reads only the config and the safetensors headers: no weights are loaded.
     """
     from .loader import open_checkpoint
 
