@@ -308,7 +308,9 @@ class ModelConfig:
         y = self.rope_scaling or YarnScaling(factor=1.0,
                                              original_max_position_embeddings=self.max_position_embeddings)
         defaults = ModelConfig.__dataclass_fields__
-        lost = [name for name in ("rms_norm_eps", "swiglu_alpha", "eos_token_id", "pad_token_id")
+        # Token ids are the tokenizer's business, not the weights': original/ does not carry
+        # them and they come back as gpt-oss's defaults.
+        lost = [name for name in ("rms_norm_eps", "swiglu_alpha")
                 if getattr(self, name) != defaults[name].default]
         if y.truncate:
             lost.append("rope_scaling.truncate")

@@ -257,7 +257,7 @@ def test_file_problems_name_the_file(tmp_path):
 # -- defects found in review, fixed ------------------------------------------------------
 
 @pytest.mark.parametrize("change", [{"rms_norm_eps": 1e-6}, {"swiglu_alpha": 1.5},
-                                    {"eos_token_id": (1, 2)}, {"max_position_embeddings": 8192},
+                                    {"max_position_embeddings": 8192},
                                     {"rope_scaling": None}])
 def test_original_dict_round_trips_or_refuses(change):
     config = dataclasses.replace(small_configs()["20b"], **change)
@@ -299,3 +299,10 @@ def test_missing_or_null_rope_block_means_gpt_oss_yarn_as_in_transformers():
         ours = ModelConfig.from_dict(d)
         assert ours.rope_scaling is not None
         assert expected_from_transformers(GptOssConfig.from_dict(d)) == ours
+
+
+def test_original_dict_leaves_token_ids_to_the_tokenizer():
+    config = dataclasses.replace(small_configs()["20b"], eos_token_id=(1, 2), pad_token_id=3)
+    back = ModelConfig.from_dict(config.to_original_dict())
+    assert dataclasses.replace(back, eos_token_id=(1, 2), pad_token_id=3) == config
+    assert (back.eos_token_id, back.pad_token_id) == (200002, 199999)
