@@ -2,6 +2,8 @@
 
 from .config import ModelConfig
 from .errors import CheckpointError, ConfigError, OpenHarmonyError
+from .model import Model, load_model
 
-__all__ = ["ModelConfig", "OpenHarmonyError", "ConfigError", "CheckpointError"]
+__all__ = ["ModelConfig", "Model", "load_model",
+           "OpenHarmonyError", "ConfigError", "CheckpointError"]
 __version__ = "0.1.0"
