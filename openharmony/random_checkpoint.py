@@ -233,6 +233,14 @@ def _write_layout(folder: Path, config: ModelConfig, layout: str, seed: int, sha
         (folder / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
 
 
+def _original_config_dict(config: ModelConfig) -> dict:
+    """OpenAI's config for `config`. It has no eos/pad fields: on the hub those live in the
+    HF config beside it, so they are left out here rather than refused."""
+    fields = ModelConfig.__dataclass_fields__
+    return replace(config, eos_token_id=fields["eos_token_id"].default,
+                   pad_token_id=fields["pad_token_id"].default).to_original_dict()
+
+
 def write_random_checkpoint(path: str | Path, config: ModelConfig, *, seed: int = 0,
                             layout: str = "hf", shards: int = 1,
                             max_shard_size: int | None = None,
@@ -250,7 +258,7 @@ def write_random_checkpoint(path: str | Path, config: ModelConfig, *, seed: int 
     path = Path(path)
     layouts = [HF, ORIGINAL] if layout == "both" else [layout]
     if ORIGINAL in layouts:
-        config.to_original_dict()  # raises now, not after writing, if that layout cannot hold it
+        _original_config_dict(config)  # raises now, not after writing, if it cannot be written
     total = sum(sum(s.nbytes for s in (hf_tensor_specs(config) if lay == HF
                                        else original_tensor_specs(config)).values())
                 for lay in layouts)
@@ -265,7 +273,7 @@ def write_random_checkpoint(path: str | Path, config: ModelConfig, *, seed: int 
                           max_shard_size if lay == HF else None,
                           bar.update if bar is not None else (lambda n: None))
             config_dict = (config.to_hf_dict(rope_spelling=rope_spelling) if lay == HF
-                           else config.to_original_dict())
+                           else _original_config_dict(config))
             (folder / "config.json").write_text(json.dumps(config_dict, indent=2) + "\n")
     finally:
         if bar is not None:
