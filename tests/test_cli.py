@@ -13,8 +13,10 @@ import json
 import math
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -458,3 +460,27 @@ def test_chat_survives_an_answer_that_breaks_the_format(tiny_vocab_checkpoint):
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert errors == ["error: the completion is not in the harmony format: Unexpected EOS while "
                       "waiting for message header to complete"] * 2
+
+
+def test_sigint_stops_the_answer_in_a_real_process(tiny_vocab_checkpoint):
+    """Ctrl-C as a real signal: the random checkpoint would talk for 100000 tokens."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "openharmony", "chat", "-m", str(tiny_vocab_checkpoint),
+         "--max-tokens", "100000", "--temperature", "0"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "OPENHARMONY_VOCAB": str(VOCAB)})
+    try:
+        assert process.stderr.readline().startswith("Type a message")  # the model is loaded
+        process.stdin.write("Hi!\n")
+        process.stdin.flush()
+        time.sleep(1.0)
+        process.send_signal(signal.SIGINT)
+        time.sleep(0.5)
+        process.stdin.write("/exit\n")
+        process.stdin.flush()
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0, stderr
+    assert stderr.splitlines()[-1] == "stopped"
