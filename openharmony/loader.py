@@ -386,7 +386,6 @@ class Checkpoint:
         self.total_bytes = sum(f.stat().st_size for f in files)  # on disk, headers included
         self._stored = stored
         self._sources = _engine_sources(config, layout)
-        self._shapes = engine_shapes(config)
         self._arrays: dict[Path, dict[str, mx.array]] = {}
 
     def __repr__(self) -> str:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import FULL, SLIDING, YarnScaling, ModelConfig
+from .config import FULL, SLIDING, ModelConfig, YarnScaling
 from .loader import (HF, INDEX_FILE, ORIGINAL, SINGLE_FILE, TensorSpec,
                      engine_shapes, engine_to_stored, hf_tensor_specs, original_tensor_specs)
 

@@ -48,6 +48,14 @@ def read_all(folder: Path) -> dict[str, np.ndarray]:
     return tensors
 
 
+def test_bfloat16_rounding_matches_torch():
+    values = np.random.default_rng(0).standard_normal(10_000).astype(np.float32) * 100
+    values[:4] = [0.0, -0.0, 1.00390625, 1.01171875]  # two exact ties: round to even
+    ours = np.frombuffer(random_checkpoint._to_bf16_bytes(values), "<u2")
+    expected = torch.from_numpy(values).to(torch.bfloat16).view(torch.int16).numpy()
+    np.testing.assert_array_equal(ours, expected.view(np.uint16))
+
+
 def test_real_presets_match_the_published_configs():
     for name in ("20b", "120b"):
         folder = REPO / "configs" / f"gpt-oss-{name}"
