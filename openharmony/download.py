@@ -85,7 +85,7 @@ def download_model(repo_id: str = DEFAULT_MODEL, *, revision: str | None = None,
             local_dir=local_dir,
             allow_patterns=file_patterns(original=original, metal=metal),
             local_files_only=local_files_only,
-            endpoint=os.environ.get("HF_ENDPOINT") or None,
+            endpoint=os.environ.get("HF_ENDPOINT", "").rstrip("/") or None,
         )
     except Exception as e:  # noqa: BLE001 - translated below, re-raised when not a hub error
         raise _as_download_error(e, repo_id, local_files_only) from e

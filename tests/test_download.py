@@ -61,7 +61,7 @@ def hub(monkeypatch):
     monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     files = repo_files()
     with HubStandIn(REPO, files) as server:
-        monkeypatch.setenv("HF_ENDPOINT", server.url)
+        monkeypatch.setenv("HF_ENDPOINT", server.url + "/")  # a trailing slash is allowed
         yield server
 
 
