@@ -25,6 +25,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
+from hub_stand_in import HubStandIn
 from openharmony.cli import _ReplyPrinter, app, checkpoint_summary
 from openharmony.errors import OpenHarmonyError
 from openharmony.tokenizer import load_tokenizer
@@ -484,3 +485,25 @@ def test_sigint_stops_the_answer_in_a_real_process(tiny_vocab_checkpoint):
             process.kill()
     assert process.returncode == 0, stderr
     assert stderr.splitlines()[-1] == "stopped"
+
+
+def test_hub_id_is_downloaded_once_then_used_from_the_cache(bigram_checkpoint, tmp_path,
+                                                            monkeypatch):
+    from huggingface_hub import constants
+
+    files = {p.name: p.read_bytes() for p in bigram_checkpoint.iterdir()}
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    with HubStandIn("tests/bigram", files) as hub:
+        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+        assert "not in the local Hugging Face cache" in assert_one_line_error(
+            run("info", "tests/bigram"))
+        for _ in range(2):
+            result = run("generate", "The", "-m", "tests/bigram", "--temperature", "0")
+            assert result.exit_code == 0, result.output
+            assert result.stdout == " sky is blue.\n"
+        assert len(hub.gets("model.safetensors")) == 1  # the second run used the cache
+        info = run("info", "tests/bigram", "--json")
+        assert info.exit_code == 0, info.output
+        assert json.loads(info.stdout)["bytes_on_disk"] == len(files["model.safetensors"])
