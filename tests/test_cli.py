@@ -507,3 +507,17 @@ def test_hub_id_is_downloaded_once_then_used_from_the_cache(bigram_checkpoint, t
         info = run("info", "tests/bigram", "--json")
         assert info.exit_code == 0, info.output
         assert json.loads(info.stdout)["bytes_on_disk"] == len(files["model.safetensors"])
+
+
+def test_info_is_the_same_for_both_layouts(tiny_checkpoint, tiny_original_checkpoint):
+    summaries = []
+    for folder in (tiny_checkpoint, tiny_original_checkpoint):
+        result = run("info", str(folder), "--json", "--dtype", "bfloat16")
+        assert result.exit_code == 0, result.output
+        summaries.append(json.loads(result.stdout))
+    hf, original = summaries
+    assert (hf["layout"], original["layout"]) == ("hf", "original")
+    differ = {"path", "layout", "files", "bytes_on_disk"}
+    assert {k: v for k, v in hf.items() if k not in differ} == {
+        k: v for k, v in original.items() if k not in differ}
+    assert hf["parameters"] == expected_info(tiny_checkpoint, 2, 8192)["parameters"]
