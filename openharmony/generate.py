@@ -188,7 +188,7 @@ def _stream(model, prompt_ids: list[int], tokenizer, max_tokens: int, sampler: S
     for count in range(1, max_tokens + 1):
         if count < max_tokens:  # queue the next step before reading this token
             next_token, next_logprob = step(token)
-        token_id = token.item()
+        token_id = _read_token(token)
         if first_token_time is None:
             first_token_time = time.perf_counter()
         if count < max_tokens:
@@ -227,6 +227,11 @@ def _stream(model, prompt_ids: list[int], tokenizer, max_tokens: int, sampler: S
         if finish_reason is not None:
             return
         token, logprob = next_token, next_logprob
+
+
+def _read_token(token: mx.array) -> int:
+    """Wait for a token and bring it to the host (the one place decoding blocks)."""
+    return token.item()
 
 
 class _StopStrings:

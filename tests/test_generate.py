@@ -19,6 +19,7 @@ import pytest
 from openharmony.cache import KVCache, PromptCache, RotatingKVCache
 from openharmony.config import FULL, SLIDING
 from openharmony.errors import OpenHarmonyError
+import openharmony.generate as generate_module
 from openharmony.generate import (ContextLengthError, GenerationError, _StopStrings, generate,
                                   stream_generate)
 from openharmony.model import load_model
@@ -229,16 +230,27 @@ def test_single_options_override_sampling(model, tokenizer):
 # -- decode pipelining ------------------------------------------------------------------
 
 
-def test_next_step_is_queued_before_a_token_is_delivered(model, tokenizer):
+def test_next_step_is_queued_before_a_token_is_read(model, tokenizer, monkeypatch):
+    events = []  # ("step", n): the model called for decode step n; ("read", n): token n read
     steered = Steered(model, prompt_length=10)
-    for count, chunk in enumerate(stream_generate(steered, random_prompt(10, seed=7),
-                                                  tokenizer=tokenizer, max_tokens=5,
-                                                  temperature=0, ignore_eos=True), start=1):
-        decode_calls = steered.calls[1:]  # after the one prefill call (9 tokens)
-        assert steered.calls[0] == 9 and set(decode_calls) == {1}
-        # Token `count` is delivered once the step computing token count+1 is queued, and no
-        # step is queued past max_tokens.
-        assert len(decode_calls) == min(count + 1, 5)
+    real_call, real_read = Steered.__call__, generate_module._read_token
+
+    def call(self, tokens, cache=None):
+        if self.calls:  # after the one prefill call
+            events.append(("step", len(self.calls)))
+        return real_call(self, tokens, cache)
+
+    def read(token):
+        events.append(("read", sum(kind == "read" for kind, _ in events) + 1))
+        return real_read(token)
+
+    monkeypatch.setattr(Steered, "__call__", call)
+    monkeypatch.setattr(generate_module, "_read_token", read)
+    tokens = greedy(steered, random_prompt(10, seed=7), tokenizer, 5).tokens
+    assert len(tokens) == 5 and steered.calls == [9, 1, 1, 1, 1, 1]
+    # Step n computes token n; step n+1 is queued before token n is read, none past the last.
+    assert events == [("step", 1), ("step", 2), ("read", 1), ("step", 3), ("read", 2),
+                      ("step", 4), ("read", 3), ("step", 5), ("read", 4), ("read", 5)]
 
 
 # -- stops -------------------------------------------------------------------------------
