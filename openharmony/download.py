@@ -116,6 +116,8 @@ def _as_download_error(e: Exception, repo_id: str, local_files_only: bool) -> Ex
     """One readable sentence for the hub's errors; other exceptions are returned unchanged."""
     from huggingface_hub import errors as hub
 
+    if isinstance(e, hub.HFValidationError):
+        return DownloadError(f"{repo_id!r} is not a valid hub model id: {e}")
     if isinstance(e, hub.GatedRepoError):
         return DownloadError(f"{repo_id} is gated: accept its licence on the hub and set HF_TOKEN")
     if isinstance(e, hub.RevisionNotFoundError):

@@ -146,6 +146,10 @@ def test_bad_repo_id_and_conflicting_folders(tmp_path):
     result = run_cli("download", "not a repo")
     assert result.exit_code == 1
     assert result.stderr.startswith("error: 'not a repo' is not a hub model id")
+    result = run_cli("download", "a/b..c")
+    assert result.exit_code == 1
+    assert result.stderr.strip() == ("error: 'a/b..c' is not a valid hub model id: Cannot have "
+                                     "-- or .. in repo_id: 'a/b..c'.")
     result = run_cli("download", REPO, "--cache-dir", str(tmp_path), "--local-dir",
                      str(tmp_path))
     assert result.exit_code == 1
