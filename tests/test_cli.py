@@ -459,8 +459,9 @@ def test_chat_survives_an_answer_that_breaks_the_format(tiny_vocab_checkpoint):
                  "--max-tokens", "8", input="Hi!\nAgain?\n")
     assert result.exit_code == 0, result.output
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
-    assert errors == ["error: the completion is not in the harmony format: Unexpected EOS while "
-                      "waiting for message header to complete"] * 2
+    assert len(errors) == 2
+    assert all(line.startswith("error: the completion is not in the harmony format")
+               for line in errors)
 
 
 def test_sigint_stops_the_answer_in_a_real_process(tiny_vocab_checkpoint):
