@@ -117,9 +117,8 @@ class RotatingKVCache:
         self.offset = 0
         # Positions [_oldest, offset) are intact in the buffer; older slots were overwritten.
         self._oldest = 0
-        # Position of the first key the last update_and_fetch returned (for make_mask).
+        # Position of the first key the last chunk's update_and_fetch returned (for make_mask).
         self._fetched_from = 0
-        self._fetched_in_order = True
 
     def update_and_fetch(self, keys: mx.array, values: mx.array) -> tuple[mx.array, mx.array]:
         if self.keys is None:
@@ -137,14 +136,13 @@ class RotatingKVCache:
         return start
 
     def _append_token(self, keys: mx.array, values: mx.array) -> tuple[mx.array, mx.array]:
-        self._history_start()
+        self._history_start()  # asserts the positions this query needs are all held
         slot = self.offset % self.window
         self.keys[..., slot:slot + 1, :] = keys
         self.values[..., slot:slot + 1, :] = values
         self.offset += 1
         self._oldest = max(self._oldest, self.offset - self.window)
         held = min(self.offset, self.window)  # before the first wrap, slots 0..held-1
-        self._fetched_from, self._fetched_in_order = self.offset - held, held < self.window
         return self.keys[..., :held, :], self.values[..., :held, :]
 
     def _append_chunk(self, keys: mx.array, values: mx.array) -> tuple[mx.array, mx.array]:
@@ -159,7 +157,7 @@ class RotatingKVCache:
         self.values[:, :, slots, :] = values[..., -kept:, :]
         self.offset = end
         self._oldest = max(self._oldest, end - self.window)
-        self._fetched_from, self._fetched_in_order = start, True
+        self._fetched_from = start
         return keys, values
 
     def make_mask(self, num_queries: int, window: int | None):
@@ -168,7 +166,6 @@ class RotatingKVCache:
                              f"with window {window}")
         if num_queries == 1:
             return None  # the keys returned are exactly this query's window
-        assert self._fetched_in_order
         return attention_mask(mx.arange(self.offset - num_queries, self.offset),
                               mx.arange(self._fetched_from, self.offset), window)
 
