@@ -288,17 +288,24 @@ def _chat_turn(model, tokenizer, conversation, sampling, show_reasoning, prompt_
 
     parser = ChatStreamParser(tokenizer)
     printer = _ReplyPrinter(show_reasoning)
-    stats = None
     extra = {} if prompt_cache is None else {"prompt_cache": prompt_cache}
     for chunk in stream_generate(model, conversation.render(), tokenizer=tokenizer,
                                  stop_tokens=chat_stop_tokens(tokenizer), **extra, **sampling):
         event = parser.feed(chunk.token)
         if event is not None:
             printer(event)
-        stats = chunk.stats or stats
     printer.end()
-    conversation.add_assistant_messages(parser.finish())
-    return stats
+    if chunk.finish_reason == "length":
+        # Long reasoning can use up the budget before the answer starts: say so.
+        typer.echo(f"(the reply reached --max-tokens {sampling['max_tokens']})", err=True)
+        try:
+            reply = parser.finish()
+        except OpenHarmonyError:  # cut inside a message header: keep the complete messages
+            reply = parser.messages
+    else:
+        reply = parser.finish()
+    conversation.add_assistant_messages(reply)
+    return chunk.stats
 
 
 # -- chat ---------------------------------------------------------------------------------

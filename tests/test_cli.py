@@ -77,10 +77,9 @@ def bigram_chains(tokenizer) -> dict[int, int]:
     return chains
 
 
-@pytest.fixture(scope="module")
-def bigram_checkpoint(tmp_path_factory, tiny_vocab_checkpoint, tokenizer) -> Path:
-    folder = tmp_path_factory.mktemp("bigram") / "hf"
-    shutil.copytree(tiny_vocab_checkpoint, folder)
+def write_bigram_checkpoint(source: Path, folder: Path, chains: dict[int, int]) -> Path:
+    """A copy of `source` whose next token is `chains[current token]` (greedy)."""
+    shutil.copytree(source, folder)
     weights = load_file(folder / "model.safetensors")
     for name, tensor in weights.items():
         if ("self_attn.o_proj" in name or "experts.down_proj_blocks" in name
@@ -89,11 +88,18 @@ def bigram_checkpoint(tmp_path_factory, tiny_vocab_checkpoint, tokenizer) -> Pat
     embedding = weights["model.embed_tokens.weight"].zero_()
     lm_head = weights["lm_head.weight"].zero_()
     weights["model.norm.weight"].fill_(1.0)
-    for dim, (current, following) in enumerate(bigram_chains(tokenizer).items()):
+    for dim, (current, following) in enumerate(chains.items()):
         embedding[current, dim] = 1.0
         lm_head[following, dim] = 10.0
     save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
     return folder
+
+
+@pytest.fixture(scope="module")
+def bigram_checkpoint(tmp_path_factory, tiny_vocab_checkpoint, tokenizer) -> Path:
+    return write_bigram_checkpoint(tiny_vocab_checkpoint,
+                                   tmp_path_factory.mktemp("bigram") / "hf",
+                                   bigram_chains(tokenizer))
 
 
 def run(*args: str, input: str | None = None):
@@ -452,11 +458,13 @@ def test_download_and_run_script(bigram_checkpoint):
     assert result.stdout == CHAT_ANSWER + "\n"
 
 
-def test_chat_survives_an_answer_that_breaks_the_format(tiny_vocab_checkpoint):
-    """The random checkpoint answers garbage, not harmony: each turn reports it and the chat
-    goes on until the end of input."""
-    result = run("chat", "-m", str(tiny_vocab_checkpoint), "--temperature", "0",
-                 "--max-tokens", "8", input="Hi!\nAgain?\n")
+def test_chat_survives_an_answer_that_breaks_the_format(tiny_vocab_checkpoint, tokenizer,
+                                                        tmp_path):
+    """A model that answers <|return|> right after <|start|>assistant (no channel, no
+    message): each turn reports it and the chat goes on until the end of input."""
+    chains = {tokenizer.encode("assistant")[0]: tokenizer.special_ids["<|return|>"]}
+    broken = write_bigram_checkpoint(tiny_vocab_checkpoint, tmp_path / "broken", chains)
+    result = run("chat", "-m", str(broken), "--temperature", "0", input="Hi!\nAgain?\n")
     assert result.exit_code == 0, result.output
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 2
@@ -522,3 +530,14 @@ def test_info_is_the_same_for_both_layouts(tiny_checkpoint, tiny_original_checkp
     assert {k: v for k, v in hf.items() if k not in differ} == {
         k: v for k, v in original.items() if k not in differ}
     assert hf["parameters"] == expected_info(tiny_checkpoint, 2, 8192)["parameters"]
+
+
+@pytest.mark.parametrize("max_tokens, answer", [(2, ""), (3, ""), (4, CHAT_ANSWER + "\n")])
+def test_chat_reply_cut_by_max_tokens(bigram_checkpoint, max_tokens, answer):
+    """The reply is <|channel|> final <|message|> Hello <|return|>: cut inside the header,
+    after it, and after the answer's only token."""
+    result = run("generate", "--chat", "Hi!", "-m", str(bigram_checkpoint), "--temperature",
+                 "0", "--max-tokens", str(max_tokens))
+    assert result.exit_code == 0, result.output
+    assert result.stdout == answer
+    assert result.stderr == f"(the reply reached --max-tokens {max_tokens})\n"
