@@ -15,6 +15,7 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 import pytest
+from mlx.utils import tree_flatten
 
 from openharmony.cache import KVCache, PromptCache, RotatingKVCache
 from openharmony.config import FULL, SLIDING
@@ -132,6 +133,22 @@ def test_greedy_generation_matches_the_full_forward(model, tokenizer, prefill_ch
     assert result.tokens == expected
     assert result.finish_reason == "length"
     np.testing.assert_allclose(result.logprobs, expected_logprobs, atol=1e-4)
+
+
+def test_one_token_prompt(model, tokenizer):
+    result = greedy(model, [17], tokenizer, 12)
+    assert result.tokens == greedy_reference(model, [17], 12)[0]
+
+
+def test_prefill_never_computes_the_logits_of_prompt_positions(vocab_model, tokenizer):
+    # Logits of a 1500-token prompt over the real vocabulary would take 1500 x 201088 x 4 bytes
+    # (1.2 GB); the chunked prefill evaluates only the caches, so the peak stays near the
+    # weights (2 x 201088 x 64 float32 embeddings: 103 MB) plus one token's logits.
+    prompt = [int(t) for t in np.random.default_rng(11).integers(0, 199998, 1500)]
+    weights = sum(v.nbytes for _, v in tree_flatten(vocab_model.parameters()))
+    result = greedy(vocab_model, prompt, tokenizer, 2, prefill_chunk=256)
+    assert result.stats.prompt_tokens == 1500
+    assert result.stats.peak_memory_bytes < weights + 64 * 2 ** 20
 
 
 def test_stats(model, tokenizer):
