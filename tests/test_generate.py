@@ -216,6 +216,21 @@ def test_a_conversation_reuses_each_previous_turn(model, tokenizer):
     assert reused == [0, 19, 24, 42]
 
 
+def test_a_stream_stopped_early_leaves_the_prompt_cache_consistent(model, tokenizer):
+    first = random_prompt(20, seed=12)
+    cache = PromptCache(model)
+    stream = stream_generate(model, first, tokenizer=tokenizer, max_tokens=50, temperature=0,
+                             ignore_eos=True, prompt_cache=cache)
+    taken = [next(stream).token for _ in range(3)]
+    stream.close()
+    # The three tokens delivered are in the caches (the step after the third was queued).
+    assert cache.tokens == first + taken and cache.caches[1].offset == 23
+    second = first + taken + [5]
+    warm = greedy(model, second, tokenizer, 8, prompt_cache=cache)
+    assert warm.stats.reused_prompt_tokens == 23
+    assert warm.tokens == greedy_reference(model, second, 8)[0]
+
+
 def test_prompt_cache_of_another_model_is_rejected(model, vocab_model, tokenizer):
     with pytest.raises(GenerationError, match="another model"):
         greedy(vocab_model, [1, 2, 3], tokenizer, 2, prompt_cache=PromptCache(model))
