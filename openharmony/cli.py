@@ -347,6 +347,10 @@ def chat(
                           developer=developer)
     conversation = Chat(tokenizer, options)
     prompt_cache = PromptCache(loaded)
+    try:
+        import readline  # noqa: F401 - line editing and history for input()
+    except ImportError:  # not on every platform
+        pass
     typer.echo(CHAT_HELP, err=True)
     while True:
         line = _read_line(">>> ")
