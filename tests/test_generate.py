@@ -52,6 +52,7 @@ def tokenizer():
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory, tiny_config):
+    assert tiny_config.sliding_window == 8  # the prompt lengths below are chosen around it
     # Four layers, sliding below full below sliding: the upper sliding layer's keys depend on
     # positions beyond its window through the full layer, the case prefix reuse must get right.
     config = dataclasses.replace(tiny_config, num_hidden_layers=4,
@@ -63,9 +64,6 @@ def model(tmp_path_factory, tiny_config):
 @pytest.fixture(scope="module")
 def vocab_model(tiny_vocab_checkpoint):
     return load_model(tiny_vocab_checkpoint, mx.float32)
-
-
-W = 8  # the tiny presets' sliding window
 
 
 def random_prompt(n: int, seed: int) -> list[int]:
