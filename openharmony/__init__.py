@@ -1,9 +1,19 @@
 """openharmony: GPT-OSS inference on MLX."""
 
+from .cache import PromptCache
 from .config import ModelConfig
 from .errors import CheckpointError, ConfigError, OpenHarmonyError
+from .generate import (ContextLengthError, GenerationChunk, GenerationError, GenerationResult,
+                       GenerationStats, generate, stream_generate)
 from .model import Model, load_model
+from .sampling import SamplingError, SamplingOptions
+from .tokenizer import Tokenizer, load_tokenizer
 
-__all__ = ["ModelConfig", "Model", "load_model",
-           "OpenHarmonyError", "ConfigError", "CheckpointError"]
+__all__ = [
+    "load_model", "Model", "ModelConfig",
+    "generate", "stream_generate", "GenerationResult", "GenerationChunk", "GenerationStats",
+    "SamplingOptions", "PromptCache", "load_tokenizer", "Tokenizer",
+    "OpenHarmonyError", "ConfigError", "CheckpointError", "GenerationError",
+    "ContextLengthError", "SamplingError",
+]
 __version__ = "0.1.0"
