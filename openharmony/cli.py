@@ -8,8 +8,8 @@
 
 Errors caused by the user's input (every `OpenHarmonyError`, and typer's own bad-flag errors)
 are printed as one line on stderr with a non-zero exit code; `--debug` shows the traceback
-instead. Anything else is a bug and keeps its traceback. MLX and the model code are imported
-inside the commands, so `download` and `--help` start quickly.
+instead. Anything else is a bug and keeps its traceback. The loader, generation and
+huggingface-hub are imported inside the commands that use them.
 """
 
 from __future__ import annotations

@@ -541,3 +541,36 @@ def test_chat_reply_cut_by_max_tokens(bigram_checkpoint, max_tokens, answer):
     assert result.exit_code == 0, result.output
     assert result.stdout == answer
     assert result.stderr == f"(the reply reached --max-tokens {max_tokens})\n"
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_info_weight_memory_is_what_the_loaded_model_holds(tiny_checkpoint, dtype):
+    import mlx.core as mx
+    from mlx.utils import tree_flatten
+
+    from openharmony.model import load_model
+
+    result = run("info", str(tiny_checkpoint), "--json", "--dtype", dtype)
+    assert result.exit_code == 0, result.output
+    model = load_model(tiny_checkpoint, getattr(mx, dtype))
+    held = sum(array.nbytes for _, array in tree_flatten(model.parameters()))
+    assert json.loads(result.stdout)["weight_bytes"] == held
+
+
+def test_info_kv_cache_is_what_the_caches_hold(tiny_checkpoint):
+    """After 512 positions (a multiple of the full-attention cache's growth step, so no slack)
+    the caches hold exactly the estimate: all positions on full layers, the window on
+    sliding ones."""
+    import mlx.core as mx
+
+    from openharmony.model import load_model
+
+    context = 512
+    result = run("info", str(tiny_checkpoint), "--json", "--dtype", "float32", "--context",
+                 str(context))
+    assert result.exit_code == 0, result.output
+    model = load_model(tiny_checkpoint, mx.float32)
+    caches = model.make_cache()
+    model(mx.arange(context).reshape(1, context) % model.config.vocab_size, cache=caches)
+    held = sum(array.nbytes for cache in caches for array in cache.state)
+    assert json.loads(result.stdout)["kv_cache_bytes"] == held
