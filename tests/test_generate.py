@@ -9,6 +9,7 @@ logits of chosen positions pushed to chosen tokens) makes the generated tokens k
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import os
 from pathlib import Path
 
@@ -20,9 +21,11 @@ from mlx.utils import tree_flatten
 from openharmony.cache import KVCache, PromptCache, RotatingKVCache
 from openharmony.config import FULL, SLIDING
 from openharmony.errors import OpenHarmonyError
-import openharmony.generate as generate_module
 from openharmony.generate import (ContextLengthError, GenerationError, _StopStrings, generate,
                                   stream_generate)
+
+# Not `import openharmony.generate`: the package exports a function of that name.
+generate_module = importlib.import_module("openharmony.generate")
 from openharmony.model import load_model
 from openharmony.random_checkpoint import write_random_checkpoint
 from openharmony.sampling import SamplingError, SamplingOptions
