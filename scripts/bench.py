@@ -1,0 +1,614 @@
+"""openharmony vs mlx-lm vs the memory-bandwidth ceiling, on a random gpt-oss-20b checkpoint.
+
+    .venv/bin/python scripts/bench.py                       # the full benchmark (docs/benchmarks.md)
+    .venv/bin/python scripts/bench.py --layers 2 --decode-tokens 8 --repeats 1   # a quick look
+    .venv/bin/python scripts/bench.py --profile --layers 2  # where openharmony's time goes
+
+Both engines load the same checkpoint (written once by `openharmony.random_checkpoint`), get
+the same prompt token ids (batch 1), prefill it, and greedily decode the same number of tokens
+with no stop token (the weights are random, so eos can come at any time). Each (engine, dtype)
+run is a fresh subprocess (a 20b model in float32 needs ~17 GB: two at once would not fit),
+holding an exclusive lock on LOCK_FILE while it runs, and rounds interleave the engines so that
+machine noise hits all of them alike. Every figure is the median over the rounds.
+
+Measured per run: load seconds (from nothing until the weights are evaluated, so the first
+token can be computed), prefill tokens/s (prompt tokens / the seconds until the first generated
+token is known), decode tokens/s (tokens after the first / the seconds from the first to the
+last), VmHWM (the process's peak resident memory) and MLX's peak memory.
+
+The ceiling: one decode step must read every weight it uses at least once (attention, router,
+4 experts' MXFP4 blocks and scales per layer, lm_head) plus the KV cache, so the machine's read
+bandwidth divided by those bytes bounds decode tokens/s from above.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import fcntl
+import json
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_CACHE = REPO / "bench_cache"
+LOCK_FILE = "/tmp/openharmony-bigmem.lock"
+VOCAB = Path("/work/shared/vocab/o200k_base.tiktoken")
+# Checkpoints at least this large hold the lock while a process has them loaded (the lock
+# keeps full-size models from ever sharing this 24 GB machine).
+LOCK_ABOVE_BYTES = 1 << 30
+# Prompt ids are drawn below the special tokens, like ordinary text.
+ORDINARY_TOKENS = 199998
+
+ENGINES = ("openharmony", "mlx-lm")
+DTYPES = ("float32", "bfloat16")
+# Each engine's own default on this CPU: openharmony computes in float32 on the CPU
+# (model.default_dtype), mlx-lm runs the checkpoint's bfloat16 as loaded.
+DEFAULT_DTYPE = {"openharmony": "float32", "mlx-lm": "bfloat16"}
+RUN_FIELDS = ("load_s", "prefill_tok_s", "decode_tok_s", "vm_hwm_bytes", "mlx_peak_bytes")
+
+
+# -- the checkpoint -----------------------------------------------------------------------
+
+
+def checkpoint_path(cache_dir: Path, layers: int | None) -> Path:
+    name = "gpt-oss-20b-random" + (f"-{layers}layers" if layers else "")
+    return cache_dir / name
+
+
+def ensure_checkpoint(path: Path, layers: int | None) -> Path:
+    """The random 20b checkpoint (truncated to `layers`) at `path`, written if absent."""
+    if (path / "config.json").exists():  # the writer writes config.json last
+        return path
+    from openharmony.random_checkpoint import PRESETS, write_random_checkpoint
+
+    config = PRESETS["20b"]
+    if layers:
+        config = dataclasses.replace(config, num_hidden_layers=layers,
+                                     layer_types=config.layer_types[:layers])
+    print(f"writing {path} (once) ...", file=sys.stderr, flush=True)
+    return write_random_checkpoint(path, config, shards=3 if not layers else 1, progress=True)
+
+
+def prompt_ids(n: int, vocab_size: int, seed: int = 0) -> list[int]:
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, min(vocab_size, ORDINARY_TOKENS), size=n).tolist()
+
+
+# -- the ceiling --------------------------------------------------------------------------
+
+
+def read_bandwidth(nbytes: int = 1 << 30, threads: int | None = None, tries: int = 5) -> float:
+    """Best-of-`tries` bytes/s of summing a float32 buffer far larger than the caches, split
+    over `threads` threads (numpy releases the GIL in the reduction)."""
+    import numpy as np
+
+    threads = threads or os.cpu_count() or 1
+    buffer = np.ones(nbytes // 4, dtype=np.float32)
+    parts = np.array_split(buffer, threads)
+    best = 0.0
+    for _ in range(tries):
+        workers = [threading.Thread(target=np.add.reduce, args=(p,)) for p in parts]
+        start = time.perf_counter()
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        best = max(best, buffer.nbytes / (time.perf_counter() - start))
+    return best
+
+
+def decode_step_bytes(path: Path, context: int, dense_bytes: int | None) -> dict[str, int]:
+    """Bytes one decode step reads at `context` cached positions, by part.
+
+    `dense_bytes`: bytes per floating value (4 for float32), None for the stored dtypes.
+    Experts: only the `num_experts_per_tok` chosen ones, blocks + scales + biases. The KV
+    cache (keys and values, in the dense dtype) holds min(context, window) positions on
+    sliding layers.
+    """
+    import mlx.core as mx
+    from openharmony.loader import open_checkpoint
+
+    checkpoint = open_checkpoint(path)
+    c = checkpoint.config
+
+    def size(name: str) -> int:
+        stored = checkpoint.nbytes(name)
+        if dense_bytes is None or not mx.issubdtype(checkpoint.dtype(name), mx.floating):
+            return stored
+        return stored // checkpoint.dtype(name).size * dense_bytes
+
+    value_bytes = dense_bytes or checkpoint.dtype("layers.0.self_attn.k_proj.weight").size
+    parts = dict.fromkeys(("attention", "router", "experts", "norms", "lm_head", "embedding",
+                           "kv_cache"), 0)
+    for name in checkpoint.names():
+        if name.startswith("layers."):
+            if ".self_attn." in name:
+                parts["attention"] += size(name)
+            elif ".mlp.router." in name:
+                parts["router"] += size(name)
+            elif ".mlp.experts." in name:
+                parts["experts"] += size(name) * c.num_experts_per_tok // c.num_local_experts
+            else:
+                parts["norms"] += size(name)
+        elif name == "lm_head.weight":
+            parts["lm_head"] += size(name)
+        elif name == "embed_tokens.weight":
+            parts["embedding"] += size(name) // c.vocab_size  # one row
+        else:
+            parts["norms"] += size(name)
+    for layer in range(c.num_hidden_layers):
+        positions = min(context, c.sliding_window) if c.is_sliding(layer) else context
+        parts["kv_cache"] += 2 * positions * c.num_key_value_heads * c.head_dim * value_bytes
+    parts["total"] = sum(parts.values())
+    return parts
+
+
+# -- one measurement (runs in its own process) --------------------------------------------
+
+
+def vm_hwm_bytes() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
+def _load_openharmony(path: Path, dtype: str):
+    from openharmony.model import load_model
+
+    return load_model(path, dtype=dtype)
+
+
+def _load_mlx_lm(path: Path, dtype: str):
+    import mlx.core as mx
+    from mlx_lm.utils import load_model
+
+    model, _ = load_model(path)  # lazy=False: weights evaluated
+    if dtype == "float32":
+        # Casts the floating parameters only; the MXFP4 experts stay packed.
+        model.set_dtype(mx.float32)
+        mx.eval(model.parameters())
+    elif dtype != "bfloat16":
+        raise ValueError(f"mlx-lm runs bfloat16 or float32, not {dtype}")
+    return model
+
+
+def _decode_openharmony(model, prompt: list[int], max_tokens: int):
+    """An iterator of the generated token ids, each as soon as it is known."""
+    from openharmony.generate import stream_generate
+    from openharmony.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(VOCAB)  # detokenizing is part of the loop, as for users
+    chunks = stream_generate(model, prompt, tokenizer=tokenizer, max_tokens=max_tokens,
+                             temperature=0.0, ignore_eos=True)
+    return (chunk.token for chunk in chunks)
+
+
+def _decode_mlx_lm(model, prompt: list[int], max_tokens: int):
+    """An iterator of the generated token ids, each as soon as it is known."""
+    import mlx.core as mx
+    from mlx_lm.generate import generate_step
+
+    # generate_step: greedy by default, chunked prefill with its caches, pipelined decode,
+    # never stops before max_tokens (stop tokens are stream_generate's, which needs a
+    # Hugging Face tokenizer this checkpoint does not have).
+    steps = generate_step(mx.array(prompt), model, max_tokens=max_tokens)
+    return (int(token) for token, _ in steps)
+
+
+def measure(engine: str, dtype: str, path: Path, prompt_tokens: int,
+            decode_tokens: int) -> dict:
+    """Load, prefill and decode once in this process; the run's figures."""
+    import mlx.core as mx
+    import mlx_lm.generate  # noqa: F401  imports are not load time (mlx-lm's pulls in
+    import mlx_lm.utils  # noqa: F401    transformers, a second or two)
+    import openharmony.generate  # noqa: F401
+    import openharmony.model  # noqa: F401
+    from openharmony.config import ModelConfig
+
+    prompt = prompt_ids(prompt_tokens, ModelConfig.from_path(path).vocab_size)
+    start = time.perf_counter()
+    model = (_load_openharmony if engine == "openharmony" else _load_mlx_lm)(path, dtype)
+    load_s = time.perf_counter() - start
+
+    decode = _decode_openharmony if engine == "openharmony" else _decode_mlx_lm
+    tokens, times = [], []
+    token_stream = decode(model, prompt, decode_tokens)  # nothing computed yet
+    start = time.perf_counter()
+    for token in token_stream:
+        times.append(time.perf_counter())
+        tokens.append(token)
+    assert len(tokens) == decode_tokens, (engine, len(tokens))
+    return {
+        "engine": engine, "dtype": dtype,
+        "load_s": load_s,
+        "prefill_tok_s": prompt_tokens / (times[0] - start),
+        "decode_tok_s": ((decode_tokens - 1) / (times[-1] - times[0])
+                         if decode_tokens > 1 else None),
+        "vm_hwm_bytes": vm_hwm_bytes(),
+        "mlx_peak_bytes": mx.get_peak_memory(),
+        "tokens": tokens,
+    }
+
+
+@contextlib.contextmanager
+def big_memory_lock(needed: bool):
+    """Exclusive use of the machine's memory for one full-size model."""
+    if not needed:
+        yield
+        return
+    with open(LOCK_FILE, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def run_subprocess(engine: str, dtype: str, path: Path, prompt_tokens: int,
+                   decode_tokens: int, lock: bool) -> dict:
+    command = [sys.executable, __file__, "--worker", engine, dtype, "--checkpoint", str(path),
+               "--prompt-tokens", str(prompt_tokens), "--decode-tokens", str(decode_tokens)]
+    with big_memory_lock(lock):
+        done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{engine} {dtype} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+# -- the benchmark ------------------------------------------------------------------------
+
+
+def median(values: list) -> float | None:
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def summarize(runs: list[dict], ceilings: dict[str, float], bandwidth: float,
+              step_bytes: dict[str, dict], settings: dict) -> dict:
+    """Medians per (engine, dtype) and the ratios of the table."""
+    results = {}
+    for engine in ENGINES:
+        for dtype in DTYPES:
+            mine = [r for r in runs if r["engine"] == engine and r["dtype"] == dtype]
+            if not mine:
+                continue
+            entry = {field: median([r[field] for r in mine]) for field in RUN_FIELDS}
+            entry["runs"] = len(mine)
+            entry["default"] = DEFAULT_DTYPE[engine] == dtype
+            entry["ceiling_share"] = ratio(entry["decode_tok_s"], ceilings[dtype])
+            results[f"{engine}/{dtype}"] = entry
+    comparisons = {}
+    for dtype in DTYPES:
+        ours, theirs = results.get(f"openharmony/{dtype}"), results.get(f"mlx-lm/{dtype}")
+        if ours and theirs:
+            comparisons[f"openharmony/{dtype} vs mlx-lm/{dtype}"] = _ratios(ours, theirs)
+    ours = results.get(f"openharmony/{DEFAULT_DTYPE['openharmony']}")
+    theirs = results.get(f"mlx-lm/{DEFAULT_DTYPE['mlx-lm']}")
+    if ours and theirs:
+        comparisons["defaults: openharmony/float32 vs mlx-lm/bfloat16"] = _ratios(ours, theirs)
+    same = _same_tokens(runs)
+    return {"settings": settings, "bandwidth_bytes_s": bandwidth, "decode_step_bytes": step_bytes,
+            "ceiling_decode_tok_s": ceilings, "results": results, "ratios": comparisons,
+            "same_greedy_tokens": same, "runs": runs}
+
+
+def _ratios(ours: dict, theirs: dict) -> dict:
+    return {
+        "load_s": ratio(ours["load_s"], theirs["load_s"]),
+        "prefill_tok_s": ratio(ours["prefill_tok_s"], theirs["prefill_tok_s"]),
+        "decode_tok_s": ratio(ours["decode_tok_s"], theirs["decode_tok_s"]),
+        "vm_hwm_bytes": ratio(ours["vm_hwm_bytes"], theirs["vm_hwm_bytes"]),
+    }
+
+
+def _same_tokens(runs: list[dict]) -> dict:
+    """Per dtype: the fraction of leading greedy tokens both engines agree on (a check that
+    they compute the same model; the first disagreement may be a rounding tie)."""
+    agreement = {}
+    for dtype in DTYPES:
+        ours = [r["tokens"] for r in runs if r["engine"] == "openharmony" and r["dtype"] == dtype]
+        theirs = [r["tokens"] for r in runs if r["engine"] == "mlx-lm" and r["dtype"] == dtype]
+        if ours and theirs:
+            a, b = ours[0], theirs[0]
+            common = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), len(a))
+            agreement[dtype] = {"leading_equal": common, "of": len(a)}
+    return agreement
+
+
+def format_table(summary: dict) -> str:
+    gb = 1e9
+    lines = [f"read bandwidth {summary['bandwidth_bytes_s'] / gb:.1f} GB/s; one decode step "
+             + ", ".join(f"{d}: {summary['decode_step_bytes'][d]['total'] / gb:.2f} GB -> "
+                         f"ceiling {summary['ceiling_decode_tok_s'][d]:.2f} tok/s"
+                         for d in summary["ceiling_decode_tok_s"]),
+             "",
+             "| engine | dtype | runs | load s | prefill tok/s | decode tok/s | VmHWM GB "
+             "| MLX peak GB | decode / ceiling |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for key, r in summary["results"].items():
+        engine, dtype = key.split("/")
+        lines.append(
+            f"| {engine} | {dtype}{' (default)' if r['default'] else ''} | {r['runs']} "
+            f"| {r['load_s']:.1f} | {r['prefill_tok_s']:.2f} | {_num(r['decode_tok_s'], '.3f')} "
+            f"| {r['vm_hwm_bytes'] / gb:.2f} | {r['mlx_peak_bytes'] / gb:.2f} "
+            f"| {_num(r['ceiling_share'], '.1%')} |")
+    lines += ["", "| ours / mlx-lm | load time | prefill | decode | VmHWM |",
+              "| --- | --- | --- | --- | --- |"]
+    for name, r in summary["ratios"].items():
+        lines.append(f"| {name} | {_num(r['load_s'], '.2f')} | {_num(r['prefill_tok_s'], '.2f')}"
+                     f" | {_num(r['decode_tok_s'], '.2f')} | {_num(r['vm_hwm_bytes'], '.2f')} |")
+    same = ", ".join(f"{d}: {s['leading_equal']}/{s['of']}"
+                     for d, s in summary["same_greedy_tokens"].items())
+    if same:
+        lines += ["", f"leading greedy tokens equal between the engines: {same}"]
+    return "\n".join(lines)
+
+
+def _num(x: float | None, spec: str) -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def benchmark(args) -> dict:
+    path = args.checkpoint or ensure_checkpoint(checkpoint_path(args.cache_dir, args.layers),
+                                                args.layers)
+    path = Path(path)
+    from openharmony.loader import open_checkpoint
+
+    lock = open_checkpoint(path).tensor_bytes >= LOCK_ABOVE_BYTES
+    bandwidth = read_bandwidth(nbytes=args.bandwidth_bytes)
+    context = args.prompt_tokens + args.decode_tokens // 2  # the mean context while decoding
+    step_bytes = {"bfloat16": decode_step_bytes(path, context, None),
+                  "float32": decode_step_bytes(path, context, 4)}
+    ceilings = {d: bandwidth / b["total"] for d, b in step_bytes.items()}
+    configs = [(e, d) for e in args.engines for d in args.dtypes]
+    runs, started = [], time.perf_counter()
+    round_seconds = 0.0
+    for repeat in range(args.repeats):
+        elapsed = time.perf_counter() - started
+        if repeat and elapsed + round_seconds > args.max_minutes * 60:
+            print(f"stopping after {repeat} rounds: another would pass --max-minutes "
+                  f"{args.max_minutes}", file=sys.stderr)
+            break
+        round_start = time.perf_counter()
+        # Interleave the engines, and rotate the order each round so that no configuration
+        # always runs right after the same other one (page cache, thermal state).
+        order = configs[repeat % len(configs):] + configs[:repeat % len(configs)]
+        for engine, dtype in order:
+            run = run_subprocess(engine, dtype, path, args.prompt_tokens, args.decode_tokens,
+                                 lock)
+            run["round"] = repeat
+            runs.append(run)
+            print(f"round {repeat}: {engine} {dtype}: load {run['load_s']:.1f} s, prefill "
+                  f"{run['prefill_tok_s']:.2f} tok/s, decode {_num(run['decode_tok_s'], '.3f')}"
+                  f" tok/s, VmHWM {run['vm_hwm_bytes'] / 1e9:.2f} GB", file=sys.stderr,
+                  flush=True)
+        round_seconds = time.perf_counter() - round_start
+    settings = {"checkpoint": str(path), "prompt_tokens": args.prompt_tokens,
+                "decode_tokens": args.decode_tokens, "context_for_ceiling": context,
+                "repeats_asked": args.repeats, "seconds": time.perf_counter() - started,
+                "machine": machine()}
+    return summarize(runs, ceilings, bandwidth, step_bytes, settings)
+
+
+def machine() -> dict:
+    import mlx.core as mx
+    import mlx_lm
+
+    cpu = next((line.split(":", 1)[1].strip()
+                for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), "unknown")
+    mem_kb = int(Path("/proc/meminfo").read_text().split()[1])
+    return {"cpu": cpu, "cores": os.cpu_count(), "ram_bytes": mem_kb * 1024,
+            "mlx": mx.__version__, "mlx_lm": mlx_lm.__version__,
+            "device": str(mx.default_device())}
+
+
+# -- profile ------------------------------------------------------------------------------
+
+PARTS = ("embedding", "attention", "router", "experts", "lm_head", "sampling")
+
+
+def _timed(seconds: dict, part: str, *arrays) -> None:
+    """Evaluate `arrays` (the barrier), charging the time since the last barrier to `part`."""
+    import mlx.core as mx
+
+    mx.eval(*arrays)
+    now = time.perf_counter()
+    seconds[part] = seconds.get(part, 0.0) + now - seconds["_last"]
+    seconds["_last"] = now
+
+
+def forward_by_part(model, tokens, caches, seconds: dict) -> int:
+    """The forward of `tokens` [1, T] and a greedy pick of the next token, as `Model.__call__`
+    and `Block.__call__` compute it, with a barrier after each part; returns the token."""
+    import mlx.core as mx
+
+    seconds["_last"] = time.perf_counter()
+    x = model.embed_tokens(tokens)
+    _timed(seconds, "embedding", x)
+    for layer, cache in zip(model.layers, caches):
+        # Attention includes its RMSNorm and the residual add; so do the experts.
+        x = x + layer.self_attn(layer.input_layernorm(x), cache)
+        _timed(seconds, "attention", x, *cache.state)
+        h = layer.post_attention_layernorm(x)
+        B, T, H = h.shape
+        h = h.reshape(B * T, H)
+        indices, weights = layer.mlp.router(h)
+        _timed(seconds, "router", indices, weights)
+        x = x + layer.mlp.experts(h, indices, weights).reshape(B, T, H)
+        _timed(seconds, "experts", x)
+    # Only the last position's logits are computed, as generate() does after a prefill.
+    logits = model.lm_head(model.norm(x[:, -1:])).astype(mx.float32)
+    _timed(seconds, "lm_head", logits)
+    token = mx.argmax(logits[0, -1])
+    _timed(seconds, "sampling", token)
+    return token.item()
+
+
+def profile(path: Path, dtype: str, prompt_tokens: int, decode_tokens: int) -> dict:
+    """Seconds per part of one prefill of `prompt_tokens` and per decode step (mean over
+    `decode_tokens` steps), with the un-barriered step and generate()'s step for comparison."""
+    import mlx.core as mx
+    from openharmony.generate import stream_generate
+    from openharmony.model import load_model
+    from openharmony.tokenizer import load_tokenizer
+
+    model = load_model(path, dtype=dtype)
+    prompt = prompt_ids(prompt_tokens, model.config.vocab_size)
+
+    prefill: dict = {}
+    caches = model.make_cache()
+    start = time.perf_counter()
+    token = forward_by_part(model, mx.array([prompt]), caches, prefill)
+    prefill_total = time.perf_counter() - start
+
+    decode: dict = {}
+    start = time.perf_counter()
+    for _ in range(decode_tokens):
+        token = forward_by_part(model, mx.array([[token]]), caches, decode)
+    decode_step = (time.perf_counter() - start) / decode_tokens
+
+    # The same step without barriers: one graph per token, evaluated once.
+    start = time.perf_counter()
+    graph_seconds = 0.0
+    for _ in range(decode_tokens):
+        built = time.perf_counter()
+        next_token = mx.argmax(model(mx.array([[token]]), cache=caches)[0, -1])
+        graph_seconds += time.perf_counter() - built
+        token = next_token.item()
+    fused_step = (time.perf_counter() - start) / decode_tokens
+
+    # generate()'s own loop (pipelined, detokenizing) from a fresh prompt.
+    times = []
+    for _ in stream_generate(model, prompt, tokenizer=load_tokenizer(VOCAB),
+                             max_tokens=decode_tokens + 1, temperature=0.0, ignore_eos=True):
+        times.append(time.perf_counter())
+    generate_step = (times[-1] - times[0]) / decode_tokens
+
+    def per_part(seconds: dict, scale: int) -> dict:
+        return {part: seconds.get(part, 0.0) / scale for part in PARTS}
+
+    return {"dtype": dtype, "layers": model.config.num_hidden_layers,
+            "prompt_tokens": prompt_tokens, "decode_tokens": decode_tokens,
+            "prefill_s": per_part(prefill, 1), "prefill_total_s": prefill_total,
+            "decode_step_s": per_part(decode, decode_tokens),
+            "decode_step_barriered_s": decode_step,
+            "decode_step_unbarriered_s": fused_step,
+            "decode_graph_build_s": graph_seconds / decode_tokens,
+            "generate_step_s": generate_step}
+
+
+def format_profile(result: dict, step_bytes: dict[str, int]) -> str:
+    """The profile as two markdown tables, with decode's achieved GB/s per part."""
+    read = {"attention": step_bytes["attention"] + step_bytes["norms"],
+            "router": step_bytes["router"], "experts": step_bytes["experts"],
+            "lm_head": step_bytes["lm_head"], "embedding": step_bytes["embedding"]}
+    decode, prefill = result["decode_step_s"], result["prefill_s"]
+    decode_sum, prefill_sum = sum(decode.values()), sum(prefill.values())
+    lines = [f"openharmony {result['dtype']}, {result['layers']} layers, prompt "
+             f"{result['prompt_tokens']} tokens, {result['decode_tokens']} decode steps",
+             "", "| part | decode ms/token | share | bytes read (MB) | GB/s "
+             "| prefill s | share | prefill tok/s |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for part in PARTS:
+        seconds = decode[part]
+        gbs = read.get(part, 0) / seconds / 1e9 if seconds and part in read else None
+        lines.append(
+            f"| {part} | {seconds * 1e3:.1f} | {seconds / decode_sum:.1%} "
+            f"| {read.get(part, 0) / 1e6:.0f} | {_num(gbs, '.2f')} | {prefill[part]:.2f} "
+            f"| {prefill[part] / prefill_sum:.1%} "
+            f"| {result['prompt_tokens'] / prefill[part] if prefill[part] else 0:.0f} |")
+    lines += ["", f"decode step: sum of parts {decode_sum * 1e3:.1f} ms; the same step without "
+              f"barriers {result['decode_step_unbarriered_s'] * 1e3:.1f} ms, of which "
+              f"{result['decode_graph_build_s'] * 1e3:.1f} ms building the graph in Python; "
+              f"generate()'s step {result['generate_step_s'] * 1e3:.1f} ms",
+              f"prefill: sum of parts {prefill_sum:.2f} s "
+              f"({result['prompt_tokens'] / prefill_sum:.1f} tok/s)"]
+    return "\n".join(lines)
+
+
+def profile_main(args) -> None:
+    path = args.checkpoint or ensure_checkpoint(checkpoint_path(args.cache_dir, args.layers),
+                                                args.layers)
+    from openharmony.loader import open_checkpoint
+
+    lock = open_checkpoint(path).tensor_bytes >= LOCK_ABOVE_BYTES
+    context = args.prompt_tokens + args.decode_tokens // 2
+    report = {}
+    for dtype in args.dtypes:
+        with big_memory_lock(lock):
+            result = profile(Path(path), dtype, args.prompt_tokens, args.decode_tokens)
+        step_bytes = decode_step_bytes(Path(path), context, 4 if dtype == "float32" else None)
+        print(format_profile(result, step_bytes), end="\n\n", flush=True)
+        report[dtype] = {**result, "decode_step_bytes": step_bytes}
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+
+
+# -- command line -------------------------------------------------------------------------
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", type=Path,
+                   help="use this checkpoint folder instead of the cached random 20b one")
+    p.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE,
+                   help="where the random checkpoints are written once (default bench_cache/)")
+    p.add_argument("--layers", type=int,
+                   help="truncate the 20b shapes to this many layers (a quick look)")
+    p.add_argument("--prompt-tokens", type=int, default=512)
+    p.add_argument("--decode-tokens", type=int, default=32)
+    p.add_argument("--repeats", type=int, default=3, help="rounds (each runs every config)")
+    p.add_argument("--max-minutes", type=float, default=45.0,
+                   help="start no further round that would end after this many minutes")
+    p.add_argument("--engines", nargs="+", choices=ENGINES, default=list(ENGINES))
+    p.add_argument("--dtypes", nargs="+", choices=DTYPES, default=list(DTYPES))
+    p.add_argument("--bandwidth-bytes", type=int, default=1 << 30,
+                   help="buffer size of the bandwidth measurement")
+    p.add_argument("--json", type=Path, help="write every number here")
+    p.add_argument("--profile", action="store_true",
+                   help="time openharmony's decode and prefill by layer part instead")
+    p.add_argument("--worker", nargs=2, metavar=("ENGINE", "DTYPE"), help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.worker and args.checkpoint is None:
+        p.error("--worker needs --checkpoint")
+    for name in ("prompt_tokens", "decode_tokens", "repeats"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be at least 1")
+    return args
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    if args.worker:
+        engine, dtype = args.worker
+        print(json.dumps(measure(engine, dtype, args.checkpoint, args.prompt_tokens,
+                                 args.decode_tokens)))
+        return
+    if args.profile:
+        profile_main(args)
+        return
+    summary = benchmark(args)
+    print(format_table(summary))
+    print(f"\n(took {summary['settings']['seconds'] / 60:.1f} min)")
+    if args.json:
+        args.json.write_text(json.dumps(summary, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

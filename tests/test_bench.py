@@ -1,0 +1,168 @@
+"""Smoke test of scripts/bench.py on the tiny checkpoint: the script runs end to end, its JSON
+holds every figure, the ratios follow from the figures, the bytes of a decode step match the
+safetensors headers, and both engines decode the same greedy tokens."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import mlx.core as mx
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SCRIPT = REPO / "scripts" / "bench.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def report(tiny_checkpoint, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "bench.json"
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--checkpoint", str(tiny_checkpoint), "--repeats", "1",
+         "--prompt-tokens", "12", "--decode-tokens", "5", "--bandwidth-bytes", str(1 << 24),
+         "--json", str(out)],
+        capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert "| openharmony | float32 (default) |" in done.stdout
+    return json.loads(out.read_text())
+
+
+def header_bytes(folder: Path) -> dict[str, int]:
+    """Bytes of each stored tensor, straight from the safetensors headers."""
+    sizes = {}
+    for file in folder.glob("*.safetensors"):
+        with open(file, "rb") as f:
+            (length,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(length))
+        for name, entry in header.items():
+            if name != "__metadata__":
+                begin, end = entry["data_offsets"]
+                sizes[name] = end - begin
+    return sizes
+
+
+def test_every_configuration_is_measured(report):
+    assert set(report["results"]) == {"openharmony/float32", "openharmony/bfloat16",
+                                      "mlx-lm/float32", "mlx-lm/bfloat16"}
+    for key, entry in report["results"].items():
+        assert entry["runs"] == 1
+        for field in ("load_s", "prefill_tok_s", "decode_tok_s", "vm_hwm_bytes",
+                      "mlx_peak_bytes", "ceiling_share"):
+            assert entry[field] > 0, (key, field)
+    assert report["results"]["openharmony/float32"]["default"]
+    assert report["results"]["mlx-lm/bfloat16"]["default"]
+    assert not report["results"]["mlx-lm/float32"]["default"]
+    assert len(report["runs"]) == 4
+    assert all(len(run["tokens"]) == 5 for run in report["runs"])
+    machine = report["settings"]["machine"]
+    assert machine["cores"] >= 1 and machine["ram_bytes"] > 0 and machine["mlx"] == mx.__version__
+
+
+def test_ratios_follow_from_the_figures(report):
+    results, ratios = report["results"], report["ratios"]
+    for dtype in ("float32", "bfloat16"):
+        ours, theirs = results[f"openharmony/{dtype}"], results[f"mlx-lm/{dtype}"]
+        row = ratios[f"openharmony/{dtype} vs mlx-lm/{dtype}"]
+        for field in ("load_s", "prefill_tok_s", "decode_tok_s", "vm_hwm_bytes"):
+            assert math.isclose(row[field], ours[field] / theirs[field]), (dtype, field)
+        ceiling = report["bandwidth_bytes_s"] / report["decode_step_bytes"][dtype]["total"]
+        assert math.isclose(report["ceiling_decode_tok_s"][dtype], ceiling)
+        for entry in (ours, theirs):
+            assert math.isclose(entry["ceiling_share"], entry["decode_tok_s"] / ceiling)
+    defaults = ratios["defaults: openharmony/float32 vs mlx-lm/bfloat16"]
+    assert math.isclose(defaults["decode_tok_s"], results["openharmony/float32"]["decode_tok_s"]
+                        / results["mlx-lm/bfloat16"]["decode_tok_s"])
+
+
+def test_both_engines_decode_the_same_greedy_tokens_in_float32(report):
+    # Same weights, same prompt, greedy: a different token means different work was timed.
+    ours, theirs = (next(r["tokens"] for r in report["runs"]
+                         if r["engine"] == engine and r["dtype"] == "float32")
+                    for engine in ("openharmony", "mlx-lm"))
+    assert ours == theirs
+    assert report["same_greedy_tokens"]["float32"] == {"leading_equal": 5, "of": 5}
+
+
+def test_decode_step_bytes_match_the_headers(bench, tiny_checkpoint, tiny_config):
+    c = tiny_config
+    stored = header_bytes(tiny_checkpoint)
+    context = 20  # longer than the tiny sliding window of 8
+    expected = {"attention": 0, "router": 0, "experts": 0, "norms": 0}
+    for name, size in stored.items():
+        if ".self_attn." in name:
+            expected["attention"] += size
+        elif ".mlp.router." in name:
+            expected["router"] += size
+        elif ".mlp.experts." in name:  # the 4 chosen experts of 8
+            expected["experts"] += size * c.num_experts_per_tok // c.num_local_experts
+        elif "layernorm" in name or name == "model.norm.weight":
+            expected["norms"] += size
+    expected["lm_head"] = stored["lm_head.weight"]
+    expected["embedding"] = stored["model.embed_tokens.weight"] // c.vocab_size
+    kv_positions = sum(min(context, c.sliding_window) if t == "sliding_attention" else context
+                       for t in c.layer_types)
+    expected["kv_cache"] = 2 * kv_positions * c.num_key_value_heads * c.head_dim * 2  # bf16
+    expected["total"] = sum(expected.values())
+    assert bench.decode_step_bytes(tiny_checkpoint, context, None) == expected
+
+    in_float32 = bench.decode_step_bytes(tiny_checkpoint, context, 4)
+    # Every dense tensor of the tiny checkpoint is bf16: float32 doubles them; the MXFP4
+    # blocks and scales (uint8) stay, the expert biases double.
+    expert_bias = sum(size for name, size in stored.items() if name.endswith("_bias")
+                      and ".experts." in name) * c.num_experts_per_tok // c.num_local_experts
+    assert in_float32["attention"] == 2 * expected["attention"]
+    assert in_float32["lm_head"] == 2 * expected["lm_head"]
+    assert in_float32["kv_cache"] == 2 * expected["kv_cache"]
+    assert in_float32["experts"] == expected["experts"] + expert_bias
+
+
+def test_read_bandwidth_is_a_plausible_rate(bench):
+    rate = bench.read_bandwidth(nbytes=1 << 24, tries=2)
+    assert 1e8 < rate < 1e13  # between 0.1 GB/s and 10 TB/s
+
+
+def test_profile_computes_the_models_own_forward(bench, tiny_checkpoint):
+    from openharmony.model import load_model
+
+    model = load_model(tiny_checkpoint, dtype="float32")
+    prompt = bench.prompt_ids(9, model.config.vocab_size)
+    seconds: dict = {}
+    caches = model.make_cache()
+    token = bench.forward_by_part(model, mx.array([prompt]), caches, seconds)
+    logits = model(mx.array([prompt]))
+    assert token == int(mx.argmax(logits[0, -1]))
+    # And a decode step on the caches it filled, against the full forward of prompt + token.
+    next_token = bench.forward_by_part(model, mx.array([[token]]), caches, seconds)
+    logits = model(mx.array([prompt + [token]]))
+    assert next_token == int(mx.argmax(logits[0, -1]))
+    assert set(seconds) - {"_last"} == set(bench.PARTS)
+    assert all(seconds[part] > 0 for part in bench.PARTS)
+
+
+def test_profile_mode_writes_every_part(tiny_checkpoint, tmp_path):
+    out = tmp_path / "profile.json"
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--profile", "--checkpoint", str(tiny_checkpoint),
+         "--prompt-tokens", "10", "--decode-tokens", "3", "--dtypes", "float32",
+         "--json", str(out)],
+        capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(out.read_text())["float32"]
+    for phase in ("prefill_s", "decode_step_s"):
+        assert set(result[phase]) == {"embedding", "attention", "router", "experts", "lm_head",
+                                      "sampling"}
+    assert sum(result["decode_step_s"].values()) <= result["decode_step_barriered_s"]
+    assert "| experts |" in done.stdout
