@@ -1,8 +1,6 @@
 """Harmony chat: prompts against openai-harmony's own rendering, completions against literals."""
 
 import datetime
-import os
-from pathlib import Path
 
 import pytest
 from openai_harmony import (
@@ -28,7 +26,8 @@ from openharmony.chat import (
 from openharmony.errors import OpenHarmonyError
 from openharmony.tokenizer import load_tokenizer
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from vocab import VOCAB, requires_vocab
+
 DATE = "2025-06-28"
 WEATHER_SCHEMA = {
     "type": "object",
@@ -45,23 +44,9 @@ EFFORTS = {
 }
 
 
-def find_vocab() -> Path | None:
-    candidates = [os.environ.get("OPENHARMONY_VOCAB"), REPO_ROOT.parent / "shared" / "vocab"]
-    for candidate in candidates:
-        if not candidate:
-            continue
-        path = Path(candidate)
-        path = path / "o200k_base.tiktoken" if path.is_dir() else path
-        if path.is_file():
-            return path
-    return None
 
 
-VOCAB = find_vocab()
-pytestmark = pytest.mark.skipif(
-    VOCAB is None,
-    reason="no o200k_base.tiktoken: set OPENHARMONY_VOCAB or put it in ../shared/vocab/",
-)
+pytestmark = requires_vocab
 
 
 @pytest.fixture(scope="module")

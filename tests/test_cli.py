@@ -31,23 +31,14 @@ from openharmony.cli import _ReplyPrinter, app, checkpoint_summary
 from openharmony.errors import OpenHarmonyError
 from openharmony.tokenizer import load_tokenizer
 
+from vocab import VOCAB, requires_vocab
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-def find_vocab() -> Path | None:
-    for candidate in (os.environ.get("OPENHARMONY_VOCAB"), REPO_ROOT.parent / "shared" / "vocab"):
-        if candidate:
-            path = Path(candidate)
-            path = path / "o200k_base.tiktoken" if path.is_dir() else path
-            if path.is_file():
-                return path
-    return None
 
 
-VOCAB = find_vocab()
-pytestmark = pytest.mark.skipif(
-    VOCAB is None, reason="no o200k_base.tiktoken: set OPENHARMONY_VOCAB or put it in "
-                          "../shared/vocab/")
+pytestmark = requires_vocab
 
 RAW_TEXT = "The sky is blue."
 CHAT_ANSWER = "Hello"

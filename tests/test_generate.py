@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-import os
-from pathlib import Path
 
 import mlx.core as mx
 import numpy as np
@@ -31,21 +29,12 @@ from openharmony.random_checkpoint import write_random_checkpoint
 from openharmony.sampling import SamplingError, SamplingOptions
 from openharmony.tokenizer import load_tokenizer
 
-
-def find_vocab() -> Path | None:
-    root = Path(__file__).resolve().parents[1]
-    for candidate in (os.environ.get("OPENHARMONY_VOCAB"), root.parent / "shared" / "vocab"):
-        if candidate:
-            path = Path(candidate)
-            path = path / "o200k_base.tiktoken" if path.is_dir() else path
-            if path.is_file():
-                return path
-    return None
+from vocab import VOCAB, requires_vocab
 
 
-VOCAB = find_vocab()
-pytestmark = pytest.mark.skipif(
-    VOCAB is None, reason="no o200k_base.tiktoken: set OPENHARMONY_VOCAB or ../shared/vocab/")
+
+
+pytestmark = requires_vocab
 
 
 @pytest.fixture(scope="module")

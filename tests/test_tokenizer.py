@@ -3,7 +3,6 @@
 import hashlib
 import os
 import shutil
-from pathlib import Path
 
 import pytest
 import requests
@@ -16,7 +15,8 @@ from hypothesis import strategies as st
 from openharmony.errors import OpenHarmonyError
 from openharmony.tokenizer import load_tokenizer, o200k_harmony_definition
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from vocab import VOCAB, requires_vocab
+
 # From /work/shared/vocab/README.md.
 O200K_BASE_SHA256 = "446a9538cb6c348e3516120d7c08b09f57c36495e2acfffe59a5bf8b0cfb1a2d"
 O200K_BASE_URL = "https://openaipublic.blob.core.windows.net/encodings/o200k_base.tiktoken"
@@ -43,23 +43,6 @@ SAMPLE_TEXTS = [
 ]
 
 
-def find_vocab() -> Path | None:
-    candidates = [os.environ.get("OPENHARMONY_VOCAB"), REPO_ROOT.parent / "shared" / "vocab"]
-    for candidate in candidates:
-        if not candidate:
-            continue
-        path = Path(candidate)
-        path = path / "o200k_base.tiktoken" if path.is_dir() else path
-        if path.is_file():
-            return path
-    return None
-
-
-VOCAB = find_vocab()
-needs_vocab = pytest.mark.skipif(
-    VOCAB is None,
-    reason="no o200k_base.tiktoken: set OPENHARMONY_VOCAB or put it in ../shared/vocab/",
-)
 
 
 @pytest.fixture(scope="module")
@@ -78,13 +61,13 @@ def tiktoken_reference(tmp_path, monkeypatch):
     return tiktoken.get_encoding("o200k_harmony")
 
 
-@needs_vocab
+@requires_vocab
 def test_hello_world(tokenizer):
     assert tokenizer.encode("Hello world") == [13225, 2375]
     assert tokenizer.decode([13225, 2375]) == "Hello world"
 
 
-@needs_vocab
+@requires_vocab
 def test_special_ids_match_the_published_table(tokenizer):
     assert tokenizer.n_vocab == 201088
     for name, token_id in README_SPECIAL_IDS.items():
@@ -104,7 +87,7 @@ def test_definition_comes_from_tiktoken():
     assert definition["name"] == "o200k_harmony"
 
 
-@needs_vocab
+@requires_vocab
 def test_ids_equal_tiktoken_and_openai_harmony(tokenizer, tiktoken_reference):
     harmony = tokenizer.harmony()
     for text in SAMPLE_TEXTS:
@@ -115,7 +98,7 @@ def test_ids_equal_tiktoken_and_openai_harmony(tokenizer, tiktoken_reference):
     assert tokenizer.encoding._special_tokens == tiktoken_reference._special_tokens
 
 
-@needs_vocab
+@requires_vocab
 def test_round_trips(tokenizer):
     for text in SAMPLE_TEXTS:
         ids = tokenizer.encode(text)
@@ -123,7 +106,7 @@ def test_round_trips(tokenizer):
         assert tokenizer.decode_bytes(ids) == text.encode("utf-8")
 
 
-@needs_vocab
+@requires_vocab
 def test_special_token_text_is_plain_text_unless_allowed(tokenizer):
     text = "a<|end|>b"
     plain = tokenizer.encode(text)
@@ -132,7 +115,7 @@ def test_special_token_text_is_plain_text_unless_allowed(tokenizer):
     assert tokenizer.encode(text, allow_special=True) == [64, 200007, 65]
 
 
-@needs_vocab
+@requires_vocab
 def test_detokenizer_holds_back_split_characters(tokenizer):
     # '𝔘' is three tokens: b'\xf0\x9d', b'\x94', b'\x98'.
     ids = tokenizer.encode("𝔘!")
@@ -142,7 +125,7 @@ def test_detokenizer_holds_back_split_characters(tokenizer):
     assert detokenizer.finish() == ""
 
 
-@needs_vocab
+@requires_vocab
 def test_detokenizer_flushes_an_unfinished_character(tokenizer):
     detokenizer = tokenizer.detokenizer()
     first_two = tokenizer.encode("𝔘")[:2]
@@ -150,7 +133,7 @@ def test_detokenizer_flushes_an_unfinished_character(tokenizer):
     assert detokenizer.finish() == tokenizer.decode(first_two) == "\ufffd"
 
 
-@needs_vocab
+@requires_vocab
 @settings(max_examples=200, deadline=None)
 @given(text=st.text(max_size=60))
 def test_detokenizer_deltas_are_whole_characters(tokenizer, text):
@@ -164,7 +147,7 @@ def test_detokenizer_deltas_are_whole_characters(tokenizer, text):
         delta.encode("utf-8")  # no lone surrogates
 
 
-@needs_vocab
+@requires_vocab
 @settings(max_examples=200, deadline=None)
 @given(
     picks=st.lists(
@@ -187,14 +170,14 @@ def test_detokenizer_matches_tiktoken_on_any_ids(tokenizer, picks):
     assert streamed == tokenizer.encoding.decode(ids)
 
 
-@needs_vocab
+@requires_vocab
 def test_folder_and_file_give_the_same_cached_tokenizer():
     assert load_tokenizer(VOCAB) is load_tokenizer(VOCAB.parent / VOCAB.name)
     if VOCAB.name == "o200k_base.tiktoken":
         assert load_tokenizer(VOCAB.parent) is load_tokenizer(VOCAB)
 
 
-@needs_vocab
+@requires_vocab
 def test_environment_variable_is_used(monkeypatch, tmp_path):
     copy = tmp_path / "o200k_base.tiktoken"
     shutil.copy(VOCAB, copy)
@@ -202,7 +185,7 @@ def test_environment_variable_is_used(monkeypatch, tmp_path):
     assert load_tokenizer().vocab_path == copy.resolve()
 
 
-@needs_vocab
+@requires_vocab
 def test_local_files_write_no_cache(monkeypatch, tmp_path):
     caches = tmp_path / "caches"
     caches.mkdir()
@@ -222,7 +205,7 @@ def test_missing_file_is_named(tmp_path):
         load_tokenizer(tmp_path / "does-not-exist.tiktoken")
 
 
-@needs_vocab
+@requires_vocab
 def test_wrong_file_fails_the_hash_check(tmp_path):
     corrupt = tmp_path / "o200k_base.tiktoken"
     data = bytearray(VOCAB.read_bytes())
