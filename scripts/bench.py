@@ -48,6 +48,7 @@ ORDINARY_TOKENS = 199998
 
 ENGINES = ("openharmony", "mlx-lm")
 DTYPES = ("float32", "bfloat16")
+CONFIGS = tuple(f"{engine}/{dtype}" for engine in ENGINES for dtype in DTYPES)
 # Each engine's own default on this CPU: openharmony computes in float32 on the CPU
 # (model.default_dtype), mlx-lm runs the checkpoint's bfloat16 as loaded.
 DEFAULT_DTYPE = {"openharmony": "float32", "mlx-lm": "bfloat16"}
@@ -229,7 +230,8 @@ def measure(engine: str, dtype: str, path: Path, prompt_tokens: int,
         tokens.append(token)
     assert len(tokens) == decode_tokens, (engine, len(tokens))
     return {
-        "engine": engine, "dtype": dtype,
+        "engine": engine, "dtype": dtype, "prompt_tokens": prompt_tokens,
+        "decode_tokens": decode_tokens,
         "load_s": load_s,
         "prefill_tok_s": prompt_tokens / (times[0] - start),
         "decode_tok_s": ((decode_tokens - 1) / (times[-1] - times[0])
@@ -362,6 +364,29 @@ def _num(x: float | None, spec: str) -> str:
     return "-" if x is None else format(x, spec)
 
 
+def prompt_tokens_for(dtype: str, args) -> int:
+    return args.bf16_prompt_tokens if dtype == "bfloat16" else args.prompt_tokens
+
+
+def reused_runs(path: Path, configs: list[str], checkpoint: Path, args) -> list[dict]:
+    """The runs in an earlier JSON report of the configurations this run does not measure,
+    checked to be of the same checkpoint and token counts."""
+    earlier = json.loads(path.read_text())
+    if earlier["settings"]["checkpoint"] != str(checkpoint):
+        sys.exit(f"--reuse: {path} measured {earlier['settings']['checkpoint']}, not {checkpoint}")
+    runs = []
+    for run in earlier["runs"]:
+        if f"{run['engine']}/{run['dtype']}" in configs:
+            continue
+        wanted = (prompt_tokens_for(run["dtype"], args), args.decode_tokens)
+        if (run["prompt_tokens"], run["decode_tokens"]) != wanted:
+            sys.exit(f"--reuse: {path} has {run['engine']} {run['dtype']} with prompt/decode "
+                     f"tokens {run['prompt_tokens']}/{run['decode_tokens']}, this run uses "
+                     f"{wanted[0]}/{wanted[1]}")
+        runs.append({**run, "reused_from": str(path)})
+    return runs
+
+
 def benchmark(args) -> dict:
     path = args.checkpoint or ensure_checkpoint(checkpoint_path(args.cache_dir, args.layers),
                                                 args.layers)
@@ -370,37 +395,42 @@ def benchmark(args) -> dict:
 
     lock = open_checkpoint(path).tensor_bytes >= LOCK_ABOVE_BYTES
     bandwidth = read_bandwidth(nbytes=args.bandwidth_bytes)
-    context = args.prompt_tokens + args.decode_tokens // 2  # the mean context while decoding
-    step_bytes = {"bfloat16": decode_step_bytes(path, context, None),
-                  "float32": decode_step_bytes(path, context, 4)}
+    # The ceiling at the mean context while decoding.
+    contexts = {d: prompt_tokens_for(d, args) + args.decode_tokens // 2 for d in DTYPES}
+    step_bytes = {"bfloat16": decode_step_bytes(path, contexts["bfloat16"], None),
+                  "float32": decode_step_bytes(path, contexts["float32"], 4)}
     ceilings = {d: bandwidth / b["total"] for d, b in step_bytes.items()}
-    configs = [(e, d) for e in args.engines for d in args.dtypes]
-    runs, started = [], time.perf_counter()
-    round_seconds = 0.0
+    configs = [tuple(c.split("/")) for c in args.configs]
+    runs = reused_runs(args.reuse, args.configs, path, args) if args.reuse else []
+    started = time.perf_counter()
+    last_seconds: dict = {}
     for repeat in range(args.repeats):
-        elapsed = time.perf_counter() - started
-        if repeat and elapsed + round_seconds > args.max_minutes * 60:
-            print(f"stopping after {repeat} rounds: another would pass --max-minutes "
-                  f"{args.max_minutes}", file=sys.stderr)
-            break
-        round_start = time.perf_counter()
         # Interleave the engines, and rotate the order each round so that no configuration
         # always runs right after the same other one (page cache, thermal state).
         order = configs[repeat % len(configs):] + configs[:repeat % len(configs)]
         for engine, dtype in order:
-            run = run_subprocess(engine, dtype, path, args.prompt_tokens, args.decode_tokens,
-                                 lock)
-            run["round"] = repeat
+            elapsed = time.perf_counter() - started
+            if repeat and elapsed + last_seconds[engine, dtype] > args.max_minutes * 60:
+                print(f"round {repeat}: skipping {engine} {dtype}: it would end after "
+                      f"--max-minutes {args.max_minutes}", file=sys.stderr, flush=True)
+                continue
+            run_start = time.perf_counter()
+            run = run_subprocess(engine, dtype, path, prompt_tokens_for(dtype, args),
+                                 args.decode_tokens, lock)
+            last_seconds[engine, dtype] = time.perf_counter() - run_start
+            run["round"], run["seconds"] = repeat, last_seconds[engine, dtype]
             runs.append(run)
             print(f"round {repeat}: {engine} {dtype}: load {run['load_s']:.1f} s, prefill "
                   f"{run['prefill_tok_s']:.2f} tok/s, decode {_num(run['decode_tok_s'], '.3f')}"
-                  f" tok/s, VmHWM {run['vm_hwm_bytes'] / 1e9:.2f} GB", file=sys.stderr,
-                  flush=True)
-        round_seconds = time.perf_counter() - round_start
+                  f" tok/s, VmHWM {run['vm_hwm_bytes'] / 1e9:.2f} GB "
+                  f"({last_seconds[engine, dtype]:.0f} s)", file=sys.stderr, flush=True)
     settings = {"checkpoint": str(path), "prompt_tokens": args.prompt_tokens,
-                "decode_tokens": args.decode_tokens, "context_for_ceiling": context,
-                "repeats_asked": args.repeats, "seconds": time.perf_counter() - started,
-                "machine": machine()}
+                "bf16_prompt_tokens": args.bf16_prompt_tokens,
+                "decode_tokens": args.decode_tokens, "context_for_ceiling": contexts,
+                "repeats_asked": args.repeats, "max_minutes": args.max_minutes,
+                "configs_measured": args.configs,
+                "reused_from": str(args.reuse) if args.reuse else None,
+                "seconds": time.perf_counter() - started, "machine": machine()}
     return summarize(runs, ceilings, bandwidth, step_bytes, settings)
 
 
@@ -549,7 +579,7 @@ def profile_main(args) -> None:
     lock = open_checkpoint(path).tensor_bytes >= LOCK_ABOVE_BYTES
     context = args.prompt_tokens + args.decode_tokens // 2
     report = {}
-    for dtype in args.dtypes:
+    for dtype in args.profile_dtypes:
         with big_memory_lock(lock):
             result = profile(Path(path), dtype, args.prompt_tokens, args.decode_tokens)
         step_bytes = decode_step_bytes(Path(path), context, 4 if dtype == "float32" else None)
@@ -571,13 +601,25 @@ def parse_args(argv=None):
                    help="where the random checkpoints are written once (default bench_cache/)")
     p.add_argument("--layers", type=int,
                    help="truncate the 20b shapes to this many layers (a quick look)")
-    p.add_argument("--prompt-tokens", type=int, default=512)
+    p.add_argument("--configs", nargs="+", choices=CONFIGS,
+                   default=["openharmony/float32", "mlx-lm/bfloat16", "mlx-lm/float32"],
+                   help="engine/dtype pairs to measure (default: each engine's default dtype "
+                        "and float32)")
+    p.add_argument("--prompt-tokens", type=int, default=512,
+                   help="prompt length of the float32 runs (prefill is measured on it)")
+    p.add_argument("--bf16-prompt-tokens", type=int, default=64,
+                   help="prompt length of the bfloat16 runs: MLX's CPU bfloat16 prefills the "
+                        "20b shapes at ~0.2 tok/s, so 512 tokens would take ~40 min per run")
     p.add_argument("--decode-tokens", type=int, default=32)
     p.add_argument("--repeats", type=int, default=3, help="rounds (each runs every config)")
-    p.add_argument("--max-minutes", type=float, default=45.0,
-                   help="start no further round that would end after this many minutes")
-    p.add_argument("--engines", nargs="+", choices=ENGINES, default=list(ENGINES))
-    p.add_argument("--dtypes", nargs="+", choices=DTYPES, default=list(DTYPES))
+    p.add_argument("--max-minutes", type=float, default=50.0,
+                   help="after the first round, skip a run that would end after this many "
+                        "minutes (judged by its previous duration)")
+    p.add_argument("--reuse", type=Path,
+                   help="take the runs of the configurations not in --configs from this "
+                        "earlier --json report (same checkpoint and token counts)")
+    p.add_argument("--profile-dtypes", nargs="+", choices=DTYPES, default=["float32"],
+                   help="compute dtypes of openharmony to --profile")
     p.add_argument("--bandwidth-bytes", type=int, default=1 << 30,
                    help="buffer size of the bandwidth measurement")
     p.add_argument("--json", type=Path, help="write every number here")
@@ -587,7 +629,7 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.worker and args.checkpoint is None:
         p.error("--worker needs --checkpoint")
-    for name in ("prompt_tokens", "decode_tokens", "repeats"):
+    for name in ("prompt_tokens", "bf16_prompt_tokens", "decode_tokens", "repeats"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
     return args

@@ -27,17 +27,31 @@ def bench():
     return module
 
 
-@pytest.fixture(scope="module")
-def report(tiny_checkpoint, tmp_path_factory):
-    out = tmp_path_factory.mktemp("bench") / "bench.json"
+ALL_CONFIGS = ["openharmony/float32", "openharmony/bfloat16", "mlx-lm/float32",
+               "mlx-lm/bfloat16"]
+
+
+def run_bench(checkpoint: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
     done = subprocess.run(
-        [sys.executable, str(SCRIPT), "--checkpoint", str(tiny_checkpoint), "--repeats", "1",
-         "--prompt-tokens", "12", "--decode-tokens", "5", "--bandwidth-bytes", str(1 << 24),
-         "--json", str(out)],
+        [sys.executable, str(SCRIPT), "--checkpoint", str(checkpoint), "--repeats", "1",
+         "--prompt-tokens", "12", "--bf16-prompt-tokens", "7", "--decode-tokens", "5",
+         "--bandwidth-bytes", str(1 << 24), "--json", str(out), *extra],
         capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
+    return done
+
+
+@pytest.fixture(scope="module")
+def report_path(tiny_checkpoint, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "bench.json"
+    done = run_bench(tiny_checkpoint, out, "--configs", *ALL_CONFIGS)
     assert "| openharmony | float32 (default) |" in done.stdout
-    return json.loads(out.read_text())
+    return out
+
+
+@pytest.fixture(scope="module")
+def report(report_path):
+    return json.loads(report_path.read_text())
 
 
 def header_bytes(folder: Path) -> dict[str, int]:
@@ -67,6 +81,8 @@ def test_every_configuration_is_measured(report):
     assert not report["results"]["mlx-lm/float32"]["default"]
     assert len(report["runs"]) == 4
     assert all(len(run["tokens"]) == 5 for run in report["runs"])
+    assert {run["dtype"]: run["prompt_tokens"] for run in report["runs"]} == {
+        "float32": 12, "bfloat16": 7}
     machine = report["settings"]["machine"]
     assert machine["cores"] >= 1 and machine["ram_bytes"] > 0 and machine["mlx"] == mx.__version__
 
@@ -156,7 +172,7 @@ def test_profile_mode_writes_every_part(tiny_checkpoint, tmp_path):
     out = tmp_path / "profile.json"
     done = subprocess.run(
         [sys.executable, str(SCRIPT), "--profile", "--checkpoint", str(tiny_checkpoint),
-         "--prompt-tokens", "10", "--decode-tokens", "3", "--dtypes", "float32",
+         "--prompt-tokens", "10", "--decode-tokens", "3", "--profile-dtypes", "float32",
          "--json", str(out)],
         capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
@@ -166,3 +182,25 @@ def test_profile_mode_writes_every_part(tiny_checkpoint, tmp_path):
                                       "sampling"}
     assert sum(result["decode_step_s"].values()) <= result["decode_step_barriered_s"]
     assert "| experts |" in done.stdout
+
+
+def test_reuse_carries_the_other_configurations_over(report_path, tiny_checkpoint, tmp_path):
+    out = tmp_path / "again.json"
+    run_bench(tiny_checkpoint, out, "--configs", "openharmony/float32", "--reuse",
+              str(report_path))
+    again, earlier = json.loads(out.read_text()), json.loads(report_path.read_text())
+    fresh = [r for r in again["runs"] if "reused_from" not in r]
+    reused = [r for r in again["runs"] if "reused_from" in r]
+    assert [(r["engine"], r["dtype"]) for r in fresh] == [("openharmony", "float32")]
+    assert sorted((r["engine"], r["dtype"], r["load_s"]) for r in reused) == sorted(
+        (r["engine"], r["dtype"], r["load_s"]) for r in earlier["runs"]
+        if (r["engine"], r["dtype"]) != ("openharmony", "float32"))
+    assert set(again["results"]) == set(earlier["results"])
+
+    # Runs of other token counts cannot be mixed in.
+    refused = subprocess.run(
+        [sys.executable, str(SCRIPT), "--checkpoint", str(tiny_checkpoint), "--repeats", "1",
+         "--prompt-tokens", "12", "--bf16-prompt-tokens", "7", "--decode-tokens", "4",
+         "--configs", "openharmony/float32", "--reuse", str(report_path)],
+        capture_output=True, text=True, timeout=600)
+    assert refused.returncode != 0 and "--reuse" in refused.stderr
