@@ -27,7 +27,7 @@ fi
 if [ "${SKIP_INSTALL:-0}" != 1 ]; then
     echo "installing openharmony into $VENV" >&2
     "$VENV/bin/python" -m pip install --quiet --upgrade pip
-    "$VENV/bin/python" -m pip install --quiet -e .
+    "$VENV/bin/python" -m pip install -qq -e .
 fi
 
 if [ -d "$MODEL" ]; then
