@@ -349,3 +349,49 @@ def test_checkpoint_of_another_config_is_rejected(cases):
     other = replace(case.config, num_local_experts=4, num_experts_per_tok=2)
     with pytest.raises(CheckpointError, match="router.weight has shape"):
         Model(other).sanitize(weights)
+
+
+def test_float32_model_keeps_the_embedding_table_as_stored(cases):
+    # Exact (the gathered bf16 rows are widened, as the whole table would be): the float32
+    # parity tests above run with this layout; it halves the table's memory.
+    model = cases("gqa-yarn").model
+    assert model.embed_tokens.weight.dtype == mx.bfloat16
+    assert model.lm_head.weight.dtype == mx.float32
+    assert model.layers[0].self_attn.q_proj.weight.dtype == mx.float32
+
+
+def _load_overhead(path: Path, load) -> tuple[int, int]:
+    """(bytes the loaded weights occupy, peak bytes beyond them while loading)."""
+    mx.clear_cache()
+    before = mx.get_active_memory()
+    mx.reset_peak_memory()
+    model = load(path)
+    weights = mx.get_active_memory() - before
+    overhead = mx.get_peak_memory() - before - weights
+    del model
+    return weights, overhead
+
+
+def test_loading_holds_one_stored_tensor_at_most_beyond_the_weights(tmp_path):
+    # Converting every tensor in one evaluation would hold each stored bf16 copy next to its
+    # float32 conversion at the peak; one tensor at a time holds only the one being converted.
+    config = replace(CONFIGS["gqa-yarn"][0], hidden_size=512, head_dim=64, vocab_size=2048)
+    path = write_random_checkpoint(tmp_path, config, seed=1)
+    checkpoint = open_checkpoint(path)
+    converted = [checkpoint.nbytes(name) for name in checkpoint.names()
+                 if checkpoint.dtype(name) == mx.bfloat16 and name != "embed_tokens.weight"
+                 and not model_module._kept_in_float32(name)]
+    assert sum(converted) >= 2 * max(converted)
+
+    def load_all_at_once(path):
+        checkpoint = open_checkpoint(path)
+        model = Model(checkpoint.config, mx.float32)
+        model.load_weights(list(model.sanitize(checkpoint.weights()).items()))
+        mx.eval(model.parameters())
+        return model
+
+    weights, overhead = _load_overhead(path, lambda p: load_model(p, mx.float32))
+    assert weights >= 2 * sum(converted)  # the float32 conversions are really resident
+    assert overhead <= 1.25 * max(converted), (overhead, max(converted))
+    _, naive_overhead = _load_overhead(path, load_all_at_once)
+    assert naive_overhead >= 0.9 * sum(converted), "the naive load no longer shows the peak"
