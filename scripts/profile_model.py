@@ -1,0 +1,152 @@
+"""Where openharmony's decode and prefill time goes, per layer part, on real gpt-oss shapes.
+
+    python scripts/profile_model.py [CHECKPOINT] [--layers 4] [--prompt 512] [--dtype float32]
+
+CHECKPOINT defaults to /tmp/openharmony-20b-<layers>l, written once with the real gpt-oss-20b
+shapes and `--layers` layers (about 0.6 GB per layer + 2.3 GB of embeddings). Each part runs
+behind an `mx.eval` barrier, so the parts add up to more than an unbarriered step (no
+overlap, more host round trips); the unbarriered step is printed too. Per-layer figures are
+averaged over the layers and scaled to the full model's layer count (24 for 20b).
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import resource
+import statistics
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import mlx.core as mx
+
+from openharmony.config import FULL, SLIDING
+from openharmony.model import load_model
+from openharmony.random_checkpoint import PRESETS, write_random_checkpoint
+
+BIGMEM_LOCK = "/tmp/openharmony-bigmem.lock"
+
+
+def truncated_checkpoint(path: Path, layers: int) -> Path:
+    if not (path / "config.json").exists():
+        config = replace(PRESETS["20b"], num_hidden_layers=layers,
+                         layer_types=tuple(SLIDING if i % 2 == 0 else FULL
+                                           for i in range(layers)))
+        print(f"writing {path} ({layers} layers)")
+        write_random_checkpoint(path, config)
+    return path
+
+
+def timed(fn, *args):
+    """(seconds, result) of fn(*args) evaluated."""
+    mx.synchronize()
+    start = time.perf_counter()
+    out = fn(*args)
+    mx.eval(out)
+    return time.perf_counter() - start, out
+
+
+def barriered_forward(model, tokens: mx.array, cache: list) -> tuple[dict[str, float], mx.array]:
+    """One forward with an eval barrier after every part; seconds per part, summed over layers.
+
+    The lm_head runs on the last position only, as generation does (a prompt's other logits
+    are never needed: generate evaluates only the cache during prefill).
+    """
+    parts = dict.fromkeys(["embed", "attention", "router", "experts", "norms+residual",
+                           "lm_head"], 0.0)
+
+    def add(part, fn, *args):
+        seconds, out = timed(fn, *args)
+        parts[part] += seconds
+        return out
+
+    x = add("embed", model.embed_tokens, tokens)
+    for layer, layer_cache in zip(model.layers, cache):
+        n = add("norms+residual", layer.input_layernorm, x)
+        a = add("attention", layer.self_attn, n, layer_cache)
+        x = add("norms+residual", lambda x, a: x + a, x, a)
+        m = add("norms+residual", layer.post_attention_layernorm, x)
+        B, T, H = m.shape
+        flat = m.reshape(B * T, H)
+        indices, weights = add("router", layer.mlp.router, flat)
+        y = add("experts", layer.mlp.experts, flat, indices, weights)
+        x = add("norms+residual", lambda x, y: x + y.reshape(B, T, H), x, y)
+    logits = add("lm_head", lambda x: model.lm_head(model.norm(x[:, -1:])).astype(mx.float32), x)
+    return parts, logits
+
+
+def prefill_step(model, tokens: mx.array, cache: list) -> list[mx.array]:
+    """A prefill as generate runs it: the model's logits stay unevaluated, the cache is not."""
+    model(tokens, cache)
+    return [c.state for c in cache]
+
+
+def report(title: str, runs: list[dict[str, float]], steps: list[float], layers: int,
+           full_layers: int, tokens: int) -> None:
+    per_layer = {"attention", "router", "experts", "norms+residual"}
+    print(f"\n{title}: median of {len(runs)} runs, {tokens} token(s) per step")
+    print(f"  {'part':16s} {'ms (this model)':>16s} {'ms/layer':>10s} {f'ms x{full_layers} layers':>16s}")
+    total_full = 0.0
+    for part in runs[0]:
+        ms = statistics.median(r[part] for r in runs) * 1e3
+        scaled = ms / layers * full_layers if part in per_layer else ms
+        total_full += scaled
+        per = f"{ms / layers:10.2f}" if part in per_layer else f"{'':10s}"
+        print(f"  {part:16s} {ms:16.2f} {per} {scaled:16.1f}")
+    step_ms = statistics.median(steps) * 1e3
+    print(f"  {'sum of parts':16s} {'':16s} {'':10s} {total_full:16.1f}"
+          f"  -> {tokens / total_full * 1e3:.3f} tok/s at {full_layers} layers")
+    print(f"  unbarriered step on this model: {step_ms:.1f} ms"
+          + ("  (prefill: cache only, as generate)" if tokens > 1 else ""))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoint", nargs="?", type=Path)
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--prompt", type=int, default=512, help="prefill length")
+    parser.add_argument("--decode", type=int, default=8, help="decode steps to time")
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--full-layers", type=int, default=PRESETS["20b"].num_hidden_layers)
+    args = parser.parse_args()
+    path = truncated_checkpoint(args.checkpoint or Path(f"/tmp/openharmony-20b-{args.layers}l"),
+                                args.layers)
+
+    with open(BIGMEM_LOCK, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        start = time.perf_counter()
+        model = load_model(path, args.dtype)
+        print(f"load: {time.perf_counter() - start:.2f} s, "
+              f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GB, "
+              f"MLX peak {mx.get_peak_memory() / 1e9:.2f} GB, "
+              f"active {mx.get_active_memory() / 1e9:.2f} GB")
+        layers = len(model.layers)
+        prompt = mx.random.randint(0, model.config.vocab_size, (1, args.prompt))
+
+        prefill_runs, prefill_steps = [], []
+        for _ in range(2):
+            parts, _ = barriered_forward(model, prompt, model.make_cache())
+            prefill_runs.append(parts)
+            prefill_steps.append(timed(prefill_step, model, prompt, model.make_cache())[0])
+        report(f"prefill {args.prompt} tokens", prefill_runs, prefill_steps, layers,
+               args.full_layers, args.prompt)
+
+        cache = model.make_cache()
+        _, logits = barriered_forward(model, prompt, cache)
+        token = mx.argmax(logits[:, -1:], axis=-1)
+        decode_runs, decode_steps = [], []
+        for _ in range(args.decode):
+            parts, logits = barriered_forward(model, token, cache)
+            decode_runs.append(parts)
+            token = mx.argmax(logits[:, -1:], axis=-1)
+            seconds, logits = timed(model, token, cache)
+            decode_steps.append(seconds)
+            token = mx.argmax(logits[:, -1:], axis=-1)
+        report("decode", decode_runs, decode_steps, layers, args.full_layers, 1)
+        print(f"\npeak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GB, "
+              f"MLX peak {mx.get_peak_memory() / 1e9:.2f} GB")
+
+
+if __name__ == "__main__":
+    main()
