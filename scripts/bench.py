@@ -173,11 +173,18 @@ def _load_mlx_lm(path: Path, dtype: str):
     import mlx.core as mx
     from mlx_lm.utils import load_model
 
+    from mlx.utils import tree_flatten
+
     model, _ = load_model(path)  # lazy=False: weights evaluated
     if dtype == "float32":
-        # Casts the floating parameters only; the MXFP4 experts stay packed.
-        model.set_dtype(mx.float32)
-        mx.eval(model.parameters())
+        # What model.set_dtype(mx.float32) does (floating parameters only; the MXFP4 experts
+        # stay packed), one parameter at a time: casting all at once holds both copies of the
+        # 7 GB of float32 dense weights plus the bfloat16 model, which does not fit in 24 GB.
+        for name, value in tree_flatten(model.parameters()):
+            if mx.issubdtype(value.dtype, mx.floating) and value.dtype != mx.float32:
+                value = value.astype(mx.float32)
+                mx.eval(value)
+                model.load_weights([(name, value)], strict=False)
     elif dtype != "bfloat16":
         raise ValueError(f"mlx-lm runs bfloat16 or float32, not {dtype}")
     return model
@@ -263,7 +270,9 @@ def run_subprocess(engine: str, dtype: str, path: Path, prompt_tokens: int,
     with big_memory_lock(lock):
         done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
-        raise RuntimeError(f"{engine} {dtype} failed:\n{done.stderr[-3000:]}")
+        killed = " (killed: out of memory?)" if done.returncode < 0 else ""
+        raise RuntimeError(f"{engine} {dtype} failed with exit status {done.returncode}{killed}:"
+                           f"\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 

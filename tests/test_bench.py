@@ -204,3 +204,12 @@ def test_reuse_carries_the_other_configurations_over(report_path, tiny_checkpoin
          "--configs", "openharmony/float32", "--reuse", str(report_path)],
         capture_output=True, text=True, timeout=600)
     assert refused.returncode != 0 and "--reuse" in refused.stderr
+
+
+def test_mlx_lm_float32_casts_every_floating_parameter(bench, tiny_checkpoint):
+    from mlx.utils import tree_flatten
+
+    for dtype, floating in (("float32", mx.float32), ("bfloat16", mx.bfloat16)):
+        model = bench._load_mlx_lm(tiny_checkpoint, dtype)
+        dtypes = {value.dtype for _, value in tree_flatten(model.parameters())}
+        assert dtypes == {floating, mx.uint32, mx.uint8}, dtype  # MXFP4 stays packed
