@@ -30,6 +30,10 @@ from .errors import CheckpointError, ConfigError
 from .loader import open_checkpoint
 from .mxfp4 import to_mlx
 
+# Rows of the lm_head quantized at once when `quantized_lm_head` is asked for: mx.quantize
+# (mxfp4, CPU) peaks at about 20x its input's bytes, 0.47 GB for 2048 rows of 2880.
+QUANTIZE_ROWS = 2048
+
 # Token-expert pairs at or above which the expert matmuls run on tokens sorted by expert
 # (few large matmuls over contiguous rows); below it a plain gather is cheaper.
 SORT_THRESHOLD = 64
@@ -248,14 +252,22 @@ class Block(nn.Module):
 class Model(nn.Module):
     """GPT-OSS. Parameter names are the loader's engine names (MXFP4 `blocks` -> `weight`)."""
 
-    def __init__(self, config: ModelConfig, dtype: mx.Dtype | str | None = None):
+    def __init__(self, config: ModelConfig, dtype: mx.Dtype | str | None = None,
+                 quantized_lm_head: bool = False):
         super().__init__()
         self.config = config
         self.dtype = compute_dtype(dtype)
+        self.quantized_lm_head = quantized_lm_head
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         self.layers = [Block(config, i) for i in range(config.num_hidden_layers)]
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        if quantized_lm_head:
+            # Opt-in, changes the logits (docs/speed.md): MXFP4 reads 4.25 bits per weight
+            # instead of 32, and MLX's CPU mxfp4 matvec is about twice as fast as float32's.
+            self.lm_head = nn.QuantizedLinear(config.hidden_size, config.vocab_size, bias=False,
+                                              group_size=MXFP4_BLOCK, bits=4, mode="mxfp4")
+        else:
+            self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
 
     def __call__(self, tokens: mx.array, cache: list | None = None) -> mx.array:
         """tokens [B, T] int -> float32 logits [B, T, vocab]; `cache` is extended in place."""
@@ -312,6 +324,8 @@ class Model(nn.Module):
                 params[prefix + ".weight"], params[prefix + ".scales"] = to_mlx(value, scales)
             elif _kept_in_float32(name):
                 params[name] = value.astype(mx.float32)
+            elif name == "lm_head.weight" and self.quantized_lm_head:
+                params["lm_head.weight"], params["lm_head.scales"] = _quantize_mxfp4(value)
             elif name == "embed_tokens.weight" and value.dtype.size <= self.dtype.size:
                 # Exact either way (a widening cast of the rows read), and in float32 mode
                 # it saves half the table: 1.15 GB on gpt-oss.
@@ -319,6 +333,16 @@ class Model(nn.Module):
             else:
                 params[name] = value.astype(self.dtype)
         return params
+
+
+def _quantize_mxfp4(weight: mx.array) -> tuple[mx.array, mx.array]:
+    """weight [out, in] -> MLX's packed mxfp4 (uint32 [out, in/8], uint8 scales [out, in/32])."""
+    chunks = []
+    for row in range(0, weight.shape[0], QUANTIZE_ROWS):
+        chunks.append(mx.quantize(weight[row:row + QUANTIZE_ROWS].astype(mx.float32),
+                                  group_size=MXFP4_BLOCK, bits=4, mode="mxfp4"))
+        mx.eval(chunks[-1])  # one chunk's temporaries at a time
+    return (mx.concatenate([w for w, _ in chunks]), mx.concatenate([s for _, s in chunks]))
 
 
 def _kept_in_float32(name: str) -> bool:
@@ -355,14 +379,16 @@ def engine_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def load_model(path: str | Path, dtype: mx.Dtype | str | None = None) -> Model:
+def load_model(path: str | Path, dtype: mx.Dtype | str | None = None, *,
+               quantized_lm_head: bool = False) -> Model:
     """Load a checkpoint folder of either layout (HF or `original/`) into a `Model`.
 
     `dtype` is the compute dtype (default: `default_dtype()`). Weights are read and converted
-    once here; MXFP4 experts stay packed.
+    once here; MXFP4 experts stay packed. `quantized_lm_head` (opt-in, changes the logits)
+    quantizes the output head to MXFP4: faster decoding on CPU, see docs/speed.md.
     """
     checkpoint = open_checkpoint(path)
-    model = Model(checkpoint.config, dtype)
+    model = Model(checkpoint.config, dtype, quantized_lm_head)
     params = model.sanitize(checkpoint.weights())
     # The checkpoint keeps every array it handed out; once it is gone, each stored tensor is
     # referenced only by the lazy graph of its converted parameter. Evaluating one parameter at

@@ -108,6 +108,8 @@ def main() -> None:
     parser.add_argument("--prompt", type=int, default=512, help="prefill length")
     parser.add_argument("--decode", type=int, default=8, help="decode steps to time")
     parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--quantized-lm-head", action="store_true",
+                        help="the opt-in MXFP4 lm_head (changes the logits)")
     parser.add_argument("--full-layers", type=int, default=PRESETS["20b"].num_hidden_layers)
     args = parser.parse_args()
     path = truncated_checkpoint(args.checkpoint or Path(f"/tmp/openharmony-20b-{args.layers}l"),
@@ -116,7 +118,7 @@ def main() -> None:
     with open(BIGMEM_LOCK, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         start = time.perf_counter()
-        model = load_model(path, args.dtype)
+        model = load_model(path, args.dtype, quantized_lm_head=args.quantized_lm_head)
         print(f"load: {time.perf_counter() - start:.2f} s, "
               f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GB, "
               f"MLX peak {mx.get_peak_memory() / 1e9:.2f} GB, "

@@ -24,6 +24,7 @@ from openharmony.config import FULL, SLIDING, ModelConfig, YarnScaling
 from openharmony.errors import CheckpointError, ConfigError
 from openharmony.loader import open_checkpoint
 from openharmony.model import Model, load_model
+from openharmony.mxfp4 import decode, from_mlx
 from openharmony.random_checkpoint import write_random_checkpoint
 from reference import load_reference, reference_logits, reference_rope
 
@@ -395,3 +396,33 @@ def test_loading_holds_one_stored_tensor_at_most_beyond_the_weights(tmp_path):
     assert overhead <= 1.25 * max(converted), (overhead, max(converted))
     _, naive_overhead = _load_overhead(path, load_all_at_once)
     assert naive_overhead >= 0.9 * sum(converted), "the naive load no longer shows the peak"
+
+
+def test_quantized_lm_head_is_the_mxfp4_rounding_of_the_head(cases):
+    # The opt-in MXFP4 head, checked with the project's OCP-spec decoder (not MLX's
+    # dequantize): every weight is within half an E2M1 step (at most 1 * 2^e, e the block
+    # exponent) of the stored one, and the logits are the hidden states times those weights.
+    case = cases("gqa-yarn")
+    model = load_model(case.path, mx.float32, quantized_lm_head=True)
+    head = model.lm_head
+    assert head.weight.dtype == mx.uint32 and head.scales.dtype == mx.uint8
+    blocks, scales = from_mlx(head.weight, head.scales)
+    dequantized = np.array(decode(blocks, scales)).reshape(case.config.vocab_size, -1)
+    stored = np.array(open_checkpoint(case.path).get("lm_head.weight", mx.float32))
+    block_max = np.abs(stored).reshape(stored.shape[0], -1, 32).max(axis=-1, keepdims=True)
+    step = np.exp2(np.floor(np.log2(block_max)) - 2)  # E2M1's largest step is 2^(emax-2) * 2
+    error = np.abs(dequantized.reshape(block_max.shape[0], -1, 32)
+                   - stored.reshape(block_max.shape[0], -1, 32))
+    assert (error <= step + 1e-12).all()
+
+    tokens = mx.array(case.tokens)
+    float32 = case.model
+    x = float32.embed_tokens(tokens).astype(mx.float32)
+    cache = float32.make_cache()
+    for layer, layer_cache in zip(float32.layers, cache):
+        x = layer(x, layer_cache)
+    expected = np.array(float32.norm(x)) @ dequantized.T
+    logits = model(tokens)
+    assert max_diff(logits, expected) <= 1e-4
+    top1 = np.mean(np.array(logits).argmax(-1) == case.reference.argmax(-1))
+    assert top1 >= 0.75, top1  # measured 0.80 (0.68-0.80 over the three configs)
