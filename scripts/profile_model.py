@@ -110,13 +110,16 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--quantized-lm-head", action="store_true",
                         help="the opt-in MXFP4 lm_head (changes the logits)")
+    parser.add_argument("--no-lock", action="store_true",
+                        help=f"skip {BIGMEM_LOCK} (only for a model far smaller than the machine)")
     parser.add_argument("--full-layers", type=int, default=PRESETS["20b"].num_hidden_layers)
     args = parser.parse_args()
     path = truncated_checkpoint(args.checkpoint or Path(f"/tmp/openharmony-20b-{args.layers}l"),
                                 args.layers)
 
-    with open(BIGMEM_LOCK, "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with open(BIGMEM_LOCK, "a") as lock:
+        if not args.no_lock:  # one big-memory process at a time on this machine
+            fcntl.flock(lock, fcntl.LOCK_EX)
         start = time.perf_counter()
         model = load_model(path, args.dtype, quantized_lm_head=args.quantized_lm_head)
         print(f"load: {time.perf_counter() - start:.2f} s, "
