@@ -18,6 +18,7 @@ choice is where low precision hurts most); attention softmax is float32 inside
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import mlx.core as mx
@@ -398,12 +399,17 @@ def load_model(path: str | Path, dtype: mx.Dtype | str | None = None, *,
     model = Model(checkpoint.config, dtype, quantized_lm_head)
     params = model.sanitize(checkpoint.weights())
     # The checkpoint keeps every array it handed out; once it is gone, each stored tensor is
-    # referenced only by the lazy graph of its converted parameter. Evaluating one parameter at
-    # a time then frees each stored (e.g. bf16) copy right after its conversion, so the peak
-    # stays near the final weights plus one tensor, not plus all of them.
+    # referenced only by the lazy graph of its converted parameter. Evaluating one layer (or
+    # one top-level tensor) at a time then frees each stored (e.g. bf16) copy right after its
+    # conversion, so the peak stays near the final weights plus the largest tensor (the bf16
+    # lm_head), not plus all of them.
     del checkpoint
-    for name in params:
-        mx.eval(params[name])
+    groups: dict[str, list[mx.array]] = {}
+    for name, value in params.items():
+        layer = re.match(r"layers\.\d+\.", name)
+        groups.setdefault(layer.group(0) if layer else name, []).append(value)
+    for group in groups.values():
+        mx.eval(group)
     model.load_weights(list(params.items()), strict=True)
     model.freeze()
     model.eval()
