@@ -112,10 +112,9 @@ class ReasoningEffort(str, enum.Enum):
     high = "high"
 
 
-class DType(str, enum.Enum):
+class DType(str, enum.Enum):  # the model's compute dtypes (model.COMPUTE_DTYPES)
     float32 = "float32"
     bfloat16 = "bfloat16"
-    float16 = "float16"
 
 
 ModelOption = Annotated[str, typer.Option(
@@ -432,25 +431,20 @@ def download(
 
 # -- info ---------------------------------------------------------------------------------
 
-BYTES_PER_ELEMENT = {"float32": 4, "bfloat16": 2, "float16": 2}
-
-
-def _kept_in_float32(name: str) -> bool:
-    """The tensors `Model.sanitize` keeps in float32 whatever the dtype: norms and router."""
-    return name.endswith("norm.weight") or ".mlp.router." in name
-
-
 def checkpoint_summary(checkpoint, dtype: str, context: int) -> dict[str, Any]:
     """Parameter counts, bytes on disk and the memory to run `checkpoint`, from its headers.
 
     Parameters count every weight once, MXFP4 expert weights included (two 4-bit values per
     stored byte; their scales are not parameters). Active parameters per token leave out the
     embedding table (a lookup) and count the experts at num_experts_per_tok / num_experts.
-    Memory: dense weights in `dtype` (norms and router in float32, as the model keeps them),
+    Memory: dense weights as the model holds them for `dtype` (`model.dense_weight_dtype`),
     MXFP4 blocks and scales as stored, plus the KV cache for `context` positions (sliding
     window layers hold at most `sliding_window` of them).
     """
+    from .model import compute_dtype, dense_weight_dtype
+
     c = checkpoint.config
+    compute = compute_dtype(dtype)
     total = experts = embedding = weight_bytes = 0
     for name in checkpoint.names():
         shape = checkpoint.shape(name)
@@ -462,7 +456,7 @@ def checkpoint_summary(checkpoint, dtype: str, context: int) -> dict[str, Any]:
             weight_bytes += checkpoint.nbytes(name)
         else:
             count = math.prod(shape)
-            weight_bytes += count * (4 if _kept_in_float32(name) else BYTES_PER_ELEMENT[dtype])
+            weight_bytes += count * dense_weight_dtype(name, checkpoint.dtype(name), compute).size
         total += count
         if ".mlp.experts." in name:
             experts += count
@@ -472,7 +466,7 @@ def checkpoint_summary(checkpoint, dtype: str, context: int) -> dict[str, Any]:
     sliding_layers = sum(c.is_sliding(i) for i in range(c.num_hidden_layers))
     full_layers = c.num_hidden_layers - sliding_layers
     kv_positions = full_layers * context + sliding_layers * min(context, c.sliding_window)
-    kv_bytes = 2 * c.num_key_value_heads * c.head_dim * BYTES_PER_ELEMENT[dtype] * kv_positions
+    kv_bytes = 2 * c.num_key_value_heads * c.head_dim * compute.size * kv_positions
     return {
         "path": str(checkpoint.path),
         "layout": checkpoint.layout,
