@@ -28,6 +28,7 @@ import numpy as np
 from .cache import make_caches
 from .config import MXFP4_BLOCK, ModelConfig
 from .errors import CheckpointError, ConfigError
+from . import loader
 from .loader import open_checkpoint
 from .mxfp4 import to_mlx
 
@@ -364,27 +365,7 @@ def _summarize(names: list[str], limit: int = 4) -> str:
 
 def engine_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
     """Every engine-named tensor of a checkpoint with this config, with its shape."""
-    V, H, I, D = config.vocab_size, config.hidden_size, config.intermediate_size, config.head_dim
-    E, nh, nkv = config.num_local_experts, config.num_attention_heads, config.num_key_value_heads
-    shapes = {"embed_tokens.weight": (V, H), "norm.weight": (H,), "lm_head.weight": (V, H)}
-    for n in range(config.num_hidden_layers):
-        p = f"layers.{n}."
-        shapes.update({
-            p + "input_layernorm.weight": (H,),
-            p + "post_attention_layernorm.weight": (H,),
-            p + "self_attn.q_proj.weight": (nh * D, H), p + "self_attn.q_proj.bias": (nh * D,),
-            p + "self_attn.k_proj.weight": (nkv * D, H), p + "self_attn.k_proj.bias": (nkv * D,),
-            p + "self_attn.v_proj.weight": (nkv * D, H), p + "self_attn.v_proj.bias": (nkv * D,),
-            p + "self_attn.o_proj.weight": (H, nh * D), p + "self_attn.o_proj.bias": (H,),
-            p + "self_attn.sinks": (nh,),
-            p + "mlp.router.weight": (E, H), p + "mlp.router.bias": (E,),
-        })
-        for proj, out_dims, in_dims in (("gate_up_proj", 2 * I, H), ("down_proj", H, I)):
-            groups = in_dims // MXFP4_BLOCK
-            shapes[p + f"mlp.experts.{proj}.blocks"] = (E, out_dims, groups, MXFP4_BLOCK // 2)
-            shapes[p + f"mlp.experts.{proj}.scales"] = (E, out_dims, groups)
-            shapes[p + f"mlp.experts.{proj}.bias"] = (E, out_dims)
-    return shapes
+    return {name: shape for name, (shape, _) in loader.engine_shapes(config).items()}
 
 
 def load_model(path: str | Path, dtype: mx.Dtype | str | None = None, *,
