@@ -1,5 +1,9 @@
 """openharmony: GPT-OSS inference on MLX."""
 
+from . import blas
+
+blas.preload()  # before anything imports mlx: it picks the BLAS MLX's CPU matmuls run on
+
 from .cache import PromptCache
 from .config import ModelConfig
 from .errors import CheckpointError, ConfigError, OpenHarmonyError

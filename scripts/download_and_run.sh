@@ -27,7 +27,11 @@ fi
 if [ "${SKIP_INSTALL:-0}" != 1 ]; then
     echo "installing openharmony into $VENV" >&2
     "$VENV/bin/python" -m pip install --quiet --upgrade pip
-    "$VENV/bin/python" -m pip install -qq -e .
+    EXTRAS=""
+    if [ "$(uname -s)-$(uname -m)" = "Linux-x86_64" ]; then
+        EXTRAS="[mkl]"  # MKL as MLX's CPU BLAS: faster dense matmuls (openharmony/blas.py)
+    fi
+    "$VENV/bin/python" -m pip install -qq -e ".$EXTRAS"
 fi
 
 if [ -d "$MODEL" ]; then
