@@ -298,6 +298,7 @@ def summarize(runs: list[dict], ceilings: dict[str, float], bandwidth: float,
             if not mine:
                 continue
             entry = {field: median([r[field] for r in mine]) for field in RUN_FIELDS}
+            entry["prompt_tokens"] = mine[0]["prompt_tokens"]
             entry["runs"] = len(mine)
             entry["default"] = DEFAULT_DTYPE[engine] == dtype
             entry["ceiling_share"] = ratio(entry["decode_tok_s"], ceilings[dtype])
@@ -323,6 +324,7 @@ def _ratios(ours: dict, theirs: dict) -> dict:
         "prefill_tok_s": ratio(ours["prefill_tok_s"], theirs["prefill_tok_s"]),
         "decode_tok_s": ratio(ours["decode_tok_s"], theirs["decode_tok_s"]),
         "vm_hwm_bytes": ratio(ours["vm_hwm_bytes"], theirs["vm_hwm_bytes"]),
+        "prompt_tokens": [ours["prompt_tokens"], theirs["prompt_tokens"]],
     }
 
 
@@ -347,21 +349,23 @@ def format_table(summary: dict) -> str:
                          f"ceiling {summary['ceiling_decode_tok_s'][d]:.2f} tok/s"
                          for d in summary["ceiling_decode_tok_s"]),
              "",
-             "| engine | dtype | runs | load s | prefill tok/s | decode tok/s | VmHWM GB "
-             "| MLX peak GB | decode / ceiling |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| engine | dtype | runs | load s | prompt | prefill tok/s | decode tok/s "
+             "| VmHWM GB | MLX peak GB | decode / ceiling |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for key, r in summary["results"].items():
         engine, dtype = key.split("/")
         lines.append(
             f"| {engine} | {dtype}{' (default)' if r['default'] else ''} | {r['runs']} "
-            f"| {r['load_s']:.1f} | {r['prefill_tok_s']:.2f} | {_num(r['decode_tok_s'], '.3f')} "
+            f"| {r['load_s']:.1f} | {r['prompt_tokens']} | {r['prefill_tok_s']:.2f} "
+            f"| {_num(r['decode_tok_s'], '.3f')} "
             f"| {r['vm_hwm_bytes'] / gb:.2f} | {r['mlx_peak_bytes'] / gb:.2f} "
             f"| {_num(r['ceiling_share'], '.1%')} |")
-    lines += ["", "| ours / mlx-lm | load time | prefill | decode | VmHWM |",
-              "| --- | --- | --- | --- | --- |"]
+    lines += ["", "| ours / mlx-lm | load time | prefill | prompts | decode | VmHWM |",
+              "| --- | --- | --- | --- | --- | --- |"]
     for name, r in summary["ratios"].items():
         lines.append(f"| {name} | {_num(r['load_s'], '.2f')} | {_num(r['prefill_tok_s'], '.2f')}"
-                     f" | {_num(r['decode_tok_s'], '.2f')} | {_num(r['vm_hwm_bytes'], '.2f')} |")
+                     f" | {r['prompt_tokens'][0]} vs {r['prompt_tokens'][1]} "
+                     f"| {_num(r['decode_tok_s'], '.2f')} | {_num(r['vm_hwm_bytes'], '.2f')} |")
     same = ", ".join(f"{d}: {s['leading_equal']}/{s['of']}"
                      for d, s in summary["same_greedy_tokens"].items())
     if same:
@@ -403,7 +407,8 @@ def benchmark(args) -> dict:
     from openharmony.loader import open_checkpoint
 
     lock = open_checkpoint(path).tensor_bytes >= LOCK_ABOVE_BYTES
-    bandwidth = read_bandwidth(nbytes=args.bandwidth_bytes)
+    with big_memory_lock(lock):  # alone on the machine, like the runs
+        bandwidth = read_bandwidth(nbytes=args.bandwidth_bytes)
     # The ceiling at the mean context while decoding.
     contexts = {d: prompt_tokens_for(d, args) + args.decode_tokens // 2 for d in DTYPES}
     step_bytes = {"bfloat16": decode_step_bytes(path, contexts["bfloat16"], None),

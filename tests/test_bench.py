@@ -98,7 +98,9 @@ def test_ratios_follow_from_the_figures(report):
         assert math.isclose(report["ceiling_decode_tok_s"][dtype], ceiling)
         for entry in (ours, theirs):
             assert math.isclose(entry["ceiling_share"], entry["decode_tok_s"] / ceiling)
+    assert ratios["openharmony/float32 vs mlx-lm/float32"]["prompt_tokens"] == [12, 12]
     defaults = ratios["defaults: openharmony/float32 vs mlx-lm/bfloat16"]
+    assert defaults["prompt_tokens"] == [12, 7]
     assert math.isclose(defaults["decode_tok_s"], results["openharmony/float32"]["decode_tok_s"]
                         / results["mlx-lm/bfloat16"]["decode_tok_s"])
 
