@@ -213,17 +213,32 @@ def _decode_mlx_lm(model, prompt: list[int], max_tokens: int):
     return (int(token) for token, _ in steps)
 
 
+def blas_in_use() -> str:
+    """"mkl" when Intel MKL serves MLX's CPU matmuls in this process (see openharmony.blas),
+    else "mlx" (the BLAS MLX's wheel links)."""
+    return "mkl" if "libmkl_rt" in Path("/proc/self/maps").read_text() else "mlx"
+
+
 def measure(engine: str, dtype: str, path: Path, prompt_tokens: int,
             decode_tokens: int) -> dict:
-    """Load, prefill and decode once in this process; the run's figures."""
-    import mlx.core as mx
-    import mlx_lm.generate  # noqa: F401  imports are not load time (mlx-lm's pulls in
-    import mlx_lm.utils  # noqa: F401    transformers, a second or two)
-    import openharmony.generate  # noqa: F401
-    import openharmony.model  # noqa: F401
-    from openharmony.config import ModelConfig
+    """Load, prefill and decode once in this process; the run's figures.
 
-    prompt = prompt_ids(prompt_tokens, ModelConfig.from_path(path).vocab_size)
+    Each engine is imported as its users import it, and only it: `import openharmony` first
+    picks MLX's CPU BLAS (MKL when its extra is installed, unless OPENHARMONY_BLAS=mlx), while
+    mlx-lm runs on the BLAS MLX ships with. Imports are not load time (mlx-lm's pulls in
+    transformers, a second or two).
+    """
+    if engine == "openharmony":
+        import openharmony  # noqa: F401  before mlx, as openharmony.blas needs
+        import openharmony.generate  # noqa: F401
+        import openharmony.model  # noqa: F401
+    else:
+        import mlx_lm.generate  # noqa: F401
+        import mlx_lm.utils  # noqa: F401
+    import mlx.core as mx
+
+    vocab_size = json.loads((path / "config.json").read_text())["vocab_size"]
+    prompt = prompt_ids(prompt_tokens, vocab_size)
     start = time.perf_counter()
     model = (_load_openharmony if engine == "openharmony" else _load_mlx_lm)(path, dtype)
     load_s = time.perf_counter() - start
@@ -237,7 +252,7 @@ def measure(engine: str, dtype: str, path: Path, prompt_tokens: int,
         tokens.append(token)
     assert len(tokens) == decode_tokens, (engine, len(tokens))
     return {
-        "engine": engine, "dtype": dtype, "prompt_tokens": prompt_tokens,
+        "engine": engine, "dtype": dtype, "blas": blas_in_use(), "prompt_tokens": prompt_tokens,
         "decode_tokens": decode_tokens,
         "load_s": load_s,
         "prefill_tok_s": prompt_tokens / (times[0] - start),
@@ -299,6 +314,7 @@ def summarize(runs: list[dict], ceilings: dict[str, float], bandwidth: float,
                 continue
             entry = {field: median([r[field] for r in mine]) for field in RUN_FIELDS}
             entry["prompt_tokens"] = mine[0]["prompt_tokens"]
+            entry["blas"] = sorted({r.get("blas", "unrecorded") for r in mine})
             entry["runs"] = len(mine)
             entry["default"] = DEFAULT_DTYPE[engine] == dtype
             entry["ceiling_share"] = ratio(entry["decode_tok_s"], ceilings[dtype])
@@ -349,13 +365,14 @@ def format_table(summary: dict) -> str:
                          f"ceiling {summary['ceiling_decode_tok_s'][d]:.2f} tok/s"
                          for d in summary["ceiling_decode_tok_s"]),
              "",
-             "| engine | dtype | runs | load s | prompt | prefill tok/s | decode tok/s "
+             "| engine | dtype | BLAS | runs | load s | prompt | prefill tok/s | decode tok/s "
              "| VmHWM GB | MLX peak GB | decode / ceiling |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for key, r in summary["results"].items():
         engine, dtype = key.split("/")
         lines.append(
-            f"| {engine} | {dtype}{' (default)' if r['default'] else ''} | {r['runs']} "
+            f"| {engine} | {dtype}{' (default)' if r['default'] else ''} "
+            f"| {'/'.join(r['blas'])} | {r['runs']} "
             f"| {r['load_s']:.1f} | {r['prompt_tokens']} | {r['prefill_tok_s']:.2f} "
             f"| {_num(r['decode_tok_s'], '.3f')} "
             f"| {r['vm_hwm_bytes'] / gb:.2f} | {r['mlx_peak_bytes'] / gb:.2f} "
@@ -546,7 +563,7 @@ def profile(path: Path, dtype: str, prompt_tokens: int, decode_tokens: int) -> d
     def per_part(seconds: dict, scale: int) -> dict:
         return {part: seconds.get(part, 0.0) / scale for part in PARTS}
 
-    return {"dtype": dtype, "layers": model.config.num_hidden_layers,
+    return {"dtype": dtype, "blas": blas_in_use(), "layers": model.config.num_hidden_layers,
             "prompt_tokens": prompt_tokens, "decode_tokens": decode_tokens,
             "prefill_s": per_part(prefill, 1), "prefill_total_s": prefill_total,
             "decode_step_s": per_part(decode, decode_tokens),
@@ -563,7 +580,8 @@ def format_profile(result: dict, step_bytes: dict[str, int]) -> str:
             "lm_head": step_bytes["lm_head"], "embedding": step_bytes["embedding"]}
     decode, prefill = result["decode_step_s"], result["prefill_s"]
     decode_sum, prefill_sum = sum(decode.values()), sum(prefill.values())
-    lines = [f"openharmony {result['dtype']}, {result['layers']} layers, prompt "
+    lines = [f"openharmony {result['dtype']} (BLAS: {result['blas']}), {result['layers']} "
+             f"layers, prompt "
              f"{result['prompt_tokens']} tokens, {result['decode_tokens']} decode steps",
              "", "| part | decode ms/token | share | bytes read (MB) | GB/s "
              "| prefill s | share | prefill tok/s |",

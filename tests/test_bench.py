@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import os
 import struct
 import subprocess
 import sys
@@ -83,6 +84,12 @@ def test_every_configuration_is_measured(report):
     assert all(len(run["tokens"]) == 5 for run in report["runs"])
     assert {run["dtype"]: run["prompt_tokens"] for run in report["runs"]} == {
         "float32": 12, "bfloat16": 7}
+    # mlx-lm runs on the BLAS MLX ships with; openharmony on the one openharmony.blas picks.
+    from openharmony import blas
+
+    expected = "mkl" if blas.find_mkl() and os.environ.get(blas.ENV_VAR) != "mlx" else "mlx"
+    assert {(run["engine"], run["blas"]) for run in report["runs"]} == {
+        ("openharmony", expected), ("mlx-lm", "mlx")}
     machine = report["settings"]["machine"]
     assert machine["cores"] >= 1 and machine["ram_bytes"] > 0 and machine["mlx"] == mx.__version__
 
