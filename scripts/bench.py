@@ -1,6 +1,6 @@
 """openharmony vs mlx-lm vs the memory-bandwidth ceiling, on a random gpt-oss-20b checkpoint.
 
-    .venv/bin/python scripts/bench.py                       # the full benchmark (docs/benchmarks.md)
+    .venv/bin/python scripts/bench.py --json bench.json    # the full benchmark (docs/benchmarks.md)
     .venv/bin/python scripts/bench.py --layers 2 --decode-tokens 8 --repeats 1   # a quick look
     .venv/bin/python scripts/bench.py --profile --layers 2  # where openharmony's time goes
 
@@ -493,13 +493,14 @@ def _timed(seconds: dict, part: str, *arrays) -> None:
     seconds["_last"] = now
 
 
-def forward_by_part(model, tokens, caches, seconds: dict) -> int:
+def forward_by_part(model, tokens, caches, seconds: dict) -> tuple[int, "mx.array"]:
     """The forward of `tokens` [1, T] and a greedy pick of the next token, as `Model.__call__`
-    and `Block.__call__` compute it, with a barrier after each part; returns the token."""
+    and `Block.__call__` compute it, with a barrier after each part; returns the token and
+    the last position's logits."""
     import mlx.core as mx
 
     seconds["_last"] = time.perf_counter()
-    x = model.embed_tokens(tokens)
+    x = model.embed_tokens(tokens).astype(model.dtype)
     _timed(seconds, "embedding", x)
     for layer, cache in zip(model.layers, caches):
         # Attention includes its RMSNorm and the residual add; so do the experts.
@@ -517,7 +518,7 @@ def forward_by_part(model, tokens, caches, seconds: dict) -> int:
     _timed(seconds, "lm_head", logits)
     token = mx.argmax(logits[0, -1])
     _timed(seconds, "sampling", token)
-    return token.item()
+    return token.item(), logits
 
 
 def profile(path: Path, dtype: str, prompt_tokens: int, decode_tokens: int) -> dict:
@@ -534,13 +535,13 @@ def profile(path: Path, dtype: str, prompt_tokens: int, decode_tokens: int) -> d
     prefill: dict = {}
     caches = model.make_cache()
     start = time.perf_counter()
-    token = forward_by_part(model, mx.array([prompt]), caches, prefill)
+    token, _ = forward_by_part(model, mx.array([prompt]), caches, prefill)
     prefill_total = time.perf_counter() - start
 
     decode: dict = {}
     start = time.perf_counter()
     for _ in range(decode_tokens):
-        token = forward_by_part(model, mx.array([[token]]), caches, decode)
+        token, _ = forward_by_part(model, mx.array([[token]]), caches, decode)
     decode_step = (time.perf_counter() - start) / decode_tokens
 
     # The same step without barriers: one graph per token, evaluated once.
@@ -644,7 +645,7 @@ def parse_args(argv=None):
                         "20b shapes at ~0.2 tok/s, so 512 tokens would take ~40 min per run")
     p.add_argument("--decode-tokens", type=int, default=32)
     p.add_argument("--repeats", type=int, default=3, help="rounds (each runs every config)")
-    p.add_argument("--max-minutes", type=float, default=50.0,
+    p.add_argument("--max-minutes", type=float, default=45.0,
                    help="after the first round, skip a run that would end after this many "
                         "minutes (judged by its previous duration)")
     p.add_argument("--reuse", type=Path,

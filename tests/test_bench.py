@@ -166,13 +166,15 @@ def test_profile_computes_the_models_own_forward(bench, tiny_checkpoint):
     prompt = bench.prompt_ids(9, model.config.vocab_size)
     seconds: dict = {}
     caches = model.make_cache()
-    token = bench.forward_by_part(model, mx.array([prompt]), caches, seconds)
-    logits = model(mx.array([prompt]))
-    assert token == int(mx.argmax(logits[0, -1]))
+    token, logits = bench.forward_by_part(model, mx.array([prompt]), caches, seconds)
+    expected = model(mx.array([prompt]))[:, -1:]
+    assert mx.allclose(logits, expected, rtol=1e-6, atol=1e-6).item()
+    assert token == int(mx.argmax(expected[0, -1]))
     # And a decode step on the caches it filled, against the full forward of prompt + token.
-    next_token = bench.forward_by_part(model, mx.array([[token]]), caches, seconds)
-    logits = model(mx.array([prompt + [token]]))
-    assert next_token == int(mx.argmax(logits[0, -1]))
+    next_token, logits = bench.forward_by_part(model, mx.array([[token]]), caches, seconds)
+    expected = model(mx.array([prompt + [token]]))[:, -1:]
+    assert mx.allclose(logits, expected, rtol=1e-5, atol=1e-5).item()
+    assert next_token == int(mx.argmax(expected[0, -1]))
     assert set(seconds) - {"_last"} == set(bench.PARTS)
     assert all(seconds[part] > 0 for part in bench.PARTS)
 
