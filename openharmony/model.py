@@ -354,6 +354,12 @@ def dense_weight_dtype(name: str, stored: mx.Dtype, dtype: mx.Dtype) -> mx.Dtype
     return dtype
 
 
+def _load_group(name: str) -> str:
+    """The unit `load_model` evaluates at once: a layer, or a top-level module."""
+    layer = re.match(r"layers\.\d+\.", name)
+    return layer.group(0) if layer else name.split(".")[0]
+
+
 def _kept_in_float32(name: str) -> bool:
     return name.endswith("norm.weight") or ".mlp.router." in name
 
@@ -379,18 +385,21 @@ def load_model(path: str | Path, dtype: mx.Dtype | str | None = None, *,
     checkpoint = open_checkpoint(path)
     model = Model(checkpoint.config, dtype, quantized_lm_head)
     params = model.sanitize(checkpoint.weights())
-    # The checkpoint keeps every array it handed out; once it is gone, each stored tensor is
-    # referenced only by the lazy graph of its converted parameter. Evaluating one layer (or
-    # one top-level tensor) at a time then frees each stored (e.g. bf16) copy right after its
-    # conversion, so the peak stays near the final weights plus the largest tensor (the bf16
-    # lm_head), not plus all of them.
-    del checkpoint
+    # Evaluated one group (a layer, or a top-level tensor) at a time: once the checkpoint is
+    # gone each stored tensor is referenced only by the lazy graph of its converted parameter,
+    # so every stored (e.g. bf16) copy is freed right after its conversion and the peak stays
+    # near the final weights plus the largest tensor (the bf16 lm_head), not plus all of them.
     groups: dict[str, list[mx.array]] = {}
     for name, value in params.items():
-        layer = re.match(r"layers\.\d+\.", name)
-        groups.setdefault(layer.group(0) if layer else name, []).append(value)
-    for group in groups.values():
-        mx.eval(group)
+        groups.setdefault(_load_group(name), []).append(value)
+    byte_ranges: dict[str, list] = {}
+    for name in checkpoint.names():
+        byte_ranges.setdefault(_load_group(name), []).append(checkpoint.byte_range(name))
+    del checkpoint
+    with loader.ReadAhead([byte_ranges[key] for key in groups]) as read_ahead:
+        for index, group in enumerate(groups.values()):
+            read_ahead.reached(index)
+            mx.eval(group)
     model.load_weights(list(params.items()), strict=True)
     model.freeze()
     model.eval()

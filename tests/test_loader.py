@@ -476,3 +476,55 @@ def test_random_header_corruption_is_an_error_or_harmless(tmp_path_factory, tiny
     reference = open_checkpoint(tiny_checkpoint)
     for name in reference.names():
         assert mx.array_equal(ckpt.get(name), reference.get(name)).item(), name
+
+
+# -- read-ahead ------------------------------------------------------------------------------
+
+
+def test_read_ahead_reads_each_group_once_and_never_more_than_depth_ahead(monkeypatch):
+    import threading
+    import time
+
+    from openharmony import loader
+
+    read, lock = [], threading.Lock()
+
+    def record(file, offset, length, chunk):
+        with lock:
+            read.append((file, offset, length))
+
+    def read_so_far(expected: int) -> list:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with lock:
+                if len(read) >= expected:
+                    break
+            time.sleep(0.01)
+        time.sleep(0.05)  # give an over-eager thread the chance to read more
+        with lock:
+            return list(read)
+
+    monkeypatch.setattr(loader, "_read_into_page_cache", record)
+    groups = [[(Path(f"f{i}"), 100 * i, 10), (Path(f"f{i}"), 100 * i + 10, 5)] for i in range(6)]
+    with loader.ReadAhead(groups, depth=2) as read_ahead:
+        read_ahead.reached(0)  # groups 0, 1, 2 may be read, not 3
+        assert read_so_far(6) == [r for g in groups[:3] for r in g]
+        read_ahead.reached(3)
+        assert read_so_far(12) == [r for g in groups for r in g]
+
+
+def test_byte_range_is_the_tensor_and_read_ahead_stops_on_exit(tiny_checkpoint):
+    from openharmony import loader
+
+    ckpt = loader.open_checkpoint(tiny_checkpoint)
+    file, offset, length = ckpt.byte_range("lm_head.weight")
+    with open(file, "rb") as f:
+        f.seek(offset)
+        expected = f.read(length)
+    assert len(expected) == length == ckpt.nbytes("lm_head.weight")
+    # The range is the tensor's bytes: the loaded tensor is those bytes.
+    assert bytes(memoryview(ckpt.get("lm_head.weight").view(mx.uint16))) == expected
+    with loader.ReadAhead([[(file, offset, length)]] * 3, depth=1) as read_ahead:
+        read_ahead.reached(0)
+    # Leaving the block joins the thread even though it was never allowed past group 1.
+    assert not read_ahead._thread.is_alive()
