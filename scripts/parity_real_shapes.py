@@ -1,0 +1,83 @@
+"""Logits of openharmony and mlx-lm against transformers on a real-shape checkpoint.
+
+The parity tests use tiny configs; this checks the real gpt-oss-20b shapes (a few layers, so
+the float32 reference fits in memory) over a prompt several sliding windows long:
+
+    python scripts/parity_real_shapes.py bench_cache/gpt-oss-20b-random-2layers --tokens 512
+
+Each engine runs in its own subprocess, one at a time (under the benchmarks' memory lock), and
+leaves its float32 logits in a temporary folder; the report is each engine's largest
+|logit difference| from transformers, the first position where it exceeds 1e-3, and the
+top-1 agreement.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+LOCK_FILE = "/tmp/openharmony-bigmem.lock"
+ENGINES = ("openharmony", "mlx-lm", "transformers")
+
+
+def logits(engine: str, path: Path, tokens: np.ndarray) -> np.ndarray:
+    """[T] token ids -> float32 logits [T, V] of `engine` (run in this process)."""
+    if engine == "openharmony":
+        from openharmony import load_model  # first: it picks MLX's BLAS (openharmony/blas.py)
+
+        import mlx.core as mx
+
+        return np.array(load_model(path, "float32")(mx.array(tokens[None])))[0]
+    if engine == "mlx-lm":
+        import mlx.core as mx
+        from mlx_lm.utils import load_model
+
+        model, _ = load_model(path)
+        model.set_dtype(mx.float32)
+        return np.array(model(mx.array(tokens[None])).astype(mx.float32))[0]
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from reference import load_reference, reference_logits
+
+    return reference_logits(load_reference(path), tokens[None])[0]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("checkpoint", type=Path)
+    parser.add_argument("--tokens", type=int, default=512)
+    parser.add_argument("--worker", choices=ENGINES, help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    tokens = np.random.default_rng(0).integers(0, 200_000, size=args.tokens)
+    if args.worker:
+        np.save(args.out, logits(args.worker, args.checkpoint, tokens))
+        return
+
+    with tempfile.TemporaryDirectory() as folder:
+        results = {}
+        for engine in ENGINES:
+            out = Path(folder) / f"{engine}.npy"
+            with open(LOCK_FILE, "a") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                subprocess.run([sys.executable, __file__, str(args.checkpoint), "--tokens",
+                                str(args.tokens), "--worker", engine, "--out", str(out)],
+                               check=True)
+            results[engine] = np.load(out)
+    reference = results.pop("transformers")
+    print(f"{args.checkpoint}, {args.tokens} tokens, logit std {reference.std():.2f}")
+    for engine, values in results.items():
+        per_position = np.abs(values - reference).max(axis=1)
+        off = np.flatnonzero(per_position > 1e-3)
+        agree = (values.argmax(1) == reference.argmax(1)).mean()
+        print(f"{engine:12s} max |diff| {per_position.max():.2e}; first position > 1e-3: "
+              f"{off[0] if off.size else 'none'}; top-1 agreement {agree:.3f}")
+
+
+if __name__ == "__main__":
+    main()
