@@ -35,6 +35,10 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import mlx.core as mx
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_CACHE = REPO / "bench_cache"
