@@ -1,6 +1,6 @@
 """Load time from a cold page cache: openharmony vs mlx-lm, interleaved, one process at a time.
 
-    python scripts/measure_load.py [CHECKPOINT] --rounds 2
+    python scripts/measure_load.py [CHECKPOINT] --rounds 3
 
 Before each load the checkpoint's pages are evicted (`posix_fadvise(DONTNEED)`, no root
 needed), so every engine reads the files from disk as after a reboot, whatever ran before.
@@ -56,15 +56,16 @@ def load(system: str, checkpoint: Path) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoint", type=Path, nargs="?", default=DEFAULT)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--worker", choices=SYSTEMS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         print(load(args.worker, args.checkpoint))
         return
     seconds: dict[str, list[float]] = {system: [] for system in SYSTEMS}
-    for _ in range(args.rounds):
-        for system in SYSTEMS:
+    for round_ in range(args.rounds):
+        # Rotated each round: the first load after other work pays for reclaiming its memory.
+        for system in SYSTEMS[round_ % 3:] + SYSTEMS[:round_ % 3]:
             with open(LOCK_FILE, "a") as lock:
                 fcntl.flock(lock, fcntl.LOCK_EX)
                 evict(args.checkpoint)
