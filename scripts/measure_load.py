@@ -12,26 +12,17 @@ mlx-lm (`mlx_lm.utils.load_model` + evaluating every parameter, its bf16 default
 from __future__ import annotations
 
 import argparse
-import fcntl
-import os
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-LOCK_FILE = "/tmp/openharmony-bigmem.lock"
+from bench import big_memory_lock
+from measure_open import evict_from_page_cache
+
 DEFAULT = Path(__file__).resolve().parents[1] / "bench_cache" / "gpt-oss-20b-random"
 SYSTEMS = ("openharmony", "openharmony-no-read-ahead", "mlx-lm")
-
-
-def evict(checkpoint: Path) -> None:
-    for file in checkpoint.rglob("*.safetensors"):
-        fd = os.open(file, os.O_RDONLY)
-        try:
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        finally:
-            os.close(fd)
 
 
 def load(system: str, checkpoint: Path) -> float:
@@ -66,9 +57,9 @@ def main() -> None:
     for round_ in range(args.rounds):
         # Rotated each round: the first load after other work pays for reclaiming its memory.
         for system in SYSTEMS[round_ % 3:] + SYSTEMS[:round_ % 3]:
-            with open(LOCK_FILE, "a") as lock:
-                fcntl.flock(lock, fcntl.LOCK_EX)
-                evict(args.checkpoint)
+            with big_memory_lock(True):
+                for file in args.checkpoint.rglob("*.safetensors"):
+                    evict_from_page_cache(file)
                 out = subprocess.run([sys.executable, __file__, str(args.checkpoint),
                                       "--worker", system], check=True, capture_output=True,
                                      text=True).stdout

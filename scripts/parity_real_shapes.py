@@ -14,7 +14,6 @@ top-1 agreement.
 from __future__ import annotations
 
 import argparse
-import fcntl
 import subprocess
 import sys
 import tempfile
@@ -22,7 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-LOCK_FILE = "/tmp/openharmony-bigmem.lock"
+from bench import big_memory_lock
+
 ENGINES = ("openharmony", "mlx-lm", "transformers")
 
 
@@ -54,7 +54,11 @@ def main() -> None:
     parser.add_argument("--worker", choices=ENGINES, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    tokens = np.random.default_rng(0).integers(0, 200_000, size=args.tokens)
+    from openharmony.config import ModelConfig
+
+    # Inside the vocabulary: a small model's, else the range the documented run used.
+    vocab = min(200_000, ModelConfig.from_path(args.checkpoint).vocab_size)
+    tokens = np.random.default_rng(0).integers(0, vocab, size=args.tokens)
     if args.worker:
         np.save(args.out, logits(args.worker, args.checkpoint, tokens))
         return
@@ -63,8 +67,7 @@ def main() -> None:
         results = {}
         for engine in ENGINES:
             out = Path(folder) / f"{engine}.npy"
-            with open(LOCK_FILE, "a") as lock:
-                fcntl.flock(lock, fcntl.LOCK_EX)
+            with big_memory_lock(True):
                 subprocess.run([sys.executable, __file__, str(args.checkpoint), "--tokens",
                                 str(args.tokens), "--worker", engine, "--out", str(out)],
                                check=True)

@@ -12,20 +12,19 @@ averaged over the layers and scaled to the full model's layer count (24 for 20b)
 from __future__ import annotations
 
 import argparse
-import fcntl
 import resource
 import statistics
 import time
 from dataclasses import replace
 from pathlib import Path
 
-import mlx.core as mx
-
-from openharmony.config import FULL, SLIDING
+from openharmony.config import FULL, SLIDING  # first: openharmony picks MLX's BLAS (blas.py)
 from openharmony.model import load_model
 from openharmony.random_checkpoint import PRESETS, write_random_checkpoint
 
-BIGMEM_LOCK = "/tmp/openharmony-bigmem.lock"
+import mlx.core as mx
+
+from bench import LOCK_FILE, big_memory_lock
 
 
 def truncated_checkpoint(path: Path, layers: int) -> Path:
@@ -111,15 +110,13 @@ def main() -> None:
     parser.add_argument("--quantized-lm-head", action="store_true",
                         help="the opt-in MXFP4 lm_head (changes the logits)")
     parser.add_argument("--no-lock", action="store_true",
-                        help=f"skip {BIGMEM_LOCK} (only for a model far smaller than the machine)")
+                        help=f"skip {LOCK_FILE} (only for a model far smaller than the machine)")
     parser.add_argument("--full-layers", type=int, default=PRESETS["20b"].num_hidden_layers)
     args = parser.parse_args()
     path = truncated_checkpoint(args.checkpoint or Path(f"/tmp/openharmony-20b-{args.layers}l"),
                                 args.layers)
 
-    with open(BIGMEM_LOCK, "a") as lock:
-        if not args.no_lock:  # one big-memory process at a time on this machine
-            fcntl.flock(lock, fcntl.LOCK_EX)
+    with big_memory_lock(not args.no_lock):  # one big-memory process at a time here
         start = time.perf_counter()
         model = load_model(path, args.dtype, quantized_lm_head=args.quantized_lm_head)
         print(f"load: {time.perf_counter() - start:.2f} s, "
