@@ -158,11 +158,9 @@ def _load(model: str, dtype: DType | None):
 
     tokenizer = load_tokenizer(settings.vocab)
     folder = resolve_model(model)
-    import mlx.core as mx
-
     from .model import load_model
 
-    loaded = load_model(folder, getattr(mx, dtype.value) if dtype is not None else None)
+    loaded = load_model(folder, dtype.value if dtype is not None else None)
     if loaded.config.vocab_size < tokenizer.n_vocab:
         raise OpenHarmonyError(f"the model's vocabulary ({loaded.config.vocab_size} tokens) is "
                                f"smaller than the tokenizer's ({tokenizer.n_vocab})")
