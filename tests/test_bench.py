@@ -168,7 +168,10 @@ def test_profile_computes_the_models_own_forward(bench, tiny_checkpoint):
     caches = model.make_cache()
     token, logits = bench.forward_by_part(model, mx.array([prompt]), caches, seconds)
     expected = model(mx.array([prompt]))[:, -1:]
-    assert mx.allclose(logits, expected, rtol=1e-6, atol=1e-6).item()
+    # The profile's lm_head runs on the last position only (a matrix-vector product), the
+    # model's on all of them (a GEMM): with MKL as the BLAS the two round differently, by up
+    # to ~1e-6 on logits of size ~3. Any mistake in the parts moves them by far more.
+    assert mx.allclose(logits, expected, rtol=1e-5, atol=1e-5).item()
     assert token == int(mx.argmax(expected[0, -1]))
     # And a decode step on the caches it filled, against the full forward of prompt + token.
     next_token, logits = bench.forward_by_part(model, mx.array([[token]]), caches, seconds)
