@@ -30,7 +30,7 @@ from .config import MXFP4_BLOCK, ModelConfig
 from .errors import CheckpointError, ConfigError
 from . import loader
 from .loader import open_checkpoint
-from .mxfp4 import to_mlx
+from .mxfp4 import decode, from_mlx, to_mlx
 
 # Rows of the lm_head quantized at once when `quantized_lm_head` is asked for: mx.quantize
 # (mxfp4, CPU) peaks at about 20x its input's bytes, 0.47 GB for 2048 rows of 2880.
@@ -39,6 +39,18 @@ QUANTIZE_ROWS = 2048
 # Token-expert pairs at or above which the expert matmuls run on tokens sorted by expert
 # (few large matmuls over contiguous rows); below it a plain gather is cheaper.
 SORT_THRESHOLD = 64
+
+# On the CPU, an expert with at least this many rows in a prefill chunk is dequantized once and
+# multiplied as a dense float matrix (BLAS), instead of through gather_qmm: MLX's CPU mxfp4
+# kernel re-decodes the weights for every row (4.7 ms per row of a 5760x2880 expert, so 305 ms
+# for 64 rows), while dequantizing costs 72 ms once and the GEMM ~10 ms (docs/speed.md). The
+# break-even is ~15 rows. GPUs' gather_qmm is a real GEMM, so they never take this path.
+DEQUANTIZE_MIN_ROWS = 16
+
+
+def prefill_dequantizes_experts() -> bool:
+    """The one backend switch of the model: dense prefill experts on the CPU only."""
+    return mx.default_device() == mx.cpu
 
 
 def default_dtype() -> mx.Dtype:
@@ -184,6 +196,11 @@ class MXFP4SwitchLinear(nn.Module):
                           sorted_indices=sorted_indices)
         return y + mx.expand_dims(self.bias[expert], -2)
 
+    def dense(self, x: mx.array, expert: int) -> mx.array:
+        """x [M, in] -> [M, out] through one expert, its weights dequantized (exactly) first."""
+        weight = decode(*from_mlx(self.weight[expert], self.scales[expert]), x.dtype)
+        return x @ weight.T + self.bias[expert]
+
 
 class Experts(nn.Module):
     def __init__(self, config: ModelConfig):
@@ -204,16 +221,41 @@ class Experts(nn.Module):
         h = self.swiglu(self.gate_up_proj(x, expert, sorted_indices))
         return self.down_proj(h, expert, sorted_indices)
 
+    def dense_mlp(self, x: mx.array, expert: int) -> mx.array:
+        return self.down_proj.dense(self.swiglu(self.gate_up_proj.dense(x, expert)), expert)
+
+    def sorted_mlp(self, x: mx.array, expert: mx.array) -> mx.array:
+        """x [M, H] sorted by expert ids [M] -> [M, H]: each expert with at least
+        DEQUANTIZE_MIN_ROWS rows as one dense matmul, the runs of rows between them through
+        gather_qmm."""
+        if not prefill_dequantizes_experts():
+            return self.mlp(x[:, None, :], expert, sorted_indices=True)[:, 0]
+        # The segment sizes decide the graph, so they are read on the host (one sync per layer
+        # of a prefill chunk, nothing next to its seconds of work).
+        counts = np.bincount(np.array(expert), minlength=self.gate_up_proj.weight.shape[0])
+        segments = []  # (begin, end, the expert to dequantize or None for gather_qmm)
+        begin = run_begin = 0
+        for e, count in enumerate(counts.tolist()):
+            if count >= DEQUANTIZE_MIN_ROWS:
+                segments += [(run_begin, begin, None), (begin, begin + count, e)]
+                run_begin = begin + count
+            begin += count
+        segments.append((run_begin, begin, None))
+        pieces = [self.dense_mlp(x[b:end], e) if e is not None
+                  else self.mlp(x[b:end, None, :], expert[b:end], sorted_indices=True)[:, 0]
+                  for b, end, e in segments if b < end]
+        return mx.concatenate(pieces)
+
     def __call__(self, x: mx.array, indices: mx.array, weights: mx.array) -> mx.array:
         """x [N, H], indices and routing weights [N, k] -> sum_j weights[:, j] * expert_j(x)."""
         N, k = indices.shape
         H = x.shape[-1]
         if N * k >= SORT_THRESHOLD:
             # Prefill: sort the N*k (token, expert) pairs by expert so each expert's rows are
-            # contiguous and gather_qmm runs one large matmul per expert.
+            # contiguous and run as one large matmul per expert (sorted_mlp).
             flat = indices.reshape(-1)
             order = mx.argsort(flat)
-            y = self.mlp(x[order // k][:, None, :], flat[order], sorted_indices=True)
+            y = self.sorted_mlp(x[order // k], flat[order])
             y = y[mx.argsort(order)].reshape(N, k, H)
         else:
             # Decode: a handful of rows, each gathers its k experts directly.

@@ -44,7 +44,10 @@ the scales through. Measured against mlx 0.32.4 on the CPU (tests/test_mxfp4.py)
 
 from __future__ import annotations
 
+import functools
+
 import mlx.core as mx
+import numpy as np
 
 from .errors import OpenHarmonyError
 
@@ -120,10 +123,23 @@ def decode(blocks: mx.array, scales: mx.array, dtype: mx.Dtype = mx.float32) -> 
     """Dequantize (`blocks` [..., G, 16], `scales` [..., G]) to `dtype` [..., G*32]."""
     _check_storage(blocks, scales)
     *lead, groups, _ = blocks.shape
-    codes = mx.stack([blocks & 0xF, blocks >> 4], axis=-1).reshape(*lead, groups, BLOCK_SIZE)
-    values = mx.array(FP4_VALUES, dtype=mx.float32)[codes]
+    # Two bytes (four codes) per table lookup: one gather of 1/4 of the elements and one
+    # multiply is the cheapest dequantization MLX's ops give; it runs 2.4x faster on the CPU
+    # than mx.dequantize (docs/speed.md), which matters where prefill dequantizes experts.
+    pairs = blocks.view(mx.uint16).reshape(*lead, groups, BYTES_PER_BLOCK // 2)
+    values = _code_quads()[pairs].reshape(*lead, groups, BLOCK_SIZE)
     out = values * scale_values(scales)[..., None]
     return out.reshape(*lead, groups * BLOCK_SIZE).astype(dtype)
+
+
+@functools.cache
+def _code_quads() -> mx.array:
+    """float32 [65536, 4]: the E2M1 values of the four codes in two little-endian bytes."""
+    byte = np.arange(256)
+    values = np.array(FP4_VALUES, dtype=np.float32)
+    pair = np.stack([values[byte & 0xF], values[byte >> 4]], axis=-1)  # [byte, 2]
+    high, low = np.divmod(np.arange(1 << 16), 256)  # little-endian: the low byte comes first
+    return mx.array(np.concatenate([pair[low], pair[high]], axis=-1))
 
 
 def scale_values(scales: mx.array) -> mx.array:

@@ -116,6 +116,47 @@ def test_full_forward_matches_transformers(cases, name):
     assert max_diff(case.model(mx.array(case.tokens)), case.reference) <= TOLERANCE
 
 
+EXPERT_DISPATCH = ("gather_qmm only", "all dequantized", "mixed")
+
+
+@pytest.mark.parametrize("dispatch", EXPERT_DISPATCH)
+@pytest.mark.parametrize("name", CONFIGS)
+def test_prefill_expert_dispatch_matches_transformers(cases, monkeypatch, name, dispatch):
+    """Both prefill expert paths (gather_qmm, and the CPU's dequantize-then-matmul) and their
+    mix within one layer give the reference's logits."""
+    case = cases(name)
+    c = case.config
+    calls = {"dense": 0, "gather_qmm": 0}
+
+    def spy(method, kind):
+        def counted(*args, **kwargs):
+            calls[kind] += 1
+            return method(*args, **kwargs)
+        return counted
+
+    Linear = model_module.MXFP4SwitchLinear
+    monkeypatch.setattr(Linear, "dense", spy(Linear.dense, "dense"))
+    monkeypatch.setattr(Linear, "__call__", spy(Linear.__call__, "gather_qmm"))
+    pairs = case.tokens.size * c.num_experts_per_tok
+    if dispatch == "gather_qmm only":
+        monkeypatch.setattr(model_module, "prefill_dequantizes_experts", lambda: False)
+    else:
+        monkeypatch.setattr(model_module, "prefill_dequantizes_experts", lambda: True)
+        # "mixed": the mean rows per expert, so that some experts fall on either side.
+        min_rows = 1 if dispatch == "all dequantized" else pairs // c.num_local_experts
+        monkeypatch.setattr(model_module, "DEQUANTIZE_MIN_ROWS", min_rows)
+    assert pairs >= model_module.SORT_THRESHOLD  # the prefill path
+
+    assert max_diff(case.model(mx.array(case.tokens)), case.reference) <= TOLERANCE
+    # Two projections per expert call.
+    if dispatch == "gather_qmm only":
+        assert calls == {"dense": 0, "gather_qmm": 2 * c.num_hidden_layers}
+    elif dispatch == "all dequantized":
+        assert calls["gather_qmm"] == 0 and calls["dense"] >= 2 * c.num_hidden_layers
+    else:
+        assert calls["dense"] > 0 and calls["gather_qmm"] > 0
+
+
 @pytest.mark.parametrize("name", CONFIGS)
 def test_chunked_prefill_matches_full_forward_of_transformers(cases, name):
     case = cases(name)
