@@ -9,7 +9,8 @@ the same prompt token ids (batch 1), prefill it, and greedily decode the same nu
 with no stop token (the weights are random, so eos can come at any time). Each (engine, dtype)
 run is a fresh subprocess (a 20b model in float32 needs ~17 GB: two at once would not fit),
 holding an exclusive lock on LOCK_FILE while it runs, and rounds interleave the engines so that
-machine noise hits all of them alike. Every figure is the median over the rounds.
+machine noise hits all of them alike. Every figure is the median over the rounds. Before each
+run the checkpoint is evicted from the page cache, so every engine loads it from disk.
 
 Measured per run: load seconds (from nothing until the weights are evaluated, so the first
 token can be computed), prefill tokens/s (prompt tokens / the seconds until the first generated
@@ -284,11 +285,25 @@ def big_memory_lock(needed: bool):
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+def evict_from_page_cache(file: Path) -> None:
+    """Drop `file` from the page cache, so that reading it goes to the disk as after a reboot."""
+    fd = os.open(file, os.O_RDONLY)
+    try:
+        os.fsync(fd)  # dirty pages cannot be evicted
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
 def run_subprocess(engine: str, dtype: str, path: Path, prompt_tokens: int,
                    decode_tokens: int, lock: bool) -> dict:
     command = [sys.executable, __file__, "--worker", engine, dtype, "--checkpoint", str(path),
                "--prompt-tokens", str(prompt_tokens), "--decode-tokens", str(decode_tokens)]
     with big_memory_lock(lock):
+        # Every run loads from disk, as the first load after a reboot does, whatever the run
+        # before it left in the page cache (a bf16 run leaves ~8 GB of the checkpoint there).
+        for file in path.rglob("*.safetensors"):
+            evict_from_page_cache(file)
         done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         killed = " (killed: out of memory?)" if done.returncode < 0 else ""
@@ -646,12 +661,13 @@ def parse_args(argv=None):
                         "and float32)")
     p.add_argument("--prompt-tokens", type=int, default=512,
                    help="prompt length of the float32 runs (prefill is measured on it)")
-    p.add_argument("--bf16-prompt-tokens", type=int, default=64,
-                   help="prompt length of the bfloat16 runs: MLX's CPU bfloat16 prefills the "
-                        "20b shapes at ~0.2 tok/s, so 512 tokens would take ~40 min per run")
+    p.add_argument("--bf16-prompt-tokens", type=int, default=16,
+                   help="prompt length of the bfloat16 runs: mlx-lm prefills the 20b shapes in "
+                        "bfloat16 at ~0.11 tok/s on MLX's CPU, so 16 tokens take ~2.5 min and "
+                        "512 would take ~78 min per run")
     p.add_argument("--decode-tokens", type=int, default=32)
     p.add_argument("--repeats", type=int, default=3, help="rounds (each runs every config)")
-    p.add_argument("--max-minutes", type=float, default=45.0,
+    p.add_argument("--max-minutes", type=float, default=60.0,
                    help="after the first round, skip a run that would end after this many "
                         "minutes (judged by its previous duration)")
     p.add_argument("--reuse", type=Path,

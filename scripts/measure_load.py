@@ -18,8 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench import big_memory_lock
-from measure_open import evict_from_page_cache
+from bench import big_memory_lock, evict_from_page_cache
 
 DEFAULT = Path(__file__).resolve().parents[1] / "bench_cache" / "gpt-oss-20b-random"
 SYSTEMS = ("openharmony", "openharmony-no-read-ahead", "mlx-lm")

@@ -14,12 +14,13 @@ Targets: open under 2 s, resident memory under 500 MB.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import typer
+
+from bench import evict_from_page_cache
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -60,16 +61,6 @@ print(json.dumps({
     "hwm_mb": round(status()["VmHWM"], 1),
 }))
 """
-
-
-def evict_from_page_cache(file: Path) -> None:
-    """So that reading a header really goes to the disk, as after a reboot."""
-    fd = os.open(file, os.O_RDONLY)
-    try:
-        os.fsync(fd)  # dirty pages cannot be evicted
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
 
 
 def main(
