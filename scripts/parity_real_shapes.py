@@ -8,7 +8,8 @@ the float32 reference fits in memory) over a prompt several sliding windows long
 Each engine runs in its own subprocess, one at a time (under the benchmarks' memory lock), and
 leaves its float32 logits in a temporary folder; the report is each engine's largest
 |logit difference| from transformers, the first position where it exceeds 1e-3, and the
-top-1 agreement.
+top-1 agreement, and the median top-1 margin of the reference (how close its two best logits
+are: a small margin makes top-1 agreement fragile).
 """
 
 from __future__ import annotations
@@ -23,17 +24,20 @@ import numpy as np
 
 from bench import big_memory_lock
 
-ENGINES = ("openharmony", "mlx-lm", "transformers")
+# openharmony-mxfp4-head: openharmony with its opt-in quantized lm_head, whose accuracy cost
+# this measures (docs/speed.md).
+ENGINES = ("openharmony", "openharmony-mxfp4-head", "mlx-lm", "transformers")
 
 
 def logits(engine: str, path: Path, tokens: np.ndarray) -> np.ndarray:
     """[T] token ids -> float32 logits [T, V] of `engine` (run in this process)."""
-    if engine == "openharmony":
+    if engine.startswith("openharmony"):
         from openharmony import load_model  # first: it picks MLX's BLAS (openharmony/blas.py)
 
         import mlx.core as mx
 
-        return np.array(load_model(path, "float32")(mx.array(tokens[None])))[0]
+        model = load_model(path, "float32", quantized_lm_head=engine == "openharmony-mxfp4-head")
+        return np.array(model(mx.array(tokens[None])))[0]
     if engine == "mlx-lm":
         import mlx.core as mx
         from mlx_lm.utils import load_model
@@ -73,12 +77,14 @@ def main() -> None:
                                check=True)
             results[engine] = np.load(out)
     reference = results.pop("transformers")
-    print(f"{args.checkpoint}, {args.tokens} tokens, logit std {reference.std():.2f}")
+    top2 = np.sort(reference, axis=1)[:, -2:]
+    print(f"{args.checkpoint}, {args.tokens} tokens, logit std {reference.std():.2f}, "
+          f"median top-1 margin {np.median(top2[:, 1] - top2[:, 0]):.2f}")
     for engine, values in results.items():
         per_position = np.abs(values - reference).max(axis=1)
         off = np.flatnonzero(per_position > 1e-3)
         agree = (values.argmax(1) == reference.argmax(1)).mean()
-        print(f"{engine:12s} max |diff| {per_position.max():.2e}; first position > 1e-3: "
+        print(f"{engine:22s} max |diff| {per_position.max():.2e}; first position > 1e-3: "
               f"{off[0] if off.size else 'none'}; top-1 agreement {agree:.3f}")
 
 
