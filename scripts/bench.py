@@ -663,8 +663,8 @@ def parse_args(argv=None):
                    help="prompt length of the float32 runs (prefill is measured on it)")
     p.add_argument("--bf16-prompt-tokens", type=int, default=16,
                    help="prompt length of the bfloat16 runs: mlx-lm prefills the 20b shapes in "
-                        "bfloat16 at ~0.11 tok/s on MLX's CPU, so 16 tokens take ~2.5 min and "
-                        "512 would take ~78 min per run")
+                        "bfloat16 at ~0.12 tok/s on MLX's CPU, so 16 tokens take ~2 min and "
+                        "512 would take ~70 min per run")
     p.add_argument("--decode-tokens", type=int, default=32)
     p.add_argument("--repeats", type=int, default=3, help="rounds (each runs every config)")
     p.add_argument("--max-minutes", type=float, default=60.0,
