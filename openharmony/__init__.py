@@ -9,7 +9,8 @@ from .config import ModelConfig
 from .errors import CheckpointError, ConfigError, OpenHarmonyError
 from .generate import (ContextLengthError, GenerationChunk, GenerationError, GenerationResult,
                        GenerationStats, generate, stream_generate)
-from .model import Model, load_model
+from .load import load_model
+from .model import Model
 from .sampling import SamplingError, SamplingOptions
 from .tokenizer import Tokenizer, load_tokenizer
 

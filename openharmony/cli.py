@@ -158,7 +158,7 @@ def _load(model: str, dtype: DType | None):
 
     tokenizer = load_tokenizer(settings.vocab)
     folder = resolve_model(model)
-    from .model import load_model
+    from .load import load_model
 
     loaded = load_model(folder, dtype.value if dtype is not None else None)
     if loaded.config.vocab_size < tokenizer.n_vocab:

@@ -8,7 +8,7 @@ The math is that of transformers' and OpenAI's reference implementations (docs/m
 GQA attention with q/k/v/o biases and one learned sink logit per head, a sliding window of W
 keys on the layers `config.layer_types` marks, half-split RoPE with YaRN (unrounded correction
 range), top-k routing with a softmax over the k chosen logits, and MXFP4 experts that stay
-packed and run through `mx.gather_qmm(mode="mxfp4")`.
+packed (openharmony/moe.py). Loading lives in openharmony/load.py.
 
 Numerics: RMSNorm and the router run in float32 whatever the compute dtype (the router's top-k
 choice is where low precision hurts most); attention softmax is float32 inside
@@ -18,8 +18,6 @@ choice is where low precision hurts most); attention softmax is float32 inside
 from __future__ import annotations
 
 import math
-import re
-from pathlib import Path
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -29,28 +27,12 @@ from .cache import make_caches
 from .config import MXFP4_BLOCK, ModelConfig
 from .errors import CheckpointError, ConfigError
 from . import loader
-from .loader import open_checkpoint
-from .mxfp4 import decode, from_mlx, to_mlx
+from .moe import MLP
+from .mxfp4 import to_mlx
 
 # Rows of the lm_head quantized at once when `quantized_lm_head` is asked for: mx.quantize
 # (mxfp4, CPU) peaks at about 20x its input's bytes, 0.47 GB for 2048 rows of 2880.
 QUANTIZE_ROWS = 2048
-
-# Token-expert pairs at or above which the expert matmuls run on tokens sorted by expert
-# (few large matmuls over contiguous rows); below it a plain gather is cheaper.
-SORT_THRESHOLD = 64
-
-# On the CPU, an expert with at least this many rows in a prefill chunk is dequantized once and
-# multiplied as a dense float matrix (BLAS), instead of through gather_qmm: MLX's CPU mxfp4
-# kernel re-decodes the weights for every row (4.7 ms per row of a 5760x2880 expert, so 305 ms
-# for 64 rows), while dequantizing costs 72 ms once and the GEMM ~10 ms (docs/speed.md). The
-# break-even is ~15 rows. GPUs' gather_qmm is a real GEMM, so they never take this path.
-DEQUANTIZE_MIN_ROWS = 16
-
-
-def prefill_dequantizes_experts() -> bool:
-    """The one backend switch of the model: dense prefill experts on the CPU only."""
-    return mx.default_device() == mx.cpu
 
 
 def default_dtype() -> mx.Dtype:
@@ -159,122 +141,6 @@ class Attention(nn.Module):
         out = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.scale, mask=mask,
                                                    sinks=self.sinks)
         return self.o_proj(out.transpose(0, 2, 1, 3).reshape(B, T, self.n_heads * D))
-
-
-class Router(nn.Module):
-    """Picks `top_k` experts per token; their weights are a softmax over the chosen logits."""
-
-    def __init__(self, config: ModelConfig):
-        super().__init__()
-        self.top_k = config.num_experts_per_tok
-        self.weight = mx.zeros((config.num_local_experts, config.hidden_size), dtype=mx.float32)
-        self.bias = mx.zeros((config.num_local_experts,), dtype=mx.float32)
-
-    def __call__(self, x: mx.array) -> tuple[mx.array, mx.array]:
-        # float32 whatever the compute dtype: a flipped top-k choice changes the output far
-        # more than any rounding elsewhere, and this matmul is tiny.
-        logits = x.astype(mx.float32) @ self.weight.T + self.bias
-        indices = mx.argpartition(-logits, kth=self.top_k - 1, axis=-1)[..., :self.top_k]
-        weights = mx.softmax(mx.take_along_axis(logits, indices, axis=-1), axis=-1)
-        return indices, weights
-
-
-class MXFP4SwitchLinear(nn.Module):
-    """`num_experts` linear layers with MXFP4 weights (MLX's packed uint32 form) and biases."""
-
-    def __init__(self, num_experts: int, in_dims: int, out_dims: int):
-        super().__init__()
-        groups = in_dims // MXFP4_BLOCK
-        self.weight = mx.zeros((num_experts, out_dims, groups * MXFP4_BLOCK // 8), dtype=mx.uint32)
-        self.scales = mx.zeros((num_experts, out_dims, groups), dtype=mx.uint8)
-        self.bias = mx.zeros((num_experts, out_dims))
-
-    def __call__(self, x: mx.array, expert: mx.array, sorted_indices: bool) -> mx.array:
-        """x [..., 1, in] and expert ids [...] -> [..., 1, out]: row r goes through expert[r]."""
-        y = mx.gather_qmm(x, self.weight, self.scales, None, rhs_indices=expert, transpose=True,
-                          group_size=MXFP4_BLOCK, bits=4, mode="mxfp4",
-                          sorted_indices=sorted_indices)
-        return y + mx.expand_dims(self.bias[expert], -2)
-
-    def dense(self, x: mx.array, expert: int) -> mx.array:
-        """x [M, in] -> [M, out] through one expert, its weights dequantized (exactly) first."""
-        weight = decode(*from_mlx(self.weight[expert], self.scales[expert]), x.dtype)
-        return x @ weight.T + self.bias[expert]
-
-
-class Experts(nn.Module):
-    def __init__(self, config: ModelConfig):
-        super().__init__()
-        E, H, I = config.num_local_experts, config.hidden_size, config.intermediate_size
-        # gate_up rows stay interleaved as stored (row 2i: gate unit i, row 2i+1: up unit i):
-        # one matmul for both halves, split by strided slices.
-        self.gate_up_proj = MXFP4SwitchLinear(E, H, 2 * I)
-        self.down_proj = MXFP4SwitchLinear(E, I, H)
-        self.limit, self.alpha = config.swiglu_limit, config.swiglu_alpha
-
-    def swiglu(self, gate_up: mx.array) -> mx.array:
-        gate = mx.minimum(gate_up[..., ::2], self.limit)
-        up = mx.clip(gate_up[..., 1::2], -self.limit, self.limit)
-        return gate * mx.sigmoid(self.alpha * gate) * (up + 1)
-
-    def mlp(self, x: mx.array, expert: mx.array, sorted_indices: bool) -> mx.array:
-        h = self.swiglu(self.gate_up_proj(x, expert, sorted_indices))
-        return self.down_proj(h, expert, sorted_indices)
-
-    def dense_mlp(self, x: mx.array, expert: int) -> mx.array:
-        return self.down_proj.dense(self.swiglu(self.gate_up_proj.dense(x, expert)), expert)
-
-    def sorted_mlp(self, x: mx.array, expert: mx.array) -> mx.array:
-        """x [M, H] sorted by expert ids [M] -> [M, H]: each expert with at least
-        DEQUANTIZE_MIN_ROWS rows as one dense matmul, the runs of rows between them through
-        gather_qmm."""
-        if not prefill_dequantizes_experts():
-            return self.mlp(x[:, None, :], expert, sorted_indices=True)[:, 0]
-        # The segment sizes decide the graph, so they are read on the host (one sync per layer
-        # of a prefill chunk, nothing next to its seconds of work).
-        counts = np.bincount(np.array(expert), minlength=self.gate_up_proj.weight.shape[0])
-        segments = []  # (begin, end, the expert to dequantize or None for gather_qmm)
-        begin = run_begin = 0
-        for e, count in enumerate(counts.tolist()):
-            if count >= DEQUANTIZE_MIN_ROWS:
-                segments += [(run_begin, begin, None), (begin, begin + count, e)]
-                run_begin = begin + count
-            begin += count
-        segments.append((run_begin, begin, None))
-        pieces = [self.dense_mlp(x[b:end], e) if e is not None
-                  else self.mlp(x[b:end, None, :], expert[b:end], sorted_indices=True)[:, 0]
-                  for b, end, e in segments if b < end]
-        return mx.concatenate(pieces)
-
-    def __call__(self, x: mx.array, indices: mx.array, weights: mx.array) -> mx.array:
-        """x [N, H], indices and routing weights [N, k] -> sum_j weights[:, j] * expert_j(x)."""
-        N, k = indices.shape
-        H = x.shape[-1]
-        if N * k >= SORT_THRESHOLD:
-            # Prefill: sort the N*k (token, expert) pairs by expert so each expert's rows are
-            # contiguous and run as one large matmul per expert (sorted_mlp).
-            flat = indices.reshape(-1)
-            order = mx.argsort(flat)
-            y = self.sorted_mlp(x[order // k], flat[order])
-            y = y[mx.argsort(order)].reshape(N, k, H)
-        else:
-            # Decode: a handful of rows, each gathers its k experts directly.
-            y = self.mlp(x[:, None, None, :], indices, sorted_indices=False).reshape(N, k, H)
-        # The down bias is already in y: it is added per expert, before the routing weight.
-        return (y * weights[..., None].astype(y.dtype)).sum(axis=1)
-
-
-class MLP(nn.Module):
-    def __init__(self, config: ModelConfig):
-        super().__init__()
-        self.router = Router(config)
-        self.experts = Experts(config)
-
-    def __call__(self, x: mx.array) -> mx.array:
-        B, T, H = x.shape
-        x = x.reshape(B * T, H)
-        indices, weights = self.router(x)
-        return self.experts(x, indices, weights).reshape(B, T, H)
 
 
 class Block(nn.Module):
@@ -396,12 +262,6 @@ def dense_weight_dtype(name: str, stored: mx.Dtype, dtype: mx.Dtype) -> mx.Dtype
     return dtype
 
 
-def _load_group(name: str) -> str:
-    """The unit `load_model` evaluates at once: a layer, or a top-level module."""
-    layer = re.match(r"layers\.\d+\.", name)
-    return layer.group(0) if layer else name.split(".")[0]
-
-
 def _kept_in_float32(name: str) -> bool:
     return name.endswith("norm.weight") or ".mlp.router." in name
 
@@ -414,35 +274,3 @@ def _summarize(names: list[str], limit: int = 4) -> str:
 def engine_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
     """Every engine-named tensor of a checkpoint with this config, with its shape."""
     return {name: shape for name, (shape, _) in loader.engine_shapes(config).items()}
-
-
-def load_model(path: str | Path, dtype: mx.Dtype | str | None = None, *,
-               quantized_lm_head: bool = False) -> Model:
-    """Load a checkpoint folder of either layout (HF or `original/`) into a `Model`.
-
-    `dtype` is the compute dtype (default: `default_dtype()`). Weights are read and converted
-    once here; MXFP4 experts stay packed. `quantized_lm_head` (opt-in, changes the logits)
-    quantizes the output head to MXFP4: faster decoding on CPU, see docs/speed.md.
-    """
-    checkpoint = open_checkpoint(path)
-    model = Model(checkpoint.config, dtype, quantized_lm_head)
-    params = model.sanitize(checkpoint.weights())
-    # Evaluated one group (a layer, or a top-level tensor) at a time: once the checkpoint is
-    # gone each stored tensor is referenced only by the lazy graph of its converted parameter,
-    # so every stored (e.g. bf16) copy is freed right after its conversion and the peak stays
-    # near the final weights plus the largest tensor (the bf16 lm_head), not plus all of them.
-    groups: dict[str, list[mx.array]] = {}
-    for name, value in params.items():
-        groups.setdefault(_load_group(name), []).append(value)
-    byte_ranges: dict[str, list] = {}
-    for name in checkpoint.names():
-        byte_ranges.setdefault(_load_group(name), []).append(checkpoint.byte_range(name))
-    del checkpoint
-    with loader.ReadAhead([byte_ranges[key] for key in groups]) as read_ahead:
-        for index, group in enumerate(groups.values()):
-            read_ahead.reached(index)
-            mx.eval(group)
-    model.load_weights(list(params.items()), strict=True)
-    model.freeze()
-    model.eval()
-    return model

@@ -169,7 +169,7 @@ def vm_hwm_bytes() -> int:
 
 
 def _load_openharmony(path: Path, dtype: str):
-    from openharmony.model import load_model
+    from openharmony.load import load_model
 
     return load_model(path, dtype=dtype)
 
@@ -236,7 +236,7 @@ def measure(engine: str, dtype: str, path: Path, prompt_tokens: int,
     if engine == "openharmony":
         import openharmony  # noqa: F401  before mlx, as openharmony.blas needs
         import openharmony.generate  # noqa: F401
-        import openharmony.model  # noqa: F401
+        import openharmony.load  # noqa: F401
     else:
         import mlx_lm.generate  # noqa: F401
         import mlx_lm.utils  # noqa: F401
@@ -547,7 +547,7 @@ def profile(path: Path, dtype: str, prompt_tokens: int, decode_tokens: int) -> d
     `decode_tokens` steps), with the un-barriered step and generate()'s step for comparison."""
     import mlx.core as mx
     from openharmony.generate import stream_generate
-    from openharmony.model import load_model
+    from openharmony.load import load_model
     from openharmony.tokenizer import load_tokenizer
 
     model = load_model(path, dtype=dtype)

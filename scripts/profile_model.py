@@ -19,7 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from openharmony.config import FULL, SLIDING  # first: openharmony picks MLX's BLAS (blas.py)
-from openharmony.model import load_model
+from openharmony.load import load_model
 from openharmony.random_checkpoint import PRESETS, write_random_checkpoint
 
 import mlx.core as mx

@@ -160,7 +160,7 @@ def test_read_bandwidth_is_a_plausible_rate(bench):
 
 
 def test_profile_computes_the_models_own_forward(bench, tiny_checkpoint):
-    from openharmony.model import load_model
+    from openharmony.load import load_model
 
     model = load_model(tiny_checkpoint, dtype="float32")
     prompt = bench.prompt_ids(9, model.config.vocab_size)

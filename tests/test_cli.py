@@ -546,7 +546,7 @@ def test_info_weight_memory_is_what_the_loaded_model_holds(tiny_checkpoint, dtyp
     import mlx.core as mx
     from mlx.utils import tree_flatten
 
-    from openharmony.model import load_model
+    from openharmony.load import load_model
 
     result = run("info", str(tiny_checkpoint), "--json", "--dtype", dtype)
     assert result.exit_code == 0, result.output
@@ -561,7 +561,7 @@ def test_info_kv_cache_is_what_the_caches_hold(tiny_checkpoint):
     sliding ones."""
     import mlx.core as mx
 
-    from openharmony.model import load_model
+    from openharmony.load import load_model
 
     context = 512
     result = run("info", str(tiny_checkpoint), "--json", "--dtype", "float32", "--context",

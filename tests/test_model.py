@@ -19,11 +19,13 @@ import numpy as np
 import pytest
 
 import openharmony.model as model_module
+import openharmony.moe as moe_module
 from openharmony.cache import KVCache
 from openharmony.config import FULL, SLIDING, ModelConfig, YarnScaling
 from openharmony.errors import CheckpointError, ConfigError
 from openharmony.loader import open_checkpoint
-from openharmony.model import Model, load_model
+from openharmony.load import load_model
+from openharmony.model import Model
 from openharmony.mxfp4 import decode, from_mlx
 from openharmony.random_checkpoint import write_random_checkpoint
 from reference import load_reference, reference_logits, reference_rope
@@ -134,18 +136,18 @@ def test_prefill_expert_dispatch_matches_transformers(cases, monkeypatch, name, 
             return method(*args, **kwargs)
         return counted
 
-    Linear = model_module.MXFP4SwitchLinear
+    Linear = moe_module.MXFP4SwitchLinear
     monkeypatch.setattr(Linear, "dense", spy(Linear.dense, "dense"))
     monkeypatch.setattr(Linear, "__call__", spy(Linear.__call__, "gather_qmm"))
     pairs = case.tokens.size * c.num_experts_per_tok
     if dispatch == "gather_qmm only":
-        monkeypatch.setattr(model_module, "prefill_dequantizes_experts", lambda: False)
+        monkeypatch.setattr(moe_module, "prefill_dequantizes_experts", lambda: False)
     else:
-        monkeypatch.setattr(model_module, "prefill_dequantizes_experts", lambda: True)
+        monkeypatch.setattr(moe_module, "prefill_dequantizes_experts", lambda: True)
         # "mixed": the mean rows per expert, so that some experts fall on either side.
         min_rows = 1 if dispatch == "all dequantized" else pairs // c.num_local_experts
-        monkeypatch.setattr(model_module, "DEQUANTIZE_MIN_ROWS", min_rows)
-    assert pairs >= model_module.SORT_THRESHOLD  # the prefill path
+        monkeypatch.setattr(moe_module, "DEQUANTIZE_MIN_ROWS", min_rows)
+    assert pairs >= moe_module.SORT_THRESHOLD  # the prefill path
 
     assert max_diff(case.model(mx.array(case.tokens)), case.reference) <= TOLERANCE
     # Two projections per expert call.
@@ -260,16 +262,16 @@ def _bug_gate_up_halves(monkeypatch):
         gate = mx.minimum(gate_up[..., :half], self.limit)
         up = mx.clip(gate_up[..., half:], -self.limit, self.limit)
         return gate * mx.sigmoid(self.alpha * gate) * (up + 1)
-    monkeypatch.setattr(model_module.Experts, "swiglu", swiglu)
+    monkeypatch.setattr(moe_module.Experts, "swiglu", swiglu)
 
 
 def _bug_swiglu_limit_ignored(monkeypatch):  # as mlx-lm (a fixed 7.0 instead)
-    swiglu = model_module.Experts.swiglu
+    swiglu = moe_module.Experts.swiglu
 
     def unclamped(self, gate_up):
         self.limit = math.inf
         return swiglu(self, gate_up)
-    monkeypatch.setattr(model_module.Experts, "swiglu", unclamped)
+    monkeypatch.setattr(moe_module.Experts, "swiglu", unclamped)
 
 
 def _patch_sinks(monkeypatch, change):
@@ -292,7 +294,7 @@ def _bug_softmax_over_all_experts(monkeypatch):
         logits = x.astype(mx.float32) @ self.weight.T + self.bias
         indices = mx.argpartition(-logits, kth=self.top_k - 1, axis=-1)[..., :self.top_k]
         return indices, mx.take_along_axis(mx.softmax(logits, axis=-1), indices, axis=-1)
-    monkeypatch.setattr(model_module.Router, "__call__", route)
+    monkeypatch.setattr(moe_module.Router, "__call__", route)
 
 
 BUGS = {
