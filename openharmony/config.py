@@ -406,7 +406,10 @@ def _check_int(problems: list[str], name: str, value: Any, most: int = MAX_INT,
 def _check_number(problems: list[str], name: str, value: Any, above: float | None = None,
                   at_least: float | None = None) -> None:
     """A finite number, > `above` and >= `at_least` where given."""
-    if not _is_number(value) or not math.isfinite(value):
+    # An integer beyond float64's range is not a finite float (math.isfinite would overflow).
+    finite = (_is_int(value) and abs(value) < 2 ** 1023) or (
+        isinstance(value, float) and math.isfinite(value))
+    if not finite:
         problems.append(f"{name} must be a finite number, got {value!r}")
     elif above is not None and not value > above:
         problems.append(f"{name} must be > {above:g}, got {value!r}")

@@ -504,7 +504,9 @@ def mutated(d, changes):
     for key, value in changes.items():
         target = d
         if key.startswith("rope_scaling."):
-            target, key = d["rope_scaling"], key.removeprefix("rope_scaling.")
+            target, key = d.get("rope_scaling"), key.removeprefix("rope_scaling.")
+            if not isinstance(target, dict):  # the block itself was replaced
+                continue
         if value is ABSENT:
             target.pop(key, None)
         else:
