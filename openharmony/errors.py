@@ -16,3 +16,7 @@ class ConfigError(OpenHarmonyError, ValueError):
 
 class CheckpointError(OpenHarmonyError):
     """A checkpoint that cannot be loaded as it is: missing, truncated, corrupt or mismatched."""
+
+
+class InputError(OpenHarmonyError, ValueError):
+    """Arguments a model call cannot take: token ids of the wrong type, shape or range."""

@@ -22,17 +22,27 @@ How a call runs:
   `max_tokens` tokens.
 * Text: streamed through the tokenizer's UTF-8-safe detokenizer (a character split across
   tokens comes out whole) and held back while it could be the start of a stop string, so the
-  text deltas concatenate to exactly the final text.
+  text deltas concatenate to exactly the final text. Token in, token out: with a token-id
+  prompt, no `tokenizer` and no `stop_strings`, no vocabulary is loaded (works offline) and
+  every `text` is None.
+* Bad input raises `GenerationError` (or `SamplingError`) at the call, naming the argument:
+  token ids that are not integers (1.5, "7" and True are refused, not coerced) or outside the
+  model's vocabulary (text prompts included: a tokenizer larger than the model's vocabulary
+  cannot overrun its embedding table), unknown stop tokens. Logits that are not finite (NaN
+  weights, an overflow) stop generation with `NonFiniteLogitsError` instead of being sampled:
+  the check is computed on the device with each token and read with it, no extra sync.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
+import functools
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 import mlx.core as mx
+import numpy as np
 
 from .cache import PromptCache
 from .errors import OpenHarmonyError
@@ -45,6 +55,10 @@ class GenerationError(OpenHarmonyError, ValueError):
 
 class ContextLengthError(GenerationError):
     """The prompt plus max_tokens do not fit in the model's context."""
+
+
+class NonFiniteLogitsError(GenerationError):
+    """The model produced NaN or infinite logits: there is no distribution to sample from."""
 
 
 @dataclass(frozen=True)
@@ -64,7 +78,7 @@ class GenerationChunk:
     """One generated token. The last chunk of a stream has `finish_reason` and `stats`."""
 
     token: int
-    text: str  # the new text; may be "" (held back) or hold several characters
+    text: str | None  # the new text; may be "" (held back); None without a tokenizer
     logprob: float | None = None  # log-probability under the model (with logprobs=True)
     finish_reason: str | None = None  # "stop_token" | "stop_string" | "length"
     stats: GenerationStats | None = None
@@ -72,7 +86,7 @@ class GenerationChunk:
 
 @dataclass(frozen=True)
 class GenerationResult:
-    text: str
+    text: str | None  # None without a tokenizer (token in, token out)
     tokens: list[int]
     finish_reason: str
     stats: GenerationStats
@@ -87,7 +101,8 @@ def generate(model, prompt: str | Sequence[int], **kwargs) -> GenerationResult:
         text.append(chunk.text)
         tokens.append(chunk.token)
         logprobs.append(chunk.logprob)
-    return GenerationResult(text="".join(text), tokens=tokens, finish_reason=chunk.finish_reason,
+    joined = None if chunk.text is None else "".join(text)
+    return GenerationResult(text=joined, tokens=tokens, finish_reason=chunk.finish_reason,
                             stats=chunk.stats,
                             logprobs=logprobs if kwargs.get("logprobs") else None)
 
@@ -107,7 +122,7 @@ def stream_generate(
     presence_penalty: float | None = None,
     frequency_penalty: float | None = None,
     seed: int | None = None,
-    stop_tokens: Sequence[int] = (),
+    stop_tokens: Sequence[int | str] = (),
     stop_strings: Sequence[str] = (),
     ignore_eos: bool = False,
     prompt_cache: PromptCache | None = None,
@@ -117,14 +132,17 @@ def stream_generate(
     """Yield one `GenerationChunk` per generated token.
 
     `prompt`: text (encoded with `tokenizer`, special tokens such as <|start|> allowed) or
-    token ids. `tokenizer`: default `load_tokenizer()`. Sampling: `sampling` and/or the single
-    options (which override it); see `openharmony.sampling`. `seed`: reproducible sampling.
-    `stop_tokens` are added to the model's eos tokens (config.eos_token_id and the tokenizer's
-    <|return|>, <|endoftext|>, <|call|>) unless `ignore_eos`. `prompt_cache`: reuse the common
+    token ids (Python or NumPy integers, or a 1-D integer array). `tokenizer`: default
+    `load_tokenizer()`, loaded only when text is involved (a text prompt or `stop_strings`);
+    a token-id prompt without one gives chunks whose `text` is None. Sampling: `sampling`
+    and/or the single options (which override it); see `openharmony.sampling`. `seed`:
+    reproducible sampling. `stop_tokens` (ids, or special-token names such as "<|end|>") are
+    added to the model's eos tokens (config.eos_token_id and <|return|>, <|endoftext|>,
+    <|call|>) unless `ignore_eos`. `prompt_cache`: reuse the common
     prefix with the previous call on it. `logprobs`: each chunk's log-probability of its token
     under the model's own distribution (before penalties, temperature and filters).
     """
-    if tokenizer is None:
+    if tokenizer is None and (isinstance(prompt, str) or stop_strings):
         from .tokenizer import load_tokenizer
 
         tokenizer = load_tokenizer()
@@ -173,22 +191,30 @@ def _stream(model, prompt_ids: list[int], tokenizer, max_tokens: int, sampler: S
         prompt_cache.add_tokens(chunk)
     prompt_cache.snapshot()
 
-    def step(token: mx.array) -> tuple[mx.array, mx.array | None]:
-        logits = model(token.reshape(1, 1), cache=caches)[:, -1, :]
+    def step(token: mx.array) -> tuple[mx.array, mx.array, mx.array | None]:
+        # The token was sampled from vocab_size logits: no range check (and no host sync).
+        logits = model(token.reshape(1, 1), cache=caches, check_ids=False)[:, -1, :]
         next_token = sampler(logits)
+        finite = mx.isfinite(logits).all()  # read with the token: no extra wait
         logprob = log_probabilities(logits, next_token) if logprobs else None
-        pending = [next_token, *sampler.state, *prompt_cache.state]
+        pending = [next_token, finite, *sampler.state, *prompt_cache.state]
         mx.async_eval(pending + ([logprob] if logprob is not None else []))
-        return next_token, logprob
+        return next_token, finite, logprob
 
-    token, logprob = step(mx.array([rest[-1]], dtype=mx.uint32))
+    token, finite, logprob = step(mx.array([rest[-1]], dtype=mx.uint32))
     prompt_cache.add_tokens(rest[-1:])
-    detokenizer = tokenizer.detokenizer()
+    detokenizer = tokenizer.detokenizer() if tokenizer is not None else None
     first_token_time = None
     for count in range(1, max_tokens + 1):
         if count < max_tokens:  # queue the next step before reading this token
-            next_token, next_logprob = step(token)
+            next_token, next_finite, next_logprob = step(token)
         token_id = _read_token(token)
+        if not finite.item():
+            raise NonFiniteLogitsError(
+                f"the model's logits are not finite (NaN or inf) for generated token {count} "
+                f"(position {len(prompt_ids) + count - 1}); generation stopped rather than "
+                "sample from them. The weights are broken (e.g. an MXFP4 scale byte 255, "
+                "which is NaN) or the computation overflowed")
         if first_token_time is None:
             first_token_time = time.perf_counter()
         if count < max_tokens:
@@ -196,14 +222,20 @@ def _stream(model, prompt_ids: list[int], tokenizer, max_tokens: int, sampler: S
 
         finish_reason = None
         if token_id in stop_ids:
-            finish_reason, text = "stop_token", detokenizer.finish()
-        else:
-            text = detokenizer.add(token_id)
-            if count == max_tokens:
-                finish_reason, text = "length", text + detokenizer.finish()
-        text, stopped = stop_matcher.feed(text, final=finish_reason is not None)
-        if stopped:
-            finish_reason = "stop_string"
+            finish_reason = "stop_token"
+        elif count == max_tokens:
+            finish_reason = "length"
+        text = None
+        if detokenizer is not None:
+            if finish_reason == "stop_token":  # the stop token adds no text
+                text = detokenizer.finish()
+            else:
+                text = detokenizer.add(token_id)
+                if finish_reason == "length":
+                    text += detokenizer.finish()
+            text, stopped = stop_matcher.feed(text, final=finish_reason is not None)
+            if stopped:
+                finish_reason = "stop_string"
 
         stats = None
         if finish_reason is not None:
@@ -226,7 +258,7 @@ def _stream(model, prompt_ids: list[int], tokenizer, max_tokens: int, sampler: S
                               finish_reason=finish_reason, stats=stats)
         if finish_reason is not None:
             return
-        token, logprob = next_token, next_logprob
+        token, finite, logprob = next_token, next_finite, next_logprob
 
 
 def _read_token(token: mx.array) -> int:
@@ -270,18 +302,40 @@ class _StopStrings:
 def _prompt_ids(prompt, tokenizer, vocab_size: int) -> list[int]:
     if isinstance(prompt, str):
         ids = tokenizer.encode(prompt, allow_special=True)
+        source = "the text prompt encodes to token id"
     else:
-        try:
-            ids = [int(t) for t in prompt]
-        except (TypeError, ValueError):
-            raise GenerationError("prompt must be a string or a sequence of token ids") from None
-        bad = [t for t in ids if not 0 <= t < vocab_size]
-        if bad:
-            raise GenerationError(f"prompt token id {bad[0]} is outside the model's vocabulary "
-                                  f"(0 .. {vocab_size - 1})")
+        ids = _token_ids(prompt, "prompt")
+        source = "prompt token id"
     if not ids:
         raise GenerationError("the prompt is empty: generation needs at least one token")
+    # On the host, before anything reaches the device: an id past the embedding table would
+    # read memory outside it.
+    bad = next((i for i, t in enumerate(ids) if not 0 <= t < vocab_size), None)
+    if bad is not None:
+        raise GenerationError(f"{source} {ids[bad]} (at position {bad}) is outside the model's "
+                              f"vocabulary (0 .. {vocab_size - 1})")
     return ids
+
+
+def _token_ids(values, name: str) -> list[int]:
+    """Token ids as Python ints: Python or NumPy integers, or a 1-D integer array. Floats,
+    strings and bools are refused rather than coerced ([1.5, 2] is not [1, 2])."""
+    if isinstance(values, (mx.array, np.ndarray)):
+        kind = values.dtype
+        integer = (mx.issubdtype(kind, mx.integer) if isinstance(values, mx.array)
+                   else np.issubdtype(kind, np.integer))
+        if values.ndim != 1 or not integer:
+            raise GenerationError(f"{name} must be a 1-D array of integer token ids, got "
+                                  f"{values.ndim}-D {str(kind).removeprefix('mlx.core.')}")
+        return [int(t) for t in values.tolist()]
+    if isinstance(values, (bytes, dict)) or not hasattr(values, "__iter__"):
+        raise GenerationError(f"{name} must be a string or a sequence of token ids, got "
+                              f"{type(values).__name__}")
+    ids = list(values)
+    for i, t in enumerate(ids):
+        if isinstance(t, (bool, np.bool_)) or not isinstance(t, (int, np.integer)):
+            raise GenerationError(f"{name}[{i}] must be an integer token id, got {t!r}")
+    return [int(t) for t in ids]
 
 
 def _sampling_options(sampling: SamplingOptions | None, **overrides) -> SamplingOptions:
@@ -290,10 +344,50 @@ def _sampling_options(sampling: SamplingOptions | None, **overrides) -> Sampling
     return dataclasses.replace(base, **given) if given else base
 
 
-def _stop_token_ids(stop_tokens: Sequence[int], config, tokenizer, ignore_eos: bool) -> set[int]:
-    ids = {int(t) for t in stop_tokens}
+def _stop_token_ids(stop_tokens, config, tokenizer, ignore_eos: bool) -> set[int]:
+    """Ids that end generation. `stop_tokens` holds ids or special-token names ("<|end|>")."""
+    if isinstance(stop_tokens, (str, int)):
+        stop_tokens = [stop_tokens]
+    ids = set()
+    for i, t in enumerate(_list(stop_tokens, "stop_tokens")):
+        if isinstance(t, str):
+            special = _special_ids(tokenizer)
+            if t not in special:
+                raise GenerationError(f"stop_tokens[{i}] {t!r} is not a special token (such as "
+                                      "'<|end|>'); use stop_strings to stop at text")
+            ids.add(special[t])
+        elif isinstance(t, (bool, np.bool_)) or not isinstance(t, (int, np.integer)) or t < 0:
+            raise GenerationError(f"stop_tokens[{i}] must be a token id (an integer >= 0) or a "
+                                  f"special-token name, got {t!r}")
+        else:
+            ids.add(int(t))
     if not ignore_eos:
         eos = config.eos_token_id
         ids.update(() if eos is None else (eos,) if isinstance(eos, int) else eos)
-        ids.update(getattr(tokenizer, "eos_token_ids", ()))
+        ids.update(tokenizer.eos_token_ids if tokenizer is not None else _harmony_eos_ids())
     return ids
+
+
+def _list(values, name: str) -> list:
+    if isinstance(values, (bytes, dict)) or not hasattr(values, "__iter__"):
+        raise GenerationError(f"{name} must be a list, got {type(values).__name__}")
+    return list(values)
+
+
+def _special_ids(tokenizer) -> dict[str, int]:
+    return tokenizer.special_ids if tokenizer is not None else _harmony_special_ids()
+
+
+@functools.cache
+def _harmony_special_ids() -> dict[str, int]:
+    """o200k_harmony's special tokens from tiktoken's definition, without the vocabulary."""
+    from .tokenizer import o200k_harmony_definition
+
+    return dict(o200k_harmony_definition()["special_tokens"])
+
+
+def _harmony_eos_ids() -> tuple[int, ...]:
+    """What `Tokenizer.eos_token_ids` gives, without the vocabulary."""
+    from .tokenizer import EOS_TOKEN_NAMES
+
+    return tuple(_harmony_special_ids()[name] for name in EOS_TOKEN_NAMES)
