@@ -27,9 +27,11 @@ from pathlib import Path
 from typing import Any
 
 import mlx.core as mx
+import numpy as np
 
 from .config import MXFP4_BLOCK, ModelConfig
 from .errors import CheckpointError, ConfigError
+from .mxfp4 import SCALE_NAN
 
 HF, ORIGINAL = "hf", "original"
 INDEX_FILE = "model.safetensors.index.json"
@@ -435,11 +437,18 @@ class Checkpoint:
         return self._source(name)[0].name
 
     def get(self, name: str, dtype: Any = None) -> mx.array:
-        """The tensor, lazy; `dtype` casts floating tensors only (MXFP4 stays uint8)."""
+        """The tensor, lazy; `dtype` casts floating tensors only (MXFP4 stays uint8).
+
+        MXFP4 scales are the exception: they are read here (1/17 of the MXFP4 bytes, and
+        kept as they are by the model) and a scale byte 255, E8M0's NaN, raises
+        `CheckpointError` naming the tensor: its 32 weights would be NaN, and so every logit.
+        """
         tensor, rows = self._source(name)
         array = self._file_arrays(tensor.file)[tensor.name]
         if rows is not None:
             array = array[rows]
+        if name.endswith(".scales"):
+            _refuse_nan_scales(tensor, array)
         dtype = _as_mx_dtype(dtype)
         if dtype is not None and mx.issubdtype(array.dtype, mx.floating):
             array = array.astype(dtype)
@@ -455,6 +464,18 @@ class Checkpoint:
             except (RuntimeError, ValueError, OSError) as e:
                 raise CheckpointError(f"MLX cannot open {file}: {e}") from None
         return self._arrays[file]
+
+
+def _refuse_nan_scales(tensor: StoredTensor, scales: mx.array) -> None:
+    nan = scales == SCALE_NAN
+    if not mx.any(nan).item():  # one vectorized pass; the common case ends here
+        return
+    count = int(nan.sum().item())
+    first = tuple(int(i) for i in np.argwhere(np.array(nan))[0])
+    raise CheckpointError(
+        f"{tensor.file}: tensor {tensor.name!r} holds the MXFP4 scale byte {SCALE_NAN} (E8M0's "
+        f"NaN) in {count} block(s), the first at index {list(first)}: those weights are NaN "
+        "and the model's logits would be too; the checkpoint is corrupt")
 
 
 def open_checkpoint(path: str | Path) -> Checkpoint:
