@@ -34,7 +34,11 @@ class SamplingError(OpenHarmonyError, ValueError):
 
 
 def _number(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        # The type too: a NumPy float32 prints like a float but is not one.
+        raise SamplingError(f"{name} must be a finite number (a Python int or float), got "
+                            f"{value!r} of type {type(value).__name__}")
+    if not math.isfinite(value):
         raise SamplingError(f"{name} must be a finite number, got {value!r}")
     return float(value)
 
@@ -57,7 +61,7 @@ class SamplingOptions:
             raise SamplingError(f"temperature must be >= 0 (0 is greedy), got {self.temperature}")
         if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
             raise SamplingError(f"top_k must be an integer >= 0 (0 turns it off), "
-                                f"got {self.top_k!r}")
+                                f"got {self.top_k!r} of type {type(self.top_k).__name__}")
         if not 0 < _number("top_p", self.top_p) <= 1:
             raise SamplingError(f"top_p must be in (0, 1] (1 turns it off), got {self.top_p}")
         if not 0 <= _number("min_p", self.min_p) <= 1:
