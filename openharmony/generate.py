@@ -148,6 +148,12 @@ def stream_generate(
         tokenizer = load_tokenizer()
     config = model.config
     prompt_ids = _prompt_ids(prompt, tokenizer, config.vocab_size)
+    if sampling is not None and not isinstance(sampling, SamplingOptions):
+        raise GenerationError(f"sampling must be a SamplingOptions, got "
+                              f"{type(sampling).__name__}")
+    for name, flag in (("ignore_eos", ignore_eos), ("logprobs", logprobs)):
+        if not isinstance(flag, bool):
+            raise GenerationError(f"{name} must be True or False, got {flag!r}")
     options = _sampling_options(sampling, temperature=temperature, top_k=top_k, top_p=top_p,
                                 min_p=min_p, repetition_penalty=repetition_penalty,
                                 presence_penalty=presence_penalty,
@@ -164,6 +170,9 @@ def stream_generate(
     stop_matcher = _StopStrings(stop_strings)
     if prompt_cache is None:
         prompt_cache = PromptCache(model)
+    elif not isinstance(prompt_cache, PromptCache):
+        raise GenerationError(f"prompt_cache must be a PromptCache, got "
+                              f"{type(prompt_cache).__name__}")
     elif prompt_cache.model is not model:
         raise GenerationError("prompt_cache was made for another model")
     sampler = Sampler(options, config.vocab_size, prompt_tokens=prompt_ids, seed=seed)

@@ -346,6 +346,11 @@ def test_context_overflow_is_a_clear_error(model, tokenizer):
     ([1, 2], {"max_tokens": 0}, "max_tokens"),
     ([1, 2], {"prefill_chunk": 0}, "prefill_chunk"),
     ([1, 2], {"stop_strings": [""]}, "stop strings"),
+    ([1, 2], {"max_tokens": 2.0}, "max_tokens must be a positive integer, got 2.0"),
+    ([1, 2], {"sampling": {"temperature": 0}}, "sampling must be a SamplingOptions, got dict"),
+    ([1, 2], {"ignore_eos": "yes"}, "ignore_eos must be True or False, got 'yes'"),
+    ([1, 2], {"logprobs": 1}, "logprobs must be True or False, got 1"),
+    ([1, 2], {"prompt_cache": []}, "prompt_cache must be a PromptCache, got list"),
 ])
 def test_invalid_requests(model, tokenizer, prompt, kwargs, fragment):
     with pytest.raises(GenerationError, match=fragment) as info:
