@@ -197,6 +197,9 @@ class ModelConfig:
         head_dim = d.get("head_dim")
         if head_dim is None:  # as transformers: hidden_size / heads
             head_dim = _valid_int(d, "hidden_size") // _valid_int(d, "num_attention_heads")
+            if head_dim == 0:
+                raise ConfigError(f"head_dim is absent and hidden_size ({d['hidden_size']}) / "
+                                  f"num_attention_heads ({n_heads}) is below 1")
         layer_types = d.get("layer_types")
         if layer_types is None:
             layer_types = _alternating_layers(_valid_int(d, "num_hidden_layers", MAX_LAYERS))
@@ -239,11 +242,12 @@ class ModelConfig:
         if not max_positions < 2 ** 31:
             raise ConfigError(f"initial_context_length ({initial_context}) x "
                               f"rope_scaling_factor ({factor}) must be below 2**31 positions")
+        # Checked even when factor 1 leaves them unused: a NaN is never passed over.
+        beta_fast = _valid_number(d, "rope_ntk_beta", default=32.0)
+        beta_slow = _valid_number(d, "rope_ntk_alpha", default=1.0)
         scaling = None
         if factor > 1:
-            scaling = YarnScaling(factor=factor,
-                                  beta_fast=_valid_number(d, "rope_ntk_beta", default=32.0),
-                                  beta_slow=_valid_number(d, "rope_ntk_alpha", default=1.0),
+            scaling = YarnScaling(factor=factor, beta_fast=beta_fast, beta_slow=beta_slow,
                                   original_max_position_embeddings=initial_context)
         # OpenAI's reference uses the sliding window on even layers.
         return cls(

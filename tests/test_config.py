@@ -352,6 +352,17 @@ def test_zero_heads_without_head_dim_is_named_not_a_division_by_zero():
     del d["head_dim"]
     with pytest.raises(ConfigError, match=r"num_attention_heads must be an integer in \[1, "):
         ModelConfig.from_dict(d)
+    d["num_attention_heads"] = 4096  # more heads than hidden_size: a head_dim of 0
+    with pytest.raises(ConfigError, match=r"head_dim is absent and hidden_size \(2880\) / "
+                                          r"num_attention_heads \(4096\) is below 1"):
+        ModelConfig.from_dict(d)
+
+
+def test_unused_yarn_fields_of_the_original_spelling_are_checked_too():
+    d = {**original_config("gpt-oss-20b"), "rope_scaling_factor": 1.0,
+         "rope_ntk_beta": float("nan")}
+    with pytest.raises(ConfigError, match="rope_ntk_beta must be a finite number, got nan"):
+        ModelConfig.from_dict(d)
 
 
 @pytest.mark.parametrize("value, message", [
