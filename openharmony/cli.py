@@ -17,6 +17,7 @@ from __future__ import annotations
 import enum
 import json
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -25,7 +26,7 @@ import typer
 from typer.core import TyperGroup
 
 from .download import DEFAULT_MODEL, download_model, resolve_model
-from .errors import OpenHarmonyError
+from .errors import DistributedError, OpenHarmonyError
 
 EXIT_ERROR = 1  # typer's own usage errors exit with 2
 EXIT_INTERRUPTED = 130
@@ -36,6 +37,7 @@ class _Settings:
 
     debug = False
     vocab: str | None = None
+    rank = 0  # under mlx.launch: this process's rank; only rank 0 reads input and prints
 
 
 settings = _Settings()
@@ -46,7 +48,7 @@ class OneLineErrors(TyperGroup):
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True,
              **extra):
-        settings.debug = False
+        settings.debug, settings.rank = False, 0
         try:
             result = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except typer.TyperException as e:  # typer's bad flags and arguments
@@ -65,6 +67,9 @@ class OneLineErrors(TyperGroup):
 
     @staticmethod
     def _fail(message: str, code: int, standalone_mode: bool):
+        if settings.rank:  # the other ranks print their errors only (_only_rank0_prints)
+            sys.stderr = sys.__stderr__
+            message = f"rank {settings.rank}: {message}"
         # Messages from libraries may span lines; the contract is one line.
         typer.echo("error: " + " ".join(message.split()), err=True)
         if standalone_mode:
@@ -159,12 +164,30 @@ def _load(model: str, dtype: DType | None):
     tokenizer = load_tokenizer(settings.vocab)
     folder = resolve_model(model)
     from .load import load_model
+    from .parallel import init_group
 
-    loaded = load_model(folder, dtype.value if dtype is not None else None)
+    group = init_group()  # None unless started by mlx.launch (docs/distributed.md)
+    loaded = load_model(folder, dtype.value if dtype is not None else None, group=group)
+    if group is not None and group.rank() != 0:
+        _only_rank0_prints(group.rank())
     if loaded.config.vocab_size < tokenizer.n_vocab:
         raise OpenHarmonyError(f"the model's vocabulary ({loaded.config.vocab_size} tokens) is "
                                f"smaller than the tokenizer's ({tokenizer.n_vocab})")
     return tokenizer, loaded
+
+
+def _only_rank0_prints(rank: int) -> None:
+    """On ranks other than 0: no output but errors (which `OneLineErrors` prints)."""
+    settings.rank = rank
+    sys.stdout = sys.stderr = open(os.devnull, "w")
+
+
+def _read_input(group) -> str | None:
+    """The next chat line: rank 0 reads it, every rank gets it."""
+    from .parallel import broadcast_text
+
+    line = _read_line(">>> ") if settings.rank == 0 else None
+    return line if group is None else broadcast_text(line, group)
 
 
 def _write(text: str, dim: bool = False) -> None:
@@ -350,7 +373,7 @@ def chat(
         pass
     typer.echo(CHAT_HELP, err=True)
     while True:
-        line = _read_line(">>> ")
+        line = _read_input(loaded.group)
         if line is None or line.strip() in ("/exit", "/quit"):
             break
         message = line.strip()
@@ -369,7 +392,11 @@ def chat(
         except (KeyboardInterrupt, OpenHarmonyError) as e:
             # A stopped turn, or one that cannot run (too long for the context, an answer that
             # breaks the harmony format), is forgotten and the conversation goes on; the
-            # prompt cache drops what the next prompt no longer shares.
+            # prompt cache drops what the next prompt no longer shares. Across ranks Ctrl-C
+            # cannot stop them all at the same token, and a lost rank is lost: both end it.
+            if isinstance(e, DistributedError) or (
+                    loaded.group is not None and isinstance(e, KeyboardInterrupt)):
+                raise
             if settings.debug and not isinstance(e, KeyboardInterrupt):
                 raise
             conversation.messages[:] = before_turn

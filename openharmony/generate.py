@@ -148,7 +148,8 @@ def stream_generate(
         prompt_cache = PromptCache(model)
     elif prompt_cache.model is not model:
         raise GenerationError("prompt_cache was made for another model")
-    sampler = Sampler(options, config.vocab_size, prompt_tokens=prompt_ids, seed=seed)
+    sampler = Sampler(options, config.vocab_size, prompt_tokens=prompt_ids, seed=seed,
+                      group=getattr(model, "group", None))
     # Bad input raises here, at the call; the work starts with the first `next()`.
     return _stream(model, prompt_ids, tokenizer, max_tokens, sampler, stop_ids, stop_matcher,
                    prompt_cache, prefill_chunk, logprobs)
