@@ -2,6 +2,8 @@
 
     .venv/bin/python scripts/bench_distributed.py [CHECKPOINT] [--ranks 2] [--prompt-tokens 128]
         [--decode-tokens 16] [--rounds 2]
+    .venv/bin/python scripts/bench_distributed.py --all-sum [--ranks 2]
+        # the time of one all_sum of a decode step's and a prefill chunk's hidden states
 
 CHECKPOINT defaults to /tmp/openharmony-20b-8l (the real gpt-oss-20b shapes, 8 of its 24
 layers: what `scripts/profile_model.py --layers 8` writes). Each round runs, one after the
@@ -96,6 +98,30 @@ def run(checkpoint: Path, prompt_tokens: int, decode_tokens: int) -> None:
         "tokens": result.tokens}), flush=True)
 
 
+ALL_SUM_SIZES = {  # bytes of one layer's all_sum: [tokens, 2880] hidden states
+    "decode bf16 (1 x 2880)": (1, "bfloat16"), "decode f32 (1 x 2880)": (1, "float32"),
+    "prefill 512 bf16": (512, "bfloat16"), "prefill 512 f32": (512, "float32")}
+
+
+def time_all_sum(repeats: int = 300) -> None:
+    """One rank: the median seconds of one evaluated all_sum of each ALL_SUM_SIZES entry."""
+    from openharmony import parallel
+
+    import mlx.core as mx
+
+    group = parallel.init_group()
+    result = {}
+    for label, (tokens, dtype) in ALL_SUM_SIZES.items():
+        x = mx.ones((tokens, 2880), dtype=getattr(mx, dtype))
+        times = []
+        for _ in range(repeats if tokens == 1 else repeats // 10):
+            start = time.perf_counter()
+            mx.eval(mx.distributed.all_sum(x, group=group))
+            times.append(time.perf_counter() - start)
+        result[label] = {"bytes": x.nbytes, "median_s": statistics.median(times)}
+    print(json.dumps({"rank": group.rank(), "ranks": group.size(), "all_sum": result}))
+
+
 def _free_port_block(n: int) -> int:
     for _ in range(100):
         with socket.socket() as s:
@@ -111,10 +137,12 @@ def _free_port_block(n: int) -> int:
     raise RuntimeError("no free ports")
 
 
-def launch(checkpoint: Path, ranks: int, args) -> list[dict]:
+def launch(checkpoint: Path | None, ranks: int, args) -> list[dict]:
     command = [sys.executable, __file__, "--run", str(checkpoint),
                "--prompt-tokens", str(args.prompt_tokens),
                "--decode-tokens", str(args.decode_tokens)]
+    if checkpoint is None:
+        command = [sys.executable, __file__, "--all-sum-rank"]
     if ranks > 1:
         command = [str(Path(sys.executable).with_name("mlx.launch")), "-n", str(ranks),
                    "--backend", "ring", "--starting-port", str(_free_port_block(ranks)), "--",
@@ -135,10 +163,22 @@ def main() -> None:
     parser.add_argument("--prompt-tokens", type=int, default=128)
     parser.add_argument("--decode-tokens", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--all-sum", action="store_true",
+                        help="time all_sum over --ranks local ranks instead")
     parser.add_argument("--run", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--all-sum-rank", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.run:
         return run(args.run, args.prompt_tokens, args.decode_tokens)
+    if args.all_sum_rank:
+        return time_all_sum()
+    if args.all_sum:
+        rows = launch(None, args.ranks, args)
+        print(f"all_sum over {args.ranks} local ranks (ring backend, 127.0.0.1), median of "
+              "evaluated calls, rank 0:")
+        for label, row in rows[0]["all_sum"].items():
+            print(f"  {label:<24}{row['bytes']:>10} B {row['median_s'] * 1e6:>10.0f} us")
+        return
 
     runs: dict[int, list[list[dict]]] = {1: [], args.ranks: []}
     from openharmony.loader import open_checkpoint
