@@ -181,6 +181,22 @@ def test_cli_generate_prints_once_what_one_process_prints(tiny_vocab_checkpoint)
     assert launched.stdout == alone.stdout and alone.stdout.strip()
 
 
+def test_cli_chat_rank0_reads_the_lines_and_prints_the_replies(tiny_vocab_checkpoint):
+    """mlx.launch hands its stdin to every rank: only rank 0 may read it (and print)."""
+    command = ["-m", "openharmony", "chat", "-m", str(tiny_vocab_checkpoint),
+               "--temperature", "0", "--max-tokens", "5"]
+    lines = "Hello\nWhy is the sky blue?\n/exit\n"
+    alone = subprocess.run([sys.executable, *command], input=lines, capture_output=True,
+                           text=True, timeout=120, env=_env())
+    assert alone.returncode == 0, alone.stderr
+    launched = _launch(2, *command, input=lines)
+    assert launched.returncode == 0, launched.stderr[-3000:]
+    assert launched.stdout == alone.stdout and alone.stdout.count(">>> ") == 3
+    assert launched.stderr.count("Type a message") == 1
+    # Two turns generated (the random model's replies hold no message to show), reported once.
+    assert launched.stderr.count("reached --max-tokens 5") == 2
+
+
 # -- a lost rank ----------------------------------------------------------------------------
 
 def _start_ranks(n: int, checkpoint: Path, tmp_path: Path) -> list[subprocess.Popen]:
