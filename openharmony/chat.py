@@ -17,10 +17,11 @@ ends past final answers with <|end|> instead of <|return|>. The model's reply en
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 from openai_harmony import (
     Author,
@@ -48,6 +49,21 @@ FUNCTIONS_NAMESPACE = "functions"
 
 def today() -> str:
     return datetime.date.today().isoformat()
+
+
+# What an assistant message is for, from its header: the one classification the CLI and the
+# server use. A recipient other than the assistant or the user makes it a tool call (whatever
+# its channel); the analysis channel is reasoning (the chain of thought, never shown as the
+# answer); everything else is text for the user: the final answer, and commentary preambles.
+TOOL_CALL, REASONING, TEXT = "tool_call", "reasoning", "text"
+
+
+def message_kind(channel: str | None, recipient: str | None) -> str:
+    if recipient not in (None, "assistant", "user"):
+        return TOOL_CALL
+    if channel == "analysis":
+        return REASONING
+    return TEXT
 
 
 @dataclass(frozen=True)
@@ -133,8 +149,13 @@ class ParsedMessage:
     content_type: str | None = None
 
     @property
+    def kind(self) -> str:
+        """`message_kind` of an assistant message (TOOL_CALL, REASONING or TEXT)."""
+        return message_kind(self.channel, self.recipient)
+
+    @property
     def is_tool_call(self) -> bool:
-        return self.role == "assistant" and self.recipient not in (None, "assistant", "user")
+        return self.role == "assistant" and self.kind == TOOL_CALL
 
     @property
     def tool_name(self) -> str | None:
@@ -247,12 +268,24 @@ def parse_completion(tokenizer: Tokenizer, tokens: Sequence[int]) -> list[Parsed
 
 @dataclass(frozen=True)
 class StreamEvent:
-    """New text of the message being generated, with where it goes."""
+    """New text of the message being generated, with where it goes.
+
+    `message_index` counts the messages of the completion (0 for the first): a new index is
+    a new message. `token` is the token that added the text, `logprob` its log-probability
+    when the generation computed it."""
 
     channel: str | None
     recipient: str | None
     content_type: str | None
     delta: str
+    message_index: int = 0
+    token: int | None = None
+    logprob: float | None = None
+
+    @property
+    def kind(self) -> str:
+        """`message_kind` of the message (TOOL_CALL, REASONING or TEXT)."""
+        return message_kind(self.channel, self.recipient)
 
 
 class ChatStreamParser:
@@ -267,7 +300,7 @@ class ChatStreamParser:
         self._parser = StreamableParser(tokenizer.harmony(), Role.ASSISTANT)
         self._fed_any = False
 
-    def feed(self, token: int) -> StreamEvent | None:
+    def feed(self, token: int, logprob: float | None = None) -> StreamEvent | None:
         self._fed_any = True
         try:
             self._parser.process(token)
@@ -283,6 +316,9 @@ class ChatStreamParser:
             recipient=self._parser.current_recipient,
             content_type=self._parser.current_content_type,
             delta=delta,
+            message_index=len(self._parser.messages),
+            token=token,
+            logprob=logprob,
         )
 
     @property
@@ -299,3 +335,87 @@ class ChatStreamParser:
                 f"the completion is not in the harmony format: {error}"
             ) from error
         return self.messages
+
+
+class ChatTurn:
+    """One assistant turn: generate the reply to a rendered conversation and parse it, as it
+    streams, into reasoning / text / tool-call events. The CLI's chat and the server run this.
+
+        turn = ChatTurn(model, tokenizer, chat.render(), max_tokens=512, prompt_cache=cache)
+        for event in turn:          # StreamEvents, one per token that adds message text
+            ...
+        turn.messages, turn.finish_reason, turn.stats
+
+    Each token is decoded once, by the harmony parser (the generation produces no text).
+    `finish_reason`: "tool_calls" (the reply ended with <|call|>), "stop" (<|return|>, or a
+    `stop` string in the text for the user, which is then cut before it), "length"
+    (`max_tokens`). A reply cut by `max_tokens` keeps its complete messages and the last one
+    as far as it got (dropped if cut inside its header). Bad arguments raise here, before any
+    work; a reply that breaks the harmony format raises OpenHarmonyError while iterating.
+    Stopping the iteration early (closing it) leaves `prompt_cache` consistent.
+    """
+
+    def __init__(self, model, tokenizer: Tokenizer, prompt: Sequence[int], *,
+                 max_tokens: int, sampling=None, seed: int | None = None,
+                 prompt_cache=None, logprobs: bool = False, stop: Sequence[str] = ()):
+        from .generate import StopStrings, stream_generate
+
+        self.tokenizer = tokenizer
+        self.prompt_tokens = len(prompt)
+        self._stop = StopStrings(stop)
+        self._chunks = stream_generate(
+            model, prompt, tokenizer=tokenizer, max_tokens=max_tokens, sampling=sampling,
+            seed=seed, stop_tokens=chat_stop_tokens(tokenizer), prompt_cache=prompt_cache,
+            logprobs=logprobs, detokenize=False)
+        self._parser = ChatStreamParser(tokenizer)
+        self.tokens: list[int] = []  # the generated tokens
+        self.reused_prompt_tokens = 0  # prompt tokens taken from the prompt cache
+        self.messages: list[ParsedMessage] | None = None
+        self.finish_reason: str | None = None
+        self.stats = None  # GenerationStats, at the end (None after a stop string)
+
+    def __iter__(self) -> Iterator[StreamEvent]:
+        call_token = self.tokenizer.special_ids["<|call|>"]
+        last_text = None  # the latest event of text for the user (stop strings apply to it)
+        for chunk in self._chunks:
+            if chunk.reused_prompt_tokens is not None:
+                self.reused_prompt_tokens = chunk.reused_prompt_tokens
+            self.tokens.append(chunk.token)
+            event = self._parser.feed(chunk.token, chunk.logprob)
+            stopped = False
+            if event is not None and event.kind == TEXT and self._stop.stop_strings:
+                last_text = event
+                delta, stopped = self._stop.feed(event.delta, final=False)
+                event = dataclasses.replace(event, delta=delta)
+            if event is not None and event.delta:
+                yield event
+            if stopped:
+                self._chunks.close()  # frees the generation; the prompt cache stays valid
+                self.messages = self._cut_at_stop()
+                self.finish_reason = "stop"
+                return
+            if chunk.finish_reason is not None:
+                self.stats = chunk.stats
+                if chunk.finish_reason == "length":
+                    self.finish_reason = "length"
+                    try:
+                        self.messages = self._parser.finish()
+                    except OpenHarmonyError:  # cut inside a header: the complete messages
+                        self.messages = self._parser.messages
+                else:
+                    self.messages = self._parser.finish()
+                    self.finish_reason = "tool_calls" if chunk.token == call_token else "stop"
+                held = self._stop.feed("", final=True)[0]
+                if held:  # text held back while it could have begun a stop string
+                    yield dataclasses.replace(last_text, delta=held, token=None, logprob=None)
+                return
+
+    def _cut_at_stop(self) -> list[ParsedMessage]:
+        """The messages so far; the one being written ends right before the stop string."""
+        text = self._parser.current_content
+        found = [i for i in (text.find(s) for s in self._stop.stop_strings) if i >= 0]
+        current = ParsedMessage(role="assistant", channel=self._parser.current_channel,
+                                text=text[:min(found)] if found else text,
+                                recipient=self._parser.current_recipient,
+                                content_type=self._parser.current_content_type)
+        return self._parser.messages + [current]

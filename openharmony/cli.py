@@ -16,16 +16,18 @@ from __future__ import annotations
 
 import enum
 import json
-import math
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Optional
 
 import typer
 from typer.core import TyperGroup
 
+from .chat import REASONING, TEXT, TOOL_CALL
 from .download import DEFAULT_MODEL, download_model, resolve_model
 from .errors import OpenHarmonyError
+from .memory import checkpoint_summary
+from .sampling import SamplingOptions, option_range
 
 EXIT_ERROR = 1  # typer's own usage errors exit with 2
 EXIT_INTERRUPTED = 130
@@ -124,14 +126,23 @@ DTypeOption = Annotated[Optional[DType], typer.Option(
     help="Compute dtype of the dense weights (MXFP4 experts stay packed). "
          "Default: float32 on the CPU, bfloat16 on a GPU.")]
 MaxTokens = Annotated[int, typer.Option(min=1, help="Most tokens to generate.")]
-Temperature = Annotated[float, typer.Option(min=0.0, help="0 is greedy.")]
-TopP = Annotated[float, typer.Option(min=0.0, max=1.0, help="Nucleus sampling; 1 is off.")]
-TopK = Annotated[int, typer.Option(min=0, help="Keep the k most likely tokens; 0 is off.")]
-MinP = Annotated[float, typer.Option(min=0.0, max=1.0,
-                                     help="Drop tokens below min-p x the top probability.")]
-RepetitionPenalty = Annotated[float, typer.Option(min=0.0, help="1 is off.")]
-PresencePenalty = Annotated[float, typer.Option(help="0 is off.")]
-FrequencyPenalty = Annotated[float, typer.Option(help="0 is off.")]
+
+
+def _sampling_flag(name: str, python_type: type):
+    """The flag of SamplingOptions field `name`: its range and meaning from sampling.py."""
+    spec = option_range(name)
+    return Annotated[python_type, typer.Option(min=spec.low, max=spec.high,
+                                               help=spec.help[0].upper() + spec.help[1:] + ".")]
+
+
+_DEFAULTS = SamplingOptions()
+Temperature = _sampling_flag("temperature", float)
+TopP = _sampling_flag("top_p", float)
+TopK = _sampling_flag("top_k", int)
+MinP = _sampling_flag("min_p", float)
+RepetitionPenalty = _sampling_flag("repetition_penalty", float)
+PresencePenalty = _sampling_flag("presence_penalty", float)
+FrequencyPenalty = _sampling_flag("frequency_penalty", float)
 Seed = Annotated[Optional[int], typer.Option(help="Seed of the sampler (reproducible output).")]
 Effort = Annotated[ReasoningEffort, typer.Option(help="How much the model reasons (chat).")]
 System = Annotated[Optional[str], typer.Option(
@@ -144,12 +155,12 @@ Verbose = Annotated[bool, typer.Option("--verbose", "-v",
                                        help="Print timing statistics to stderr at the end.")]
 
 
-def _sampling(max_tokens, temperature, top_p, top_k, min_p, repetition_penalty,
-              presence_penalty, frequency_penalty, seed) -> dict[str, Any]:
-    return dict(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
-                min_p=min_p, repetition_penalty=repetition_penalty,
-                presence_penalty=presence_penalty, frequency_penalty=frequency_penalty,
-                seed=seed)
+def _sampling(temperature, top_p, top_k, min_p, repetition_penalty, presence_penalty,
+              frequency_penalty) -> SamplingOptions:
+    return SamplingOptions(temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
+                           repetition_penalty=repetition_penalty,
+                           presence_penalty=presence_penalty,
+                           frequency_penalty=frequency_penalty)
 
 
 def _load(model: str, dtype: DType | None):
@@ -180,38 +191,28 @@ class _ReplyPrinter:
 
     def __init__(self, show_reasoning: bool):
         self.show_reasoning = show_reasoning
-        self._current: tuple | None = None
+        self._current: int | None = None
         self._wrote_any = False
 
     def __call__(self, event) -> None:
-        key = (event.channel, event.recipient)
-        if key != self._current:
+        if event.message_index != self._current:
             self._start_message(event)
-            self._current = key
-        if self._is_tool_call(event) or self._is_reasoning(event):
-            if self.show_reasoning or not self._is_reasoning(event):
-                _write(event.delta, dim=True)
-        else:
+            self._current = event.message_index
+        if event.kind == TEXT:
             _write(event.delta)
+        elif self.show_reasoning or event.kind != REASONING:
+            _write(event.delta, dim=True)
 
     def _start_message(self, event) -> None:
-        if self._is_reasoning(event) and not self.show_reasoning:
+        if event.kind == REASONING and not self.show_reasoning:
             return
         if self._wrote_any:
             _write("\n")
-        if self._is_tool_call(event):
+        if event.kind == TOOL_CALL:
             _write(f"[tool call] {event.recipient} ", dim=True)
-        elif self._is_reasoning(event):
+        elif event.kind == REASONING:
             _write("[analysis] ", dim=True)
         self._wrote_any = True
-
-    @staticmethod
-    def _is_tool_call(event) -> bool:
-        return event.recipient not in (None, "assistant", "user")
-
-    @staticmethod
-    def _is_reasoning(event) -> bool:
-        return event.channel == "analysis" and event.recipient in (None, "assistant")
 
     def end(self) -> None:
         if self._wrote_any:
@@ -240,13 +241,13 @@ def generate(
                     ] = False,
     model: ModelOption = DEFAULT_MODEL,
     max_tokens: MaxTokens = 512,
-    temperature: Temperature = 1.0,
-    top_p: TopP = 1.0,
-    top_k: TopK = 0,
-    min_p: MinP = 0.0,
-    repetition_penalty: RepetitionPenalty = 1.0,
-    presence_penalty: PresencePenalty = 0.0,
-    frequency_penalty: FrequencyPenalty = 0.0,
+    temperature: Temperature = _DEFAULTS.temperature,
+    top_p: TopP = _DEFAULTS.top_p,
+    top_k: TopK = _DEFAULTS.top_k,
+    min_p: MinP = _DEFAULTS.min_p,
+    repetition_penalty: RepetitionPenalty = _DEFAULTS.repetition_penalty,
+    presence_penalty: PresencePenalty = _DEFAULTS.presence_penalty,
+    frequency_penalty: FrequencyPenalty = _DEFAULTS.frequency_penalty,
     seed: Seed = None,
     reasoning_effort: Effort = ReasoningEffort.medium,
     system: System = None,
@@ -259,18 +260,20 @@ def generate(
     from .generate import stream_generate
 
     tokenizer, loaded = _load(model, dtype)
-    sampling = _sampling(max_tokens, temperature, top_p, top_k, min_p, repetition_penalty,
-                         presence_penalty, frequency_penalty, seed)
+    sampling = _sampling(temperature, top_p, top_k, min_p, repetition_penalty,
+                         presence_penalty, frequency_penalty)
     if chat:
         from .chat import Chat, ChatOptions
 
         conversation = Chat(tokenizer, ChatOptions(reasoning_effort=reasoning_effort.value,
                                                    system=system, developer=developer))
         conversation.add_user(prompt)
-        stats = _chat_turn(loaded, tokenizer, conversation, sampling, show_reasoning, None)
+        stats = _chat_turn(loaded, tokenizer, conversation, sampling, max_tokens, seed,
+                           show_reasoning, None)
     else:
         stats = None
-        for chunk in stream_generate(loaded, prompt, tokenizer=tokenizer, **sampling):
+        for chunk in stream_generate(loaded, prompt, tokenizer=tokenizer, sampling=sampling,
+                                     max_tokens=max_tokens, seed=seed):
             _write(chunk.text)
             stats = chunk.stats or stats
         _write("\n")
@@ -278,31 +281,22 @@ def generate(
         _print_stats(stats)
 
 
-def _chat_turn(model, tokenizer, conversation, sampling, show_reasoning, prompt_cache):
+def _chat_turn(model, tokenizer, conversation, sampling, max_tokens, seed, show_reasoning,
+               prompt_cache):
     """Generate the assistant's reply to `conversation`, stream it, and append it."""
-    from .chat import ChatStreamParser, chat_stop_tokens
-    from .generate import stream_generate
+    from .chat import ChatTurn
 
-    parser = ChatStreamParser(tokenizer)
+    turn = ChatTurn(model, tokenizer, conversation.render(), max_tokens=max_tokens,
+                    sampling=sampling, seed=seed, prompt_cache=prompt_cache)
     printer = _ReplyPrinter(show_reasoning)
-    extra = {} if prompt_cache is None else {"prompt_cache": prompt_cache}
-    for chunk in stream_generate(model, conversation.render(), tokenizer=tokenizer,
-                                 stop_tokens=chat_stop_tokens(tokenizer), **extra, **sampling):
-        event = parser.feed(chunk.token)
-        if event is not None:
-            printer(event)
+    for event in turn:
+        printer(event)
     printer.end()
-    if chunk.finish_reason == "length":
+    if turn.finish_reason == "length":
         # Long reasoning can use up the budget before the answer starts: say so.
-        typer.echo(f"(the reply reached --max-tokens {sampling['max_tokens']})", err=True)
-        try:
-            reply = parser.finish()
-        except OpenHarmonyError:  # cut inside a message header: keep the complete messages
-            reply = parser.messages
-    else:
-        reply = parser.finish()
-    conversation.add_assistant_messages(reply)
-    return chunk.stats
+        typer.echo(f"(the reply reached --max-tokens {max_tokens})", err=True)
+    conversation.add_assistant_messages(turn.messages)
+    return turn.stats
 
 
 # -- chat ---------------------------------------------------------------------------------
@@ -314,13 +308,13 @@ CHAT_HELP = "Type a message; /reset starts over, /exit (or Ctrl-D) quits, Ctrl-C
 def chat(
     model: ModelOption = DEFAULT_MODEL,
     max_tokens: MaxTokens = 4096,
-    temperature: Temperature = 1.0,
-    top_p: TopP = 1.0,
-    top_k: TopK = 0,
-    min_p: MinP = 0.0,
-    repetition_penalty: RepetitionPenalty = 1.0,
-    presence_penalty: PresencePenalty = 0.0,
-    frequency_penalty: FrequencyPenalty = 0.0,
+    temperature: Temperature = _DEFAULTS.temperature,
+    top_p: TopP = _DEFAULTS.top_p,
+    top_k: TopK = _DEFAULTS.top_k,
+    min_p: MinP = _DEFAULTS.min_p,
+    repetition_penalty: RepetitionPenalty = _DEFAULTS.repetition_penalty,
+    presence_penalty: PresencePenalty = _DEFAULTS.presence_penalty,
+    frequency_penalty: FrequencyPenalty = _DEFAULTS.frequency_penalty,
     seed: Seed = None,
     reasoning_effort: Effort = ReasoningEffort.medium,
     system: System = None,
@@ -338,8 +332,8 @@ def chat(
     from .chat import Chat, ChatOptions
 
     tokenizer, loaded = _load(model, dtype)
-    sampling = _sampling(max_tokens, temperature, top_p, top_k, min_p, repetition_penalty,
-                         presence_penalty, frequency_penalty, seed)
+    sampling = _sampling(temperature, top_p, top_k, min_p, repetition_penalty,
+                         presence_penalty, frequency_penalty)
     options = ChatOptions(reasoning_effort=reasoning_effort.value, system=system,
                           developer=developer)
     conversation = Chat(tokenizer, options)
@@ -364,8 +358,8 @@ def chat(
         before_turn = list(conversation.messages)
         conversation.add_user(message)
         try:
-            stats = _chat_turn(loaded, tokenizer, conversation, sampling, show_reasoning,
-                               prompt_cache)
+            stats = _chat_turn(loaded, tokenizer, conversation, sampling, max_tokens, seed,
+                               show_reasoning, prompt_cache)
         except (KeyboardInterrupt, OpenHarmonyError) as e:
             # A stopped turn, or one that cannot run (too long for the context, an answer that
             # breaks the harmony format), is forgotten and the conversation goes on; the
@@ -428,70 +422,6 @@ def download(
 
 
 # -- info ---------------------------------------------------------------------------------
-
-def checkpoint_summary(checkpoint, dtype: str, context: int) -> dict[str, Any]:
-    """Parameter counts, bytes on disk and the memory to run `checkpoint`, from its headers.
-
-    Parameters count every weight once, MXFP4 expert weights included (two 4-bit values per
-    stored byte; their scales are not parameters). Active parameters per token leave out the
-    embedding table (a lookup) and count the experts at num_experts_per_tok / num_experts.
-    Memory: dense weights as the model holds them for `dtype` (`model.dense_weight_dtype`),
-    MXFP4 blocks and scales as stored, plus the KV cache for `context` positions (sliding
-    window layers hold at most `sliding_window` of them).
-    """
-    from .model import compute_dtype, dense_weight_dtype
-
-    c = checkpoint.config
-    compute = compute_dtype(dtype)
-    total = experts = embedding = weight_bytes = 0
-    for name in checkpoint.names():
-        shape = checkpoint.shape(name)
-        if name.endswith(".scales"):
-            weight_bytes += checkpoint.nbytes(name)
-            continue
-        if name.endswith(".blocks"):
-            count = math.prod(shape) * 2
-            weight_bytes += checkpoint.nbytes(name)
-        else:
-            count = math.prod(shape)
-            weight_bytes += count * dense_weight_dtype(name, checkpoint.dtype(name), compute).size
-        total += count
-        if ".mlp.experts." in name:
-            experts += count
-        if name == "embed_tokens.weight":
-            embedding += count
-    active = total - embedding - experts + experts * c.num_experts_per_tok // c.num_local_experts
-    sliding_layers = sum(c.is_sliding(i) for i in range(c.num_hidden_layers))
-    full_layers = c.num_hidden_layers - sliding_layers
-    kv_positions = full_layers * context + sliding_layers * min(context, c.sliding_window)
-    kv_bytes = 2 * c.num_key_value_heads * c.head_dim * compute.size * kv_positions
-    return {
-        "path": str(checkpoint.path),
-        "layout": checkpoint.layout,
-        "files": len(checkpoint.files),
-        "layers": c.num_hidden_layers,
-        "sliding_layers": sliding_layers,
-        "sliding_window": c.sliding_window,
-        "experts": c.num_local_experts,
-        "experts_per_token": c.num_experts_per_tok,
-        "hidden_size": c.hidden_size,
-        "intermediate_size": c.intermediate_size,
-        "attention_heads": c.num_attention_heads,
-        "kv_heads": c.num_key_value_heads,
-        "head_dim": c.head_dim,
-        "vocab_size": c.vocab_size,
-        "max_context": c.max_position_embeddings,
-        "parameters": total,
-        "active_parameters": active,
-        "expert_parameters": experts,
-        "bytes_on_disk": checkpoint.total_bytes,
-        "dtype": dtype,
-        "context": context,
-        "weight_bytes": weight_bytes,
-        "kv_cache_bytes": kv_bytes,
-        "memory_bytes": weight_bytes + kv_bytes,
-    }
-
 
 @app.command()
 def info(

@@ -68,6 +68,9 @@ class GenerationChunk:
     logprob: float | None = None  # log-probability under the model (with logprobs=True)
     finish_reason: str | None = None  # "stop_token" | "stop_string" | "length"
     stats: GenerationStats | None = None
+    # On the first chunk: the prompt tokens taken from the prompt cache (known before the end,
+    # for a caller that may stop the stream early).
+    reused_prompt_tokens: int | None = None
 
 
 @dataclass(frozen=True)
@@ -113,6 +116,7 @@ def stream_generate(
     prompt_cache: PromptCache | None = None,
     prefill_chunk: int = 512,
     logprobs: bool = False,
+    detokenize: bool = True,
 ) -> Iterator[GenerationChunk]:
     """Yield one `GenerationChunk` per generated token.
 
@@ -123,6 +127,8 @@ def stream_generate(
     <|return|>, <|endoftext|>, <|call|>) unless `ignore_eos`. `prompt_cache`: reuse the common
     prefix with the previous call on it. `logprobs`: each chunk's log-probability of its token
     under the model's own distribution (before penalties, temperature and filters).
+    `detokenize=False`: chunks carry no text, for callers that decode the tokens themselves
+    (the harmony parser of a chat turn), so that no token is decoded twice.
     """
     if tokenizer is None:
         from .tokenizer import load_tokenizer
@@ -143,7 +149,9 @@ def stream_generate(
             f"the prompt ({len(prompt_ids)} tokens) plus max_tokens ({max_tokens}) exceed the "
             f"model's context of {config.max_position_embeddings} tokens")
     stop_ids = _stop_token_ids(stop_tokens, config, tokenizer, ignore_eos)
-    stop_matcher = _StopStrings(stop_strings)
+    stop_matcher = StopStrings(stop_strings)
+    if stop_strings and not detokenize:
+        raise GenerationError("stop_strings need the text: they cannot go with detokenize=False")
     if prompt_cache is None:
         prompt_cache = PromptCache(model)
     elif prompt_cache.model is not model:
@@ -151,13 +159,13 @@ def stream_generate(
     sampler = Sampler(options, config.vocab_size, prompt_tokens=prompt_ids, seed=seed)
     # Bad input raises here, at the call; the work starts with the first `next()`.
     return _stream(model, prompt_ids, tokenizer, max_tokens, sampler, stop_ids, stop_matcher,
-                   prompt_cache, prefill_chunk, logprobs)
+                   prompt_cache, prefill_chunk, logprobs, detokenize)
 
 
 def _stream(model, prompt_ids: list[int], tokenizer, max_tokens: int, sampler: Sampler,
-            stop_ids: set[int], stop_matcher: "_StopStrings",
+            stop_ids: set[int], stop_matcher: "StopStrings",
             prompt_cache: PromptCache, prefill_chunk: int,
-            logprobs: bool) -> Iterator[GenerationChunk]:
+            logprobs: bool, detokenize: bool) -> Iterator[GenerationChunk]:
     mx.reset_peak_memory()
     start_time = time.perf_counter()
     reused = prompt_cache.reuse(prompt_ids)
@@ -195,7 +203,13 @@ def _stream(model, prompt_ids: list[int], tokenizer, max_tokens: int, sampler: S
             prompt_cache.add_tokens([token_id])  # the step just queued feeds it to the caches
 
         finish_reason = None
-        if token_id in stop_ids:
+        if not detokenize:
+            text = ""
+            if token_id in stop_ids:
+                finish_reason = "stop_token"
+            elif count == max_tokens:
+                finish_reason = "length"
+        elif token_id in stop_ids:
             finish_reason, text = "stop_token", detokenizer.finish()
         else:
             text = detokenizer.add(token_id)
@@ -223,7 +237,8 @@ def _stream(model, prompt_ids: list[int], tokenizer, max_tokens: int, sampler: S
             )
         yield GenerationChunk(token=token_id, text=text,
                               logprob=logprob.item() if logprob is not None else None,
-                              finish_reason=finish_reason, stats=stats)
+                              finish_reason=finish_reason, stats=stats,
+                              reused_prompt_tokens=reused if count == 1 else None)
         if finish_reason is not None:
             return
         token, logprob = next_token, next_logprob
@@ -234,7 +249,7 @@ def _read_token(token: mx.array) -> int:
     return token.item()
 
 
-class _StopStrings:
+class StopStrings:
     """Finds stop strings in streamed text, holding back text that may begin one."""
 
     def __init__(self, stop_strings: Sequence[str]) -> None:

@@ -19,7 +19,7 @@ from mlx.utils import tree_flatten
 from openharmony.cache import KVCache, PromptCache, RotatingKVCache
 from openharmony.config import FULL, SLIDING
 from openharmony.errors import OpenHarmonyError
-from openharmony.generate import (ContextLengthError, GenerationError, _StopStrings, generate,
+from openharmony.generate import (ContextLengthError, GenerationError, StopStrings, generate,
                                   stream_generate)
 
 # Not `import openharmony.generate`: the package exports a function of that name.
@@ -327,7 +327,7 @@ def test_stop_string_ends_the_text_before_it(model, tokenizer):
     (["aa", "ab"], ["aab", "b"], [("", False), ("a", True)]),  # "aab" at 1 before "b" at 3
 ])
 def test_stop_string_matcher(pieces, stops, expected):
-    matcher = _StopStrings(stops)
+    matcher = StopStrings(stops)
     got = [matcher.feed(piece, final=i == len(pieces) - 1) for i, piece in enumerate(pieces)]
     assert got == expected
 
