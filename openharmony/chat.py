@@ -66,6 +66,13 @@ def message_kind(channel: str | None, recipient: str | None) -> str:
     return TEXT
 
 
+def tool_name(recipient: str) -> str:
+    """A function's name from a recipient ('functions.get_weather' -> 'get_weather'); other
+    recipients (built-in tools such as 'browser.search') are returned whole."""
+    namespace, _, name = recipient.partition(".")
+    return name if namespace == FUNCTIONS_NAMESPACE and name else recipient
+
+
 @dataclass(frozen=True)
 class FunctionTool:
     """A function the model may call: a name, a description and a JSON schema for arguments."""
@@ -160,10 +167,7 @@ class ParsedMessage:
     @property
     def tool_name(self) -> str | None:
         """The called function without its namespace ('functions.get_weather' -> 'get_weather')."""
-        if not self.is_tool_call:
-            return None
-        namespace, _, name = self.recipient.partition(".")
-        return name if namespace == FUNCTIONS_NAMESPACE and name else self.recipient
+        return tool_name(self.recipient) if self.is_tool_call else None
 
     def arguments(self) -> Any:
         """The tool call's arguments decoded from JSON."""
@@ -217,6 +221,20 @@ class Chat:
     def add_assistant_messages(self, parsed: Iterable[ParsedMessage]) -> None:
         """The model's reply as `parse_completion` returned it (analysis, calls, final)."""
         self.messages.extend(message.to_harmony() for message in parsed)
+
+    def add_reasoning(self, text: str) -> None:
+        """Past chain of thought (the analysis channel); openai-harmony drops it from the
+        prompt once a final answer follows it."""
+        self.add_assistant(text, channel="analysis")
+
+    def add_tool_call(self, name: str, arguments: str) -> None:
+        """A past call of function `name` with `arguments` (JSON text), as the model writes it:
+        `<|start|>assistant to=functions.NAME<|channel|>commentary <|constrain|>json...<|call|>`."""
+        recipient = name if "." in name else f"{FUNCTIONS_NAMESPACE}.{name}"
+        message = (Message.from_role_and_content(Role.ASSISTANT, arguments)
+                   .with_channel("commentary").with_recipient(recipient)
+                   .with_content_type("<|constrain|>json"))
+        self.messages.append(message)
 
     def add_tool_result(self, name: str, content: str | Any) -> None:
         """The output of tool `name` ('get_weather' or 'functions.get_weather') for the model.
@@ -325,6 +343,12 @@ class ChatStreamParser:
     def messages(self) -> list[ParsedMessage]:
         return [ParsedMessage.from_harmony(message) for message in self._parser.messages]
 
+    def current_message(self) -> ParsedMessage:
+        """The message being written, as far as it got."""
+        p = self._parser
+        return ParsedMessage(role="assistant", channel=p.current_channel, text=p.current_content,
+                             recipient=p.current_recipient, content_type=p.current_content_type)
+
     def finish(self) -> list[ParsedMessage]:
         if not self._fed_any:
             return []
@@ -412,10 +436,8 @@ class ChatTurn:
 
     def _cut_at_stop(self) -> list[ParsedMessage]:
         """The messages so far; the one being written ends right before the stop string."""
-        text = self._parser.current_content
-        found = [i for i in (text.find(s) for s in self._stop.stop_strings) if i >= 0]
-        current = ParsedMessage(role="assistant", channel=self._parser.current_channel,
-                                text=text[:min(found)] if found else text,
-                                recipient=self._parser.current_recipient,
-                                content_type=self._parser.current_content_type)
+        current = self._parser.current_message()
+        found = [i for i in (current.text.find(s) for s in self._stop.stop_strings) if i >= 0]
+        if found:
+            current = dataclasses.replace(current, text=current.text[:min(found)])
         return self._parser.messages + [current]

@@ -5,6 +5,7 @@
     openharmony chat                                        # interactive, multi-turn
     openharmony download [openai/gpt-oss-20b]               # the Hugging Face layout only
     openharmony info [MODEL]                                # sizes and memory, from headers
+    openharmony serve --model M                             # an OpenAI-compatible server
 
 Errors caused by the user's input (every `OpenHarmonyError`, and typer's own bad-flag errors)
 are printed as one line on stderr with a non-zero exit code; `--debug` shows the traceback
@@ -385,6 +386,46 @@ def _read_line(prompt: str) -> str | None:
             return None
         except KeyboardInterrupt:
             typer.echo("\n(" + CHAT_HELP + ")", err=True)
+
+
+# -- serve --------------------------------------------------------------------------------
+
+
+@app.command()
+def serve(
+    model: ModelOption = DEFAULT_MODEL,
+    host: Annotated[str, typer.Option(help="The address to listen on (loopback by default).")
+                    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="The port (0: any free one).")
+                    ] = 8000,
+    api_key: Annotated[Optional[str], typer.Option(
+        envvar="OPENHARMONY_API_KEY", show_envvar=True,
+        help="Require 'Authorization: Bearer KEY' on every request.")] = None,
+    dtype: DTypeOption = None,
+    max_queue: Annotated[int, typer.Option(min=1, help="Requests that may wait; more get "
+                                                       "429.")] = 16,
+    cache_gb: Annotated[float, typer.Option(min=0.0, help="Keys and values kept for prompt "
+                                                          "reuse across requests, in GB.")
+                        ] = 4.0,
+) -> None:
+    """An OpenAI-compatible server: the Responses API and Chat Completions (docs/server.md).
+
+    Ctrl-C or SIGTERM stops it cleanly.
+    """
+    import logging
+
+    import uvicorn
+
+    from .server.app import create_app
+
+    tokenizer, loaded = _load(model, dtype)
+    model_id = model if not Path(model).expanduser().exists() else Path(model).name
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    app_ = create_app(loaded, tokenizer, model_id, api_key=api_key, max_queue=max_queue,
+                      max_cache_bytes=int(cache_gb * 1e9))
+    typer.echo(f"serving {model_id} on http://{host}:{port}/v1"
+               + (" (API key required)" if api_key else ""), err=True)
+    uvicorn.run(app_, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)
 
 
 # -- download -----------------------------------------------------------------------------
