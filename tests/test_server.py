@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -538,3 +539,40 @@ def test_serve_command_logs_requests_and_stops_on_sigterm(tmp_path, tiny_vocab_c
     generated = len(reply_tokens(tokenizer, "answer"))
     assert " 200 prompt=" in line and f" generated={generated} " in line, log
     assert "Traceback" not in log and "stopped: the generation thread has ended" in log
+
+
+# -- Codex CLI ----------------------------------------------------------------------------------
+
+
+def codex_binary() -> str | None:
+    local = REPO_ROOT / ".codex-cli" / "node_modules" / ".bin" / "codex"
+    return str(local) if local.exists() else shutil.which("codex")
+
+
+CODEX_CONFIG = """\
+model = "bigram"
+model_provider = "openharmony"
+
+[model_providers.openharmony]
+name = "openharmony"
+base_url = "{url}/v1"
+wire_api = "responses"
+"""
+
+
+@pytest.mark.skipif(codex_binary() is None, reason="Codex CLI is not installed (scripts/test.sh "
+                    "installs it with npm into .codex-cli/; npm or its registry was missing)")
+def test_codex_exec_gets_the_answer(servers, tmp_path):
+    """Codex CLI with a custom model provider on the Responses API: its real request (its
+    instructions, its tools of every type, streaming) gets the model's answer."""
+    server = servers("answer")
+    home, work = tmp_path / "codex-home", tmp_path / "work"
+    home.mkdir()
+    work.mkdir()
+    (home / "config.toml").write_text(CODEX_CONFIG.format(url=server.url))
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "CODEX_HOME": str(home)}
+    done = subprocess.run([codex_binary(), "exec", "--skip-git-repo-check", "Say hello"],
+                          cwd=work, env=env, stdin=subprocess.DEVNULL, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == ANSWER, done.stderr
