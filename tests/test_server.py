@@ -29,7 +29,10 @@ import uvicorn
 from openai_harmony import (Author, Conversation, DeveloperContent, Message, ReasoningEffort,
                             RenderConversationConfig, Role, SystemContent, ToolDescription)
 
+from openharmony.cache import PromptCache
+from openharmony.generate import generate
 from openharmony.load import load_model
+from openharmony.server.engine import CachePool
 from openharmony.server.app import create_app
 from openharmony.tokenizer import load_tokenizer
 from test_cli import write_bigram_checkpoint
@@ -439,6 +442,30 @@ def test_disconnect_stops_generation_and_a_full_queue_gets_429(servers):
             assert waiting.result(timeout=60).status == "incomplete"
     generated = max(len(cache.tokens) for cache in server.engine.pool._caches)
     assert generated < 5000  # far from the 100000 asked for
+
+
+def test_cache_pool_keeps_recent_conversations_within_its_bytes(tiny_checkpoint, tokenizer):
+    model = load_model(tiny_checkpoint)
+
+    def conversation(first_token):
+        cache = PromptCache(model)
+        prompt = [first_token] + list(range(10, 40))
+        generate(model, prompt, tokenizer=tokenizer, max_tokens=2, temperature=0,
+                 prompt_cache=cache)
+        return cache, prompt
+
+    (a, prompt_a), (b, prompt_b), (c, prompt_c) = (conversation(t) for t in (1, 2, 3))
+    one = sum(array.nbytes for array in a.state)
+    pool = CachePool(model, max_bytes=2 * one)
+    for cache in (a, b, c):
+        pool.put(cache)
+    assert len(pool) == 2  # a, the least recently used, is gone
+    assert pool.take(prompt_b + [5]) is b
+    assert pool.take(prompt_c) is c
+    assert pool.take(prompt_a) not in (a, b, c)  # a new, empty cache
+    cacheless = CachePool(model, max_bytes=0)
+    cacheless.put(a)
+    assert len(cacheless) == 0 and cacheless.take(prompt_a) is not a
 
 
 # -- errors ----------------------------------------------------------------------------------

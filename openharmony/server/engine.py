@@ -53,7 +53,8 @@ def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
 
 class CachePool:
     """Prompt caches of recent conversations, at most `max_bytes` of keys and values in all
-    (the most recently used one is always kept), least recently used evicted first."""
+    (the most recently used one is always kept), least recently used evicted first.
+    `max_bytes=0` keeps none: every request computes its whole prompt (a cache-less server)."""
 
     def __init__(self, model, max_bytes: int):
         self.model = model
@@ -72,6 +73,8 @@ class CachePool:
             return best
 
     def put(self, cache: PromptCache) -> None:
+        if self.max_bytes == 0:
+            return
         with self._lock:
             self._caches.append(cache)
             while len(self._caches) > 1 and self.total_bytes() > self.max_bytes:
