@@ -2,10 +2,14 @@
 
     openharmony generate "The sky is blue because"          # raw text completion
     openharmony generate --chat "Why is the sky blue?"      # one harmony chat turn
+    echo "The sky is" | openharmony generate -m M           # the prompt from stdin (or '-')
     openharmony chat                                        # interactive, multi-turn
     openharmony download [openai/gpt-oss-20b]               # the Hugging Face layout only
-    openharmony info [MODEL]                                # sizes and memory, from headers
+    openharmony info [MODEL | --model MODEL]                # sizes and memory, from headers
     openharmony serve --model M                             # an OpenAI-compatible server
+
+Flags people bring from mlx-lm and llama.cpp work too: -m/--model, -p/--prompt, -n/--max-tokens,
+--temp.
 
 Errors caused by the user's input (every `OpenHarmonyError`, and typer's own bad-flag errors)
 are printed as one line on stderr with a non-zero exit code; `--debug` shows the traceback
@@ -126,24 +130,41 @@ ModelOption = Annotated[str, typer.Option(
 DTypeOption = Annotated[Optional[DType], typer.Option(
     help="Compute dtype of the dense weights (MXFP4 experts stay packed). "
          "Default: float32 on the CPU, bfloat16 on a GPU.")]
-MaxTokens = Annotated[int, typer.Option(min=1, help="Most tokens to generate.")]
+MaxTokens = Annotated[int, typer.Option("--max-tokens", "-n", min=1,
+                                         help="Most tokens to generate.")]
 
 
-def _sampling_flag(name: str, python_type: type):
-    """The flag of SamplingOptions field `name`: its range and meaning from sampling.py."""
-    spec = option_range(name)
-    return Annotated[python_type, typer.Option(min=spec.low, max=spec.high,
-                                               help=spec.help[0].upper() + spec.help[1:] + ".")]
+def _sampling_value(field: str, number: type):
+    """A parser that checks a flag's value as `SamplingOptions` does (range and finiteness, so
+    nan and inf are refused), before the model loads: one set of rules for the CLI and the API."""
+
+    def parse(text: str):
+        try:
+            value = number(text)
+            SamplingOptions(**{field: value})
+        except ValueError as e:  # SamplingError is a ValueError
+            raise typer.BadParameter(str(e)) from None
+        return value
+
+    return parse
+
+
+def _sampling_flag(field: str, *names: str):
+    """The flag of SamplingOptions field `field`: its range and meaning from sampling.py."""
+    spec = option_range(field)
+    number = int if spec.integer else float
+    return Annotated[number, typer.Option(*names, parser=_sampling_value(field, number),
+                                          help=f"{spec.describe()}; {spec.help}.")]
 
 
 _DEFAULTS = SamplingOptions()
-Temperature = _sampling_flag("temperature", float)
-TopP = _sampling_flag("top_p", float)
-TopK = _sampling_flag("top_k", int)
-MinP = _sampling_flag("min_p", float)
-RepetitionPenalty = _sampling_flag("repetition_penalty", float)
-PresencePenalty = _sampling_flag("presence_penalty", float)
-FrequencyPenalty = _sampling_flag("frequency_penalty", float)
+Temperature = _sampling_flag("temperature", "--temperature", "--temp")
+TopP = _sampling_flag("top_p", "--top-p")
+TopK = _sampling_flag("top_k", "--top-k")
+MinP = _sampling_flag("min_p", "--min-p")
+RepetitionPenalty = _sampling_flag("repetition_penalty", "--repetition-penalty")
+PresencePenalty = _sampling_flag("presence_penalty", "--presence-penalty")
+FrequencyPenalty = _sampling_flag("frequency_penalty", "--frequency-penalty")
 Seed = Annotated[Optional[int], typer.Option(help="Seed of the sampler (reproducible output).")]
 Effort = Annotated[ReasoningEffort, typer.Option(help="How much the model reasons (chat).")]
 System = Annotated[Optional[str], typer.Option(
@@ -235,8 +256,12 @@ def _print_stats(stats) -> None:
 
 @app.command()
 def generate(
-    prompt: Annotated[str, typer.Argument(help="The prompt: raw text, or the user message "
-                                               "with --chat.")],
+    prompt: Annotated[Optional[str], typer.Argument(
+        metavar="PROMPT", show_default=False,
+        help="The prompt: raw text, or the user message with --chat. '-' or none: stdin.")
+    ] = None,
+    prompt_option: Annotated[Optional[str], typer.Option(
+        "--prompt", "-p", help="The prompt, as an option (instead of PROMPT).")] = None,
     chat: Annotated[bool, typer.Option("--chat", help="Send the prompt as a harmony user "
                                                       "message and print the final answer.")
                     ] = False,
@@ -260,6 +285,7 @@ def generate(
     """Stream a completion of PROMPT to stdout."""
     from .generate import stream_generate
 
+    prompt = _read_prompt(_one_of("PROMPT", prompt, "--prompt", prompt_option))
     tokenizer, loaded = _load(model, dtype)
     sampling = _sampling(temperature, top_p, top_k, min_p, repetition_penalty,
                          presence_penalty, frequency_penalty)
@@ -280,6 +306,29 @@ def generate(
         _write("\n")
     if verbose and stats is not None:
         _print_stats(stats)
+
+
+def _one_of(positional_name: str, positional: str | None, option_name: str,
+             option: str | None, default: str | None = None) -> str | None:
+    """The value given as an argument or as an option (not both: which one would be meant?)."""
+    if positional is not None and option is not None:
+        raise typer.BadParameter("both given; give one",
+                                 param_hint=f"'{positional_name}' / '{option_name}'")
+    return positional if positional is not None else option if option is not None else default
+
+
+def _read_prompt(prompt: str | None) -> str:
+    """The prompt; `-` or none reads stdin when it is a pipe or a file. Trailing newlines are
+    dropped, as the shell's "$(cat file)" does."""
+    if prompt is not None and prompt != "-":
+        return prompt
+    if prompt is None and sys.stdin.isatty():
+        raise typer.BadParameter("none given: pass it as PROMPT, with --prompt/-p, or on "
+                                 "stdin ('-' or a pipe)", param_hint="'PROMPT'")
+    text = sys.stdin.read().rstrip("\n")
+    if not text:
+        raise typer.BadParameter("stdin is empty", param_hint="'PROMPT'")
+    return text
 
 
 def _chat_turn(model, tokenizer, conversation, sampling, max_tokens, seed, show_reasoning,
@@ -433,7 +482,11 @@ def serve(
 
 @app.command()
 def download(
-    repo_id: Annotated[str, typer.Argument(help="The hub model id.")] = DEFAULT_MODEL,
+    repo_id: Annotated[Optional[str], typer.Argument(
+        metavar="REPO_ID", show_default=False,
+        help=f"The hub model id. Default: {DEFAULT_MODEL}.")] = None,
+    model: Annotated[Optional[str], typer.Option(
+        "--model", "-m", help="The hub model id, as an option (instead of REPO_ID).")] = None,
     revision: Annotated[Optional[str], typer.Option(help="Branch, tag or commit.")] = None,
     cache_dir: Annotated[Optional[Path], typer.Option(
         help="The Hugging Face cache to use (default: $HF_HUB_CACHE, else "
@@ -451,6 +504,7 @@ def download(
     --original and --metal add the other copies of the weights. Interrupted downloads resume:
     run the same command again.
     """
+    repo_id = _one_of("REPO_ID", repo_id, "--model", model, DEFAULT_MODEL)
     if cache_dir is not None and local_dir is not None:
         raise OpenHarmonyError("--cache-dir and --local-dir exclude each other")
     try:
@@ -466,8 +520,12 @@ def download(
 
 @app.command()
 def info(
-    model: Annotated[str, typer.Argument(help="A checkpoint folder or a hub id (in the cache)."
-                                         )] = DEFAULT_MODEL,
+    model: Annotated[Optional[str], typer.Argument(
+        metavar="MODEL", show_default=False,
+        help=f"A checkpoint folder or a hub id (in the cache). Default: {DEFAULT_MODEL}.")
+    ] = None,
+    model_option: Annotated[Optional[str], typer.Option(
+        "--model", "-m", help="The same, as an option (instead of MODEL).")] = None,
     dtype: DTypeOption = None,
     context: Annotated[int, typer.Option(min=1, help="Context length for the KV cache "
                                                      "estimate.")] = 8192,
@@ -479,6 +537,7 @@ def info(
     """
     from .loader import open_checkpoint
 
+    model = _one_of("MODEL", model, "--model", model_option, DEFAULT_MODEL)
     checkpoint = open_checkpoint(resolve_model(model, download=False))
     if dtype is None:
         from .model import default_dtype
