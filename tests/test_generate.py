@@ -221,6 +221,24 @@ def test_a_stream_stopped_early_leaves_the_prompt_cache_consistent(model, tokeni
     assert warm.tokens == greedy_reference(model, second, 8)[0]
 
 
+def test_without_detokenizing_the_tokens_are_the_same_and_no_text_comes(model, tokenizer):
+    prompt = random_prompt(12, seed=21)
+    cache = PromptCache(model)
+    chunks = list(stream_generate(model, prompt, tokenizer=tokenizer, max_tokens=6,
+                                  temperature=0, ignore_eos=True, detokenize=False,
+                                  prompt_cache=cache))
+    assert [c.token for c in chunks] == greedy_reference(model, prompt, 6)[0]
+    assert all(c.text == "" for c in chunks) and chunks[-1].finish_reason == "length"
+    # The first chunk says how much of the prompt came from the cache (the rest: None).
+    again = list(stream_generate(model, prompt + [7], tokenizer=tokenizer, max_tokens=2,
+                                 temperature=0, prompt_cache=cache))
+    assert [c.reused_prompt_tokens for c in chunks] == [0] + [None] * 5
+    # (The caches went past position 12, wrapping the window: the snapshot at 11 is used.)
+    assert again[0].reused_prompt_tokens == again[-1].stats.reused_prompt_tokens == 11
+    with pytest.raises(GenerationError, match="stop_strings"):
+        stream_generate(model, prompt, tokenizer=tokenizer, detokenize=False, stop_strings=["x"])
+
+
 def test_prompt_cache_of_another_model_is_rejected(model, vocab_model, tokenizer):
     with pytest.raises(GenerationError, match="another model"):
         greedy(vocab_model, [1, 2, 3], tokenizer, 2, prompt_cache=PromptCache(model))

@@ -440,8 +440,7 @@ def test_disconnect_stops_generation_and_a_full_queue_gets_429(servers):
             assert refused.value.body["code"] == "rate_limit_exceeded"
             stream.close()  # the client goes away: its generation stops
             assert waiting.result(timeout=60).status == "incomplete"
-    generated = max(len(cache.tokens) for cache in server.engine.pool._caches)
-    assert generated < 5000  # far from the 100000 asked for
+    assert server.engine.generated_tokens < 5000  # far from the 100000 asked for
 
 
 def test_cache_pool_keeps_recent_conversations_within_its_bytes(tiny_checkpoint, tokenizer):
@@ -466,6 +465,23 @@ def test_cache_pool_keeps_recent_conversations_within_its_bytes(tiny_checkpoint,
     cacheless = CachePool(model, max_bytes=0)
     cacheless.put(a)
     assert len(cacheless) == 0 and cacheless.take(prompt_a) is not a
+
+
+def test_a_non_streaming_client_that_disconnects_stops_its_generation(servers):
+    server = servers("endless")
+    before = server.engine.generated_tokens
+    body = json.dumps({"model": "bigram", "messages": [{"role": "user", "content": "Go on"}],
+                       "max_tokens": 100000, "temperature": 0}).encode()
+    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+                     b"Content-Type: application/json\r\nContent-Length: "
+                     + str(len(body)).encode() + b"\r\n\r\n" + body)
+        time.sleep(1.0)  # generating
+    after = server.client().chat.completions.create(
+        model="bigram", messages=[{"role": "user", "content": "Go on"}], max_tokens=3,
+        temperature=0)
+    assert after.choices[0].finish_reason == "length"
+    assert server.engine.generated_tokens - before < 5000  # far from the 100000 asked for
 
 
 # -- errors ----------------------------------------------------------------------------------

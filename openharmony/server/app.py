@@ -37,6 +37,7 @@ from .protocol import (
 
 log = logging.getLogger("openharmony.server")
 RETRY_AFTER_SECONDS = 5
+DISCONNECT_CHECK_SECONDS = 0.25  # how often a non-streaming request looks for its client
 
 
 class ResponseStore:
@@ -113,16 +114,22 @@ def create_app(model, tokenizer, model_id: str, *, api_key: str | None = None,
     async def events_of(request: Request, job, stream: bool) -> AsyncIterator[tuple[str, Any]]:
         """The job's events; stops its generation when the client goes away (a closed stream,
         or for a non-streaming request, a disconnect noticed while waiting)."""
+        next_check = time.monotonic() + DISCONNECT_CHECK_SECONDS
         try:
             while True:
-                if stream:
+                if stream:  # Starlette cancels a stream whose client went away
                     item = await job.events.get()
                 else:
                     try:
-                        item = await asyncio.wait_for(job.events.get(), timeout=0.5)
+                        item = await asyncio.wait_for(job.events.get(),
+                                                      timeout=DISCONNECT_CHECK_SECONDS)
                     except asyncio.TimeoutError:
+                        item = None
+                    if time.monotonic() >= next_check:
                         if await request.is_disconnected():
                             return
+                        next_check = time.monotonic() + DISCONNECT_CHECK_SECONDS
+                    if item is None:
                         continue
                 yield item
                 if item[0] != "event":
@@ -134,6 +141,13 @@ def create_app(model, tokenizer, model_id: str, *, api_key: str | None = None,
         if isinstance(error, OpenHarmonyError):
             return "invalid_prompt", " ".join(str(error).split())
         return "server_error", "the generation failed (see the server's log)"
+
+    def failed(error) -> ApiError:
+        """The error response of a non-streaming request whose generation failed."""
+        code, message = failure(error)
+        if code == "server_error":
+            return ApiError(500, message, type="server_error", code=code)
+        return ApiError(400, message, code=code)
 
     # -- endpoints --------------------------------------------------------------------------
 
@@ -178,10 +192,9 @@ def create_app(model, tokenizer, model_id: str, *, api_key: str | None = None,
                     builder.finish(value)
                     request.state.usage = builder.usage
                 else:
-                    code, message = failure(value)
-                    raise ApiError(500 if code == "server_error" else 400, message,
-                                   type="server_error" if code == "server_error"
-                                   else "invalid_request_error", code=code)
+                    raise failed(value)
+            if builder.status == "in_progress":
+                return Response(status_code=499)  # the client went away: nothing to keep
             remember()
             return JSONResponse(builder.response())
 
@@ -232,10 +245,7 @@ def create_app(model, tokenizer, model_id: str, *, api_key: str | None = None,
                     request.state.usage = Usage.of(value, builder.reasoning_tokens)
                     return JSONResponse(builder.completion(value))
                 else:
-                    code, message = failure(value)
-                    raise ApiError(500 if code == "server_error" else 400, message,
-                                   type="server_error" if code == "server_error"
-                                   else "invalid_request_error", code=code)
+                    raise failed(value)
             return Response(status_code=499)  # the client went away
 
         async def stream() -> AsyncIterator[str]:

@@ -116,6 +116,7 @@ class Engine:
         self.model = model
         self.tokenizer = tokenizer
         self.pool = CachePool(model, max_cache_bytes)
+        self.generated_tokens = 0  # by all turns so far, stopped ones included
         self._jobs: queue.Queue[Job | None] = queue.Queue(maxsize=max_queue)
         self._thread = threading.Thread(target=self._run, name="openharmony-generation",
                                         daemon=True)
@@ -152,7 +153,7 @@ class Engine:
 
     def _run_job(self, job: Job) -> None:
         cache = self.pool.take(job.prompt)
-        events = None
+        events = turn = None
         try:
             turn = ChatTurn(self.model, self.tokenizer, job.prompt, prompt_cache=cache,
                             **job.turn_options)
@@ -171,4 +172,5 @@ class Engine:
         finally:
             if events is not None:
                 events.close()  # a stopped turn's generation ends here, its cache consistent
+                self.generated_tokens += len(turn.tokens)
             self.pool.put(cache)
