@@ -9,6 +9,7 @@ that never ends. Expected token counts come from openai-harmony's own renderer.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import shutil
@@ -128,8 +129,9 @@ def servers(tmp_path_factory, tiny_vocab_checkpoint, tokenizer):
         return started[key]
 
     yield get
-    for server in started.values():
-        server.stop()
+    while started:
+        started.popitem()[1].stop()
+    gc.collect()  # the apps' reference cycles hold the models: free them for later tests
 
 
 # -- the reference prompts, rendered by openai-harmony itself ---------------------------------
