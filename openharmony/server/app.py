@@ -30,10 +30,9 @@ from starlette.routing import Route
 
 from ..errors import OpenHarmonyError
 from .engine import Engine, QueueFull
-from .protocol import (
-    ApiError, ChatCompletionBuilder, ResponseBuilder, TurnRequest, Usage, chat_request, chat_sse,
-    responses_request, sse,
-)
+from .chat_completions import ChatCompletionBuilder, chat_request, chat_sse
+from .protocol import ApiError, TurnRequest, Usage
+from .responses import ResponseBuilder, responses_request, sse
 
 log = logging.getLogger("openharmony.server")
 RETRY_AFTER_SECONDS = 5
