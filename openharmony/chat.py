@@ -290,7 +290,8 @@ class StreamEvent:
 
     `message_index` counts the messages of the completion (0 for the first): a new index is
     a new message. `token` is the token that added the text, `logprob` its log-probability
-    when the generation computed it."""
+    and `top_logprobs` the most likely tokens of that step, (token, log-probability), when the
+    generation computed them."""
 
     channel: str | None
     recipient: str | None
@@ -299,6 +300,7 @@ class StreamEvent:
     message_index: int = 0
     token: int | None = None
     logprob: float | None = None
+    top_logprobs: list[tuple[int, float]] | None = None
 
     @property
     def kind(self) -> str:
@@ -318,7 +320,8 @@ class ChatStreamParser:
         self._parser = StreamableParser(tokenizer.harmony(), Role.ASSISTANT)
         self._fed_any = False
 
-    def feed(self, token: int, logprob: float | None = None) -> StreamEvent | None:
+    def feed(self, token: int, logprob: float | None = None,
+             top_logprobs: list[tuple[int, float]] | None = None) -> StreamEvent | None:
         self._fed_any = True
         try:
             self._parser.process(token)
@@ -337,6 +340,7 @@ class ChatStreamParser:
             message_index=len(self._parser.messages),
             token=token,
             logprob=logprob,
+            top_logprobs=top_logprobs,
         )
 
     @property
@@ -381,7 +385,8 @@ class ChatTurn:
 
     def __init__(self, model, tokenizer: Tokenizer, prompt: Sequence[int], *,
                  max_tokens: int, sampling=None, seed: int | None = None,
-                 prompt_cache=None, logprobs: bool = False, stop: Sequence[str] = ()):
+                 prompt_cache=None, logprobs: bool = False, top_logprobs: int = 0,
+                 stop: Sequence[str] = ()):
         from .generate import StopStrings, stream_generate
 
         self.tokenizer = tokenizer
@@ -390,7 +395,7 @@ class ChatTurn:
         self._chunks = stream_generate(
             model, prompt, tokenizer=tokenizer, max_tokens=max_tokens, sampling=sampling,
             seed=seed, stop_tokens=chat_stop_tokens(tokenizer), prompt_cache=prompt_cache,
-            logprobs=logprobs, detokenize=False)
+            logprobs=logprobs, top_logprobs=top_logprobs, detokenize=False)
         self._parser = ChatStreamParser(tokenizer)
         self.tokens: list[int] = []  # the generated tokens
         self.reused_prompt_tokens = 0  # prompt tokens taken from the prompt cache
@@ -405,7 +410,7 @@ class ChatTurn:
             if chunk.reused_prompt_tokens is not None:
                 self.reused_prompt_tokens = chunk.reused_prompt_tokens
             self.tokens.append(chunk.token)
-            event = self._parser.feed(chunk.token, chunk.logprob)
+            event = self._parser.feed(chunk.token, chunk.logprob, chunk.top_logprobs)
             stopped = False
             if event is not None and event.kind == TEXT and self._stop.stop_strings:
                 last_text = event
@@ -431,7 +436,8 @@ class ChatTurn:
                     self.finish_reason = "tool_calls" if chunk.token == call_token else "stop"
                 held = self._stop.feed("", final=True)[0]
                 if held:  # text held back while it could have begun a stop string
-                    yield dataclasses.replace(last_text, delta=held, token=None, logprob=None)
+                    yield dataclasses.replace(last_text, delta=held, token=None, logprob=None,
+                                              top_logprobs=None)
                 return
 
     def _cut_at_stop(self) -> list[ParsedMessage]:

@@ -239,6 +239,24 @@ def test_without_detokenizing_the_tokens_are_the_same_and_no_text_comes(model, t
         stream_generate(model, prompt, tokenizer=tokenizer, detokenize=False, stop_strings=["x"])
 
 
+def test_top_logprobs_are_the_full_forwards_most_likely_tokens(model, tokenizer):
+    prompt = random_prompt(10, seed=31)
+    chunks = list(stream_generate(model, prompt, tokenizer=tokenizer, max_tokens=3,
+                                  temperature=0, ignore_eos=True, top_logprobs=5))
+    seq = list(prompt)
+    for chunk in chunks:
+        logits = np.array(model(mx.array([seq]), [KVCache() for _ in model.layers])[0, -1])
+        reference = logits - np.log(np.exp(logits - logits.max()).sum()) - logits.max()
+        best = np.argsort(-reference)[:5]
+        assert [t for t, _ in chunk.top_logprobs] == best.tolist()
+        np.testing.assert_allclose([v for _, v in chunk.top_logprobs], reference[best],
+                                   rtol=1e-4, atol=1e-5)
+        assert chunk.logprob == pytest.approx(chunk.top_logprobs[0][1])  # greedy: the best
+        seq.append(chunk.token)
+    with pytest.raises(GenerationError, match="top_logprobs"):
+        stream_generate(model, prompt, tokenizer=tokenizer, top_logprobs=21)
+
+
 def test_prompt_cache_of_another_model_is_rejected(model, vocab_model, tokenizer):
     with pytest.raises(GenerationError, match="another model"):
         greedy(vocab_model, [1, 2, 3], tokenizer, 2, prompt_cache=PromptCache(model))

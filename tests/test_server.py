@@ -368,6 +368,14 @@ def test_chat_completion_stream(servers):
                 for entry in c.choices[0].logprobs.content]
     assert "".join(entry.token for entry in logprobs) == ANSWER
     assert all(entry.logprob <= 0 for entry in logprobs)
+    completion = client.chat.completions.create(
+        model="bigram", messages=[{"role": "user", "content": "Hi!"}], temperature=0,
+        logprobs=True, top_logprobs=3)
+    (entry,) = completion.choices[0].logprobs.content  # "Hello" is one token
+    assert entry.token == ANSWER and len(entry.top_logprobs) == 3
+    assert entry.top_logprobs[0].token == ANSWER  # greedy picked the most likely token
+    assert entry.top_logprobs[0].logprob == pytest.approx(entry.logprob)
+    assert entry.top_logprobs[1].logprob <= entry.top_logprobs[0].logprob
 
 
 def test_chat_completion_tool_calls(servers):

@@ -8,6 +8,7 @@ import time
 from typing import Any, Mapping
 
 from ..chat import REASONING, TEXT, Chat, ChatOptions, tool_name
+from ..generate import MAX_TOP_LOGPROBS
 from .protocol import (
     TurnRequest, Usage, get, invalid, new_id, positive_int, read_tools, reasoning_effort,
     sampling_options, seed, text_of,
@@ -35,15 +36,18 @@ def chat_request(body: Mapping, tokenizer) -> TurnRequest:
     stop = [stop] if isinstance(stop, str) else stop or []
     if not isinstance(stop, list) or not all(isinstance(s, str) and s for s in stop):
         raise invalid("stop", "stop must be a non-empty string or an array of them")
+    logprobs = get(body, "logprobs", bool, False)
     top_logprobs = get(body, "top_logprobs", int, 0)
-    if top_logprobs:
-        raise invalid("top_logprobs", "top_logprobs is not supported (logprobs of the chosen "
-                      "tokens are: logprobs=true)")
+    if not 0 <= top_logprobs <= MAX_TOP_LOGPROBS:
+        raise invalid("top_logprobs", f"top_logprobs must be in [0, {MAX_TOP_LOGPROBS}], got "
+                      f"{top_logprobs}")
+    if top_logprobs and not logprobs:
+        raise invalid("top_logprobs", "top_logprobs needs logprobs: true")
     max_tokens = positive_int(body, "max_completion_tokens") or positive_int(body, "max_tokens")
     stream_options = get(body, "stream_options", dict, {})
     return TurnRequest(chat=chat, max_tokens=max_tokens, sampling=sampling_options(body),
                        seed=seed(body), stream=get(body, "stream", bool, False), tools=tools,
-                       stop=stop, logprobs=get(body, "logprobs", bool, False),
+                       stop=stop, logprobs=logprobs, top_logprobs=top_logprobs,
                        include_usage=get(stream_options, "include_usage", bool, False,
                                          param="stream_options.include_usage"),
                        call_names=call_names)
@@ -153,9 +157,15 @@ class ChatCompletionBuilder:
         return out
 
     def _logprob(self, event) -> dict[str, Any]:
-        token_bytes = self.tokenizer.token_bytes(event.token)
-        return {"token": token_bytes.decode("utf-8", errors="replace"),
-                "logprob": event.logprob, "bytes": list(token_bytes), "top_logprobs": []}
+        entry = self._token_logprob(event.token, event.logprob)
+        entry["top_logprobs"] = [self._token_logprob(token, logprob)
+                                 for token, logprob in event.top_logprobs or ()]
+        return entry
+
+    def _token_logprob(self, token: int, logprob: float) -> dict[str, Any]:
+        token_bytes = self.tokenizer.token_bytes(token)
+        return {"token": token_bytes.decode("utf-8", errors="replace"), "logprob": logprob,
+                "bytes": list(token_bytes)}
 
     def finish_reason(self, turn) -> str:
         return "tool_calls" if self.tool_calls and turn.finish_reason != "length" \

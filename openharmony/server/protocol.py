@@ -211,12 +211,13 @@ class TurnRequest:
     tools: Tools
     stop: list[str] = field(default_factory=list)
     logprobs: bool = False
+    top_logprobs: int = 0
     include_usage: bool = False
     call_names: dict[str, str] = field(default_factory=dict)  # call_id -> function name
 
     def turn_options(self, max_tokens: int) -> dict[str, Any]:
         return dict(max_tokens=max_tokens, sampling=self.sampling, seed=self.seed,
-                    logprobs=self.logprobs, stop=self.stop)
+                    logprobs=self.logprobs, top_logprobs=self.top_logprobs, stop=self.stop)
 
 
 # -- usage -----------------------------------------------------------------------------------

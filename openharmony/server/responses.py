@@ -234,8 +234,10 @@ class ResponseBuilder:
         self.usage = Usage.of(turn, self.reasoning_tokens)
         if turn.finish_reason == "length":
             self.status, self.incomplete = "incomplete", {"reason": "max_output_tokens"}
-            return events + [self._event("response.incomplete", response=self.response())]
-        self.status = "completed"
+        else:
+            self.status = "completed"
+        # A stream always ends with response.completed or response.failed; a reply cut by
+        # max_output_tokens says so in its status and incomplete_details.
         return events + [self._event("response.completed", response=self.response())]
 
     def fail(self, code: str, message: str) -> list[dict[str, Any]]:
