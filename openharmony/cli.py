@@ -445,8 +445,7 @@ def serve(
     model: ModelOption = DEFAULT_MODEL,
     host: Annotated[str, typer.Option(help="The address to listen on (loopback by default).")
                     ] = "127.0.0.1",
-    port: Annotated[int, typer.Option(min=0, max=65535, help="The port (0: any free one).")
-                    ] = 8000,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="The port.")] = 8000,
     api_key: Annotated[Optional[str], typer.Option(
         envvar="OPENHARMONY_API_KEY", show_envvar=True,
         help="Require 'Authorization: Bearer KEY' on every request.")] = None,
@@ -469,7 +468,8 @@ def serve(
 
     tokenizer, loaded = _load(model, dtype)
     model_id = model if not Path(model).expanduser().exists() else Path(model).name
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
+    logging.getLogger("openharmony.server").setLevel(logging.INFO)  # one line per request
     app_ = create_app(loaded, tokenizer, model_id, api_key=api_key, max_queue=max_queue,
                       max_cache_bytes=int(cache_gb * 1e9))
     typer.echo(f"serving {model_id} on http://{host}:{port}/v1"

@@ -472,6 +472,12 @@ def test_cache_pool_keeps_recent_conversations_within_its_bytes(tiny_checkpoint,
     assert pool.take(prompt_b + [5]) is b
     assert pool.take(prompt_c) is c
     assert pool.take(prompt_a) not in (a, b, c)  # a new, empty cache
+    # A prompt that shares only a short start with a cached conversation (the same system
+    # prompt, another conversation) gets a new cache: the conversation keeps its own.
+    pool.put(b)
+    pool.put(c)
+    assert pool.take(prompt_c[:5] + [1, 2, 3]) not in (b, c) and len(pool) == 2
+    assert pool.take(prompt_c[:-1] + [9]) is c
     cacheless = CachePool(model, max_bytes=0)
     cacheless.put(a)
     assert len(cacheless) == 0 and cacheless.take(prompt_a) is not a

@@ -59,7 +59,7 @@ class ResponseStore:
 
 
 def create_app(model, tokenizer, model_id: str, *, api_key: str | None = None,
-               max_queue: int = 16, max_cache_bytes: int = 4 << 30,
+               max_queue: int = 16, max_cache_bytes: int = 4 * 10**9,
                max_stored_responses: int = 256) -> Starlette:
     """The ASGI app serving `model`; its generation thread starts and stops with the app."""
     context = model.config.max_position_embeddings

@@ -64,10 +64,19 @@ class CachePool:
 
     def take(self, prompt: Sequence[int]) -> PromptCache:
         """The cache sharing the longest prefix with `prompt` (out of the pool while in use),
-        or a new one when none shares any."""
+        or a new one.
+
+        A cache goes back to the common prefix when it is reused, so taking one that holds
+        another conversation loses that conversation's tokens past the prefix (two agents with
+        the same system prompt and tools). It is taken only when that loss is at most what the
+        new request reuses; otherwise the new request starts a cache of its own.
+        """
         with self._lock:
             best = max(self._caches, key=lambda c: common_prefix(c.tokens, prompt), default=None)
-            if best is None or common_prefix(best.tokens, prompt) == 0:
+            if best is None:
+                return PromptCache(self.model)
+            reused = common_prefix(best.tokens, prompt)
+            if reused == 0 or len(best.tokens) - reused > reused:
                 return PromptCache(self.model)
             self._caches.remove(best)
             return best
@@ -112,7 +121,7 @@ class Engine:
     """Runs chat turns for the server on one thread; see the module docstring."""
 
     def __init__(self, model, tokenizer, *, max_queue: int = 16,
-                 max_cache_bytes: int = 4 << 30):
+                 max_cache_bytes: int = 4 * 10**9):
         self.model = model
         self.tokenizer = tokenizer
         self.pool = CachePool(model, max_cache_bytes)
