@@ -412,6 +412,9 @@ class ChatTurn:
             self.tokens.append(chunk.token)
             event = self._parser.feed(chunk.token, chunk.logprob, chunk.top_logprobs)
             stopped = False
+            if (event is not None and last_text is not None
+                    and event.message_index != last_text.message_index):
+                yield from self._release_held(last_text)  # that message is complete
             if event is not None and event.kind == TEXT and self._stop.stop_strings:
                 last_text = event
                 delta, stopped = self._stop.feed(event.delta, final=False)
@@ -434,11 +437,15 @@ class ChatTurn:
                 else:
                     self.messages = self._parser.finish()
                     self.finish_reason = "tool_calls" if chunk.token == call_token else "stop"
-                held = self._stop.feed("", final=True)[0]
-                if held:  # text held back while it could have begun a stop string
-                    yield dataclasses.replace(last_text, delta=held, token=None, logprob=None,
-                                              top_logprobs=None)
+                yield from self._release_held(last_text)
                 return
+
+    def _release_held(self, last_text: StreamEvent | None) -> Iterator[StreamEvent]:
+        """The text held back while it could have begun a stop string, once its message ends."""
+        held = self._stop.feed("", final=True)[0] if last_text is not None else ""
+        if held:
+            yield dataclasses.replace(last_text, delta=held, token=None, logprob=None,
+                                      top_logprobs=None)
 
     def _cut_at_stop(self) -> list[ParsedMessage]:
         """The messages so far; the one being written ends right before the stop string."""

@@ -410,6 +410,12 @@ def test_stop_string_cuts_the_answer(servers):
         stop=["llo"])
     assert completion.choices[0].message.content == "He"
     assert completion.choices[0].finish_reason == "stop"
+    # "o" could begin "o!": it is held back, then sent when the answer ends without it.
+    chunks = list(servers("answer").client().chat.completions.create(
+        model="bigram", messages=[{"role": "user", "content": "Hi!"}], temperature=0,
+        stop="o!", stream=True))
+    deltas = [c.choices[0].delta.content for c in chunks if c.choices[0].delta.content]
+    assert deltas == ["Hell", "o"]
 
 
 # -- serving many requests -----------------------------------------------------------------
