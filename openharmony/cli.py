@@ -2,9 +2,14 @@
 
     openharmony generate "The sky is blue because"          # raw text completion
     openharmony generate --chat "Why is the sky blue?"      # one harmony chat turn
+    echo "The sky is" | openharmony generate -m M           # the prompt from stdin (or '-')
     openharmony chat                                        # interactive, multi-turn
     openharmony download [openai/gpt-oss-20b]               # the Hugging Face layout only
-    openharmony info [MODEL]                                # sizes and memory, from headers
+    openharmony info [MODEL | --model MODEL]                # sizes and memory, from headers
+    openharmony serve --model M                             # an OpenAI-compatible server
+
+Flags people bring from mlx-lm and llama.cpp work too: -m/--model, -p/--prompt, -n/--max-tokens,
+--temp.
 
 Errors caused by the user's input (every `OpenHarmonyError`, and typer's own bad-flag errors)
 are printed as one line on stderr with a non-zero exit code; `--debug` shows the traceback
@@ -16,17 +21,19 @@ from __future__ import annotations
 
 import enum
 import json
-import math
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Optional
 
 import typer
 from typer.core import TyperGroup
 
+from .chat import REASONING, TEXT, TOOL_CALL
 from .download import DEFAULT_MODEL, download_model, resolve_model
 from .errors import DistributedError, OpenHarmonyError
+from .memory import checkpoint_summary
+from .sampling import SamplingOptions, option_range
 
 EXIT_ERROR = 1  # typer's own usage errors exit with 2
 EXIT_INTERRUPTED = 130
@@ -38,6 +45,8 @@ class _Settings:
     debug = False
     vocab: str | None = None
     rank = 0  # under mlx.launch: this process's rank; only rank 0 reads input and prints
+    group = None  # the distributed group (docs/distributed.md), once joined
+    joined = False
 
 
 settings = _Settings()
@@ -48,7 +57,7 @@ class OneLineErrors(TyperGroup):
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True,
              **extra):
-        settings.debug, settings.rank = False, 0
+        settings.debug, settings.rank, settings.group, settings.joined = False, 0, None, False
         try:
             result = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except typer.TyperException as e:  # typer's bad flags and arguments
@@ -128,15 +137,41 @@ ModelOption = Annotated[str, typer.Option(
 DTypeOption = Annotated[Optional[DType], typer.Option(
     help="Compute dtype of the dense weights (MXFP4 experts stay packed). "
          "Default: float32 on the CPU, bfloat16 on a GPU.")]
-MaxTokens = Annotated[int, typer.Option(min=1, help="Most tokens to generate.")]
-Temperature = Annotated[float, typer.Option(min=0.0, help="0 is greedy.")]
-TopP = Annotated[float, typer.Option(min=0.0, max=1.0, help="Nucleus sampling; 1 is off.")]
-TopK = Annotated[int, typer.Option(min=0, help="Keep the k most likely tokens; 0 is off.")]
-MinP = Annotated[float, typer.Option(min=0.0, max=1.0,
-                                     help="Drop tokens below min-p x the top probability.")]
-RepetitionPenalty = Annotated[float, typer.Option(min=0.0, help="1 is off.")]
-PresencePenalty = Annotated[float, typer.Option(help="0 is off.")]
-FrequencyPenalty = Annotated[float, typer.Option(help="0 is off.")]
+MaxTokens = Annotated[int, typer.Option("--max-tokens", "-n", min=1,
+                                         help="Most tokens to generate.")]
+
+
+def _sampling_value(field: str, number: type):
+    """A parser that checks a flag's value as `SamplingOptions` does (range and finiteness, so
+    nan and inf are refused), before the model loads: one set of rules for the CLI and the API."""
+
+    def parse(text: str):
+        try:
+            value = number(text)
+            SamplingOptions(**{field: value})
+        except ValueError as e:  # SamplingError is a ValueError
+            raise typer.BadParameter(str(e)) from None
+        return value
+
+    return parse
+
+
+def _sampling_flag(field: str, *names: str):
+    """The flag of SamplingOptions field `field`: its range and meaning from sampling.py."""
+    spec = option_range(field)
+    number = int if spec.integer else float
+    return Annotated[number, typer.Option(*names, parser=_sampling_value(field, number),
+                                          help=f"{spec.describe()}; {spec.help}.")]
+
+
+_DEFAULTS = SamplingOptions()
+Temperature = _sampling_flag("temperature", "--temperature", "--temp")
+TopP = _sampling_flag("top_p", "--top-p")
+TopK = _sampling_flag("top_k", "--top-k")
+MinP = _sampling_flag("min_p", "--min-p")
+RepetitionPenalty = _sampling_flag("repetition_penalty", "--repetition-penalty")
+PresencePenalty = _sampling_flag("presence_penalty", "--presence-penalty")
+FrequencyPenalty = _sampling_flag("frequency_penalty", "--frequency-penalty")
 Seed = Annotated[Optional[int], typer.Option(help="Seed of the sampler (reproducible output).")]
 Effort = Annotated[ReasoningEffort, typer.Option(help="How much the model reasons (chat).")]
 System = Annotated[Optional[str], typer.Option(
@@ -149,12 +184,12 @@ Verbose = Annotated[bool, typer.Option("--verbose", "-v",
                                        help="Print timing statistics to stderr at the end.")]
 
 
-def _sampling(max_tokens, temperature, top_p, top_k, min_p, repetition_penalty,
-              presence_penalty, frequency_penalty, seed) -> dict[str, Any]:
-    return dict(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
-                min_p=min_p, repetition_penalty=repetition_penalty,
-                presence_penalty=presence_penalty, frequency_penalty=frequency_penalty,
-                seed=seed)
+def _sampling(temperature, top_p, top_k, min_p, repetition_penalty, presence_penalty,
+              frequency_penalty) -> SamplingOptions:
+    return SamplingOptions(temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
+                           repetition_penalty=repetition_penalty,
+                           presence_penalty=presence_penalty,
+                           frequency_penalty=frequency_penalty)
 
 
 def _load(model: str, dtype: DType | None):
@@ -164,9 +199,8 @@ def _load(model: str, dtype: DType | None):
     tokenizer = load_tokenizer(settings.vocab)
     folder = resolve_model(model)
     from .load import load_model
-    from .parallel import init_group
 
-    group = init_group()  # None unless started by mlx.launch (docs/distributed.md)
+    group = _group()
     loaded = load_model(folder, dtype.value if dtype is not None else None, group=group)
     if group is not None and group.rank() != 0:
         _only_rank0_prints(group.rank())
@@ -174,6 +208,15 @@ def _load(model: str, dtype: DType | None):
         raise OpenHarmonyError(f"the model's vocabulary ({loaded.config.vocab_size} tokens) is "
                                f"smaller than the tokenizer's ({tokenizer.n_vocab})")
     return tokenizer, loaded
+
+
+def _group():
+    """The distributed group when started by mlx.launch (joined on first use), else None."""
+    if not settings.joined:
+        from .parallel import init_group
+
+        settings.group, settings.joined = init_group(), True
+    return settings.group
 
 
 def _only_rank0_prints(rank: int) -> None:
@@ -203,38 +246,28 @@ class _ReplyPrinter:
 
     def __init__(self, show_reasoning: bool):
         self.show_reasoning = show_reasoning
-        self._current: tuple | None = None
+        self._current: int | None = None
         self._wrote_any = False
 
     def __call__(self, event) -> None:
-        key = (event.channel, event.recipient)
-        if key != self._current:
+        if event.message_index != self._current:
             self._start_message(event)
-            self._current = key
-        if self._is_tool_call(event) or self._is_reasoning(event):
-            if self.show_reasoning or not self._is_reasoning(event):
-                _write(event.delta, dim=True)
-        else:
+            self._current = event.message_index
+        if event.kind == TEXT:
             _write(event.delta)
+        elif self.show_reasoning or event.kind != REASONING:
+            _write(event.delta, dim=True)
 
     def _start_message(self, event) -> None:
-        if self._is_reasoning(event) and not self.show_reasoning:
+        if event.kind == REASONING and not self.show_reasoning:
             return
         if self._wrote_any:
             _write("\n")
-        if self._is_tool_call(event):
+        if event.kind == TOOL_CALL:
             _write(f"[tool call] {event.recipient} ", dim=True)
-        elif self._is_reasoning(event):
+        elif event.kind == REASONING:
             _write("[analysis] ", dim=True)
         self._wrote_any = True
-
-    @staticmethod
-    def _is_tool_call(event) -> bool:
-        return event.recipient not in (None, "assistant", "user")
-
-    @staticmethod
-    def _is_reasoning(event) -> bool:
-        return event.channel == "analysis" and event.recipient in (None, "assistant")
 
     def end(self) -> None:
         if self._wrote_any:
@@ -256,20 +289,24 @@ def _print_stats(stats) -> None:
 
 @app.command()
 def generate(
-    prompt: Annotated[str, typer.Argument(help="The prompt: raw text, or the user message "
-                                               "with --chat.")],
+    prompt: Annotated[Optional[str], typer.Argument(
+        metavar="PROMPT", show_default=False,
+        help="The prompt: raw text, or the user message with --chat. '-' or none: stdin.")
+    ] = None,
+    prompt_option: Annotated[Optional[str], typer.Option(
+        "--prompt", "-p", help="The prompt, as an option (instead of PROMPT).")] = None,
     chat: Annotated[bool, typer.Option("--chat", help="Send the prompt as a harmony user "
                                                       "message and print the final answer.")
                     ] = False,
     model: ModelOption = DEFAULT_MODEL,
     max_tokens: MaxTokens = 512,
-    temperature: Temperature = 1.0,
-    top_p: TopP = 1.0,
-    top_k: TopK = 0,
-    min_p: MinP = 0.0,
-    repetition_penalty: RepetitionPenalty = 1.0,
-    presence_penalty: PresencePenalty = 0.0,
-    frequency_penalty: FrequencyPenalty = 0.0,
+    temperature: Temperature = _DEFAULTS.temperature,
+    top_p: TopP = _DEFAULTS.top_p,
+    top_k: TopK = _DEFAULTS.top_k,
+    min_p: MinP = _DEFAULTS.min_p,
+    repetition_penalty: RepetitionPenalty = _DEFAULTS.repetition_penalty,
+    presence_penalty: PresencePenalty = _DEFAULTS.presence_penalty,
+    frequency_penalty: FrequencyPenalty = _DEFAULTS.frequency_penalty,
     seed: Seed = None,
     reasoning_effort: Effort = ReasoningEffort.medium,
     system: System = None,
@@ -281,19 +318,29 @@ def generate(
     """Stream a completion of PROMPT to stdout."""
     from .generate import stream_generate
 
+    prompt = _one_of("PROMPT", prompt, "--prompt", prompt_option)
+    group = _group()
+    if group is None or group.rank() == 0:  # under mlx.launch only rank 0 reads stdin
+        prompt = _read_prompt(prompt)
+    if group is not None:
+        from .parallel import broadcast_text
+
+        prompt = broadcast_text(prompt, group)
     tokenizer, loaded = _load(model, dtype)
-    sampling = _sampling(max_tokens, temperature, top_p, top_k, min_p, repetition_penalty,
-                         presence_penalty, frequency_penalty, seed)
+    sampling = _sampling(temperature, top_p, top_k, min_p, repetition_penalty,
+                         presence_penalty, frequency_penalty)
     if chat:
         from .chat import Chat, ChatOptions
 
         conversation = Chat(tokenizer, ChatOptions(reasoning_effort=reasoning_effort.value,
                                                    system=system, developer=developer))
         conversation.add_user(prompt)
-        stats = _chat_turn(loaded, tokenizer, conversation, sampling, show_reasoning, None)
+        stats = _chat_turn(loaded, tokenizer, conversation, sampling, max_tokens, seed,
+                           show_reasoning, None)
     else:
         stats = None
-        for chunk in stream_generate(loaded, prompt, tokenizer=tokenizer, **sampling):
+        for chunk in stream_generate(loaded, prompt, tokenizer=tokenizer, sampling=sampling,
+                                     max_tokens=max_tokens, seed=seed):
             _write(chunk.text)
             stats = chunk.stats or stats
         _write("\n")
@@ -301,31 +348,45 @@ def generate(
         _print_stats(stats)
 
 
-def _chat_turn(model, tokenizer, conversation, sampling, show_reasoning, prompt_cache):
-    """Generate the assistant's reply to `conversation`, stream it, and append it."""
-    from .chat import ChatStreamParser, chat_stop_tokens
-    from .generate import stream_generate
+def _one_of(positional_name: str, positional: str | None, option_name: str,
+             option: str | None, default: str | None = None) -> str | None:
+    """The value given as an argument or as an option (not both: which one would be meant?)."""
+    if positional is not None and option is not None:
+        raise typer.BadParameter("both given; give one",
+                                 param_hint=f"'{positional_name}' / '{option_name}'")
+    return positional if positional is not None else option if option is not None else default
 
-    parser = ChatStreamParser(tokenizer)
+
+def _read_prompt(prompt: str | None) -> str:
+    """The prompt; `-` or none reads stdin when it is a pipe or a file. Trailing newlines are
+    dropped, as the shell's "$(cat file)" does."""
+    if prompt is not None and prompt != "-":
+        return prompt
+    if prompt is None and sys.stdin.isatty():
+        raise typer.BadParameter("none given: pass it as PROMPT, with --prompt/-p, or on "
+                                 "stdin ('-' or a pipe)", param_hint="'PROMPT'")
+    text = sys.stdin.read().rstrip("\n")
+    if not text:
+        raise typer.BadParameter("stdin is empty", param_hint="'PROMPT'")
+    return text
+
+
+def _chat_turn(model, tokenizer, conversation, sampling, max_tokens, seed, show_reasoning,
+               prompt_cache):
+    """Generate the assistant's reply to `conversation`, stream it, and append it."""
+    from .chat import ChatTurn
+
+    turn = ChatTurn(model, tokenizer, conversation.render(), max_tokens=max_tokens,
+                    sampling=sampling, seed=seed, prompt_cache=prompt_cache)
     printer = _ReplyPrinter(show_reasoning)
-    extra = {} if prompt_cache is None else {"prompt_cache": prompt_cache}
-    for chunk in stream_generate(model, conversation.render(), tokenizer=tokenizer,
-                                 stop_tokens=chat_stop_tokens(tokenizer), **extra, **sampling):
-        event = parser.feed(chunk.token)
-        if event is not None:
-            printer(event)
+    for event in turn:
+        printer(event)
     printer.end()
-    if chunk.finish_reason == "length":
+    if turn.finish_reason == "length":
         # Long reasoning can use up the budget before the answer starts: say so.
-        typer.echo(f"(the reply reached --max-tokens {sampling['max_tokens']})", err=True)
-        try:
-            reply = parser.finish()
-        except OpenHarmonyError:  # cut inside a message header: keep the complete messages
-            reply = parser.messages
-    else:
-        reply = parser.finish()
-    conversation.add_assistant_messages(reply)
-    return chunk.stats
+        typer.echo(f"(the reply reached --max-tokens {max_tokens})", err=True)
+    conversation.add_assistant_messages(turn.messages)
+    return turn.stats
 
 
 # -- chat ---------------------------------------------------------------------------------
@@ -337,13 +398,13 @@ CHAT_HELP = "Type a message; /reset starts over, /exit (or Ctrl-D) quits, Ctrl-C
 def chat(
     model: ModelOption = DEFAULT_MODEL,
     max_tokens: MaxTokens = 4096,
-    temperature: Temperature = 1.0,
-    top_p: TopP = 1.0,
-    top_k: TopK = 0,
-    min_p: MinP = 0.0,
-    repetition_penalty: RepetitionPenalty = 1.0,
-    presence_penalty: PresencePenalty = 0.0,
-    frequency_penalty: FrequencyPenalty = 0.0,
+    temperature: Temperature = _DEFAULTS.temperature,
+    top_p: TopP = _DEFAULTS.top_p,
+    top_k: TopK = _DEFAULTS.top_k,
+    min_p: MinP = _DEFAULTS.min_p,
+    repetition_penalty: RepetitionPenalty = _DEFAULTS.repetition_penalty,
+    presence_penalty: PresencePenalty = _DEFAULTS.presence_penalty,
+    frequency_penalty: FrequencyPenalty = _DEFAULTS.frequency_penalty,
     seed: Seed = None,
     reasoning_effort: Effort = ReasoningEffort.medium,
     system: System = None,
@@ -361,8 +422,8 @@ def chat(
     from .chat import Chat, ChatOptions
 
     tokenizer, loaded = _load(model, dtype)
-    sampling = _sampling(max_tokens, temperature, top_p, top_k, min_p, repetition_penalty,
-                         presence_penalty, frequency_penalty, seed)
+    sampling = _sampling(temperature, top_p, top_k, min_p, repetition_penalty,
+                         presence_penalty, frequency_penalty)
     options = ChatOptions(reasoning_effort=reasoning_effort.value, system=system,
                           developer=developer)
     conversation = Chat(tokenizer, options)
@@ -387,8 +448,8 @@ def chat(
         before_turn = list(conversation.messages)
         conversation.add_user(message)
         try:
-            stats = _chat_turn(loaded, tokenizer, conversation, sampling, show_reasoning,
-                               prompt_cache)
+            stats = _chat_turn(loaded, tokenizer, conversation, sampling, max_tokens, seed,
+                               show_reasoning, prompt_cache)
         except (KeyboardInterrupt, OpenHarmonyError) as e:
             # A stopped turn, or one that cannot run (too long for the context, an answer that
             # breaks the harmony format), is forgotten and the conversation goes on; the
@@ -420,12 +481,60 @@ def _read_line(prompt: str) -> str | None:
             typer.echo("\n(" + CHAT_HELP + ")", err=True)
 
 
+# -- serve --------------------------------------------------------------------------------
+
+
+@app.command()
+def serve(
+    model: ModelOption = DEFAULT_MODEL,
+    host: Annotated[str, typer.Option(help="The address to listen on (loopback by default).")
+                    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="The port.")] = 8000,
+    api_key: Annotated[Optional[str], typer.Option(
+        envvar="OPENHARMONY_API_KEY", show_envvar=True,
+        help="Require 'Authorization: Bearer KEY' on every request.")] = None,
+    dtype: DTypeOption = None,
+    max_queue: Annotated[int, typer.Option(min=1, help="Requests that may wait; more get "
+                                                       "429.")] = 16,
+    cache_gb: Annotated[float, typer.Option(min=0.0, help="Keys and values kept for prompt "
+                                                          "reuse across requests, in GB.")
+                        ] = 4.0,
+) -> None:
+    """An OpenAI-compatible server: the Responses API and Chat Completions (docs/server.md).
+
+    Ctrl-C or SIGTERM stops it cleanly.
+    """
+    import logging
+
+    import uvicorn
+
+    from .server.app import create_app
+
+    tokenizer, loaded = _load(model, dtype)
+    if settings.rank:  # expert parallel: rank 0 serves, the others follow its turns
+        from .server.engine import follow
+
+        return follow(loaded, tokenizer, int(cache_gb * 1e9))
+    model_id = model if not Path(model).expanduser().exists() else Path(model).name
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
+    logging.getLogger("openharmony.server").setLevel(logging.INFO)  # one line per request
+    app_ = create_app(loaded, tokenizer, model_id, api_key=api_key, max_queue=max_queue,
+                      max_cache_bytes=int(cache_gb * 1e9))
+    typer.echo(f"serving {model_id} on http://{host}:{port}/v1"
+               + (" (API key required)" if api_key else ""), err=True)
+    uvicorn.run(app_, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)
+
+
 # -- download -----------------------------------------------------------------------------
 
 
 @app.command()
 def download(
-    repo_id: Annotated[str, typer.Argument(help="The hub model id.")] = DEFAULT_MODEL,
+    repo_id: Annotated[Optional[str], typer.Argument(
+        metavar="REPO_ID", show_default=False,
+        help=f"The hub model id. Default: {DEFAULT_MODEL}.")] = None,
+    model: Annotated[Optional[str], typer.Option(
+        "--model", "-m", help="The hub model id, as an option (instead of REPO_ID).")] = None,
     revision: Annotated[Optional[str], typer.Option(help="Branch, tag or commit.")] = None,
     cache_dir: Annotated[Optional[Path], typer.Option(
         help="The Hugging Face cache to use (default: $HF_HUB_CACHE, else "
@@ -443,6 +552,7 @@ def download(
     --original and --metal add the other copies of the weights. Interrupted downloads resume:
     run the same command again.
     """
+    repo_id = _one_of("REPO_ID", repo_id, "--model", model, DEFAULT_MODEL)
     if cache_dir is not None and local_dir is not None:
         raise OpenHarmonyError("--cache-dir and --local-dir exclude each other")
     try:
@@ -456,74 +566,14 @@ def download(
 
 # -- info ---------------------------------------------------------------------------------
 
-def checkpoint_summary(checkpoint, dtype: str, context: int) -> dict[str, Any]:
-    """Parameter counts, bytes on disk and the memory to run `checkpoint`, from its headers.
-
-    Parameters count every weight once, MXFP4 expert weights included (two 4-bit values per
-    stored byte; their scales are not parameters). Active parameters per token leave out the
-    embedding table (a lookup) and count the experts at num_experts_per_tok / num_experts.
-    Memory: dense weights as the model holds them for `dtype` (`model.dense_weight_dtype`),
-    MXFP4 blocks and scales as stored, plus the KV cache for `context` positions (sliding
-    window layers hold at most `sliding_window` of them).
-    """
-    from .model import compute_dtype, dense_weight_dtype
-
-    c = checkpoint.config
-    compute = compute_dtype(dtype)
-    total = experts = embedding = weight_bytes = 0
-    for name in checkpoint.names():
-        shape = checkpoint.shape(name)
-        if name.endswith(".scales"):
-            weight_bytes += checkpoint.nbytes(name)
-            continue
-        if name.endswith(".blocks"):
-            count = math.prod(shape) * 2
-            weight_bytes += checkpoint.nbytes(name)
-        else:
-            count = math.prod(shape)
-            weight_bytes += count * dense_weight_dtype(name, checkpoint.dtype(name), compute).size
-        total += count
-        if ".mlp.experts." in name:
-            experts += count
-        if name == "embed_tokens.weight":
-            embedding += count
-    active = total - embedding - experts + experts * c.num_experts_per_tok // c.num_local_experts
-    sliding_layers = sum(c.is_sliding(i) for i in range(c.num_hidden_layers))
-    full_layers = c.num_hidden_layers - sliding_layers
-    kv_positions = full_layers * context + sliding_layers * min(context, c.sliding_window)
-    kv_bytes = 2 * c.num_key_value_heads * c.head_dim * compute.size * kv_positions
-    return {
-        "path": str(checkpoint.path),
-        "layout": checkpoint.layout,
-        "files": len(checkpoint.files),
-        "layers": c.num_hidden_layers,
-        "sliding_layers": sliding_layers,
-        "sliding_window": c.sliding_window,
-        "experts": c.num_local_experts,
-        "experts_per_token": c.num_experts_per_tok,
-        "hidden_size": c.hidden_size,
-        "intermediate_size": c.intermediate_size,
-        "attention_heads": c.num_attention_heads,
-        "kv_heads": c.num_key_value_heads,
-        "head_dim": c.head_dim,
-        "vocab_size": c.vocab_size,
-        "max_context": c.max_position_embeddings,
-        "parameters": total,
-        "active_parameters": active,
-        "expert_parameters": experts,
-        "bytes_on_disk": checkpoint.total_bytes,
-        "dtype": dtype,
-        "context": context,
-        "weight_bytes": weight_bytes,
-        "kv_cache_bytes": kv_bytes,
-        "memory_bytes": weight_bytes + kv_bytes,
-    }
-
-
 @app.command()
 def info(
-    model: Annotated[str, typer.Argument(help="A checkpoint folder or a hub id (in the cache)."
-                                         )] = DEFAULT_MODEL,
+    model: Annotated[Optional[str], typer.Argument(
+        metavar="MODEL", show_default=False,
+        help=f"A checkpoint folder or a hub id (in the cache). Default: {DEFAULT_MODEL}.")
+    ] = None,
+    model_option: Annotated[Optional[str], typer.Option(
+        "--model", "-m", help="The same, as an option (instead of MODEL).")] = None,
     dtype: DTypeOption = None,
     context: Annotated[int, typer.Option(min=1, help="Context length for the KV cache "
                                                      "estimate.")] = 8192,
@@ -535,6 +585,7 @@ def info(
     """
     from .loader import open_checkpoint
 
+    model = _one_of("MODEL", model, "--model", model_option, DEFAULT_MODEL)
     checkpoint = open_checkpoint(resolve_model(model, download=False))
     if dtype is None:
         from .model import default_dtype

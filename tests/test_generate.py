@@ -19,7 +19,7 @@ from mlx.utils import tree_flatten
 from openharmony.cache import KVCache, PromptCache, RotatingKVCache
 from openharmony.config import FULL, SLIDING
 from openharmony.errors import OpenHarmonyError
-from openharmony.generate import (ContextLengthError, GenerationError, _StopStrings, generate,
+from openharmony.generate import (ContextLengthError, GenerationError, StopStrings, generate,
                                   stream_generate)
 
 # Not `import openharmony.generate`: the package exports a function of that name.
@@ -221,6 +221,42 @@ def test_a_stream_stopped_early_leaves_the_prompt_cache_consistent(model, tokeni
     assert warm.tokens == greedy_reference(model, second, 8)[0]
 
 
+def test_without_detokenizing_the_tokens_are_the_same_and_no_text_comes(model, tokenizer):
+    prompt = random_prompt(12, seed=21)
+    cache = PromptCache(model)
+    chunks = list(stream_generate(model, prompt, tokenizer=tokenizer, max_tokens=6,
+                                  temperature=0, ignore_eos=True, detokenize=False,
+                                  prompt_cache=cache))
+    assert [c.token for c in chunks] == greedy_reference(model, prompt, 6)[0]
+    assert all(c.text == "" for c in chunks) and chunks[-1].finish_reason == "length"
+    # The first chunk says how much of the prompt came from the cache (the rest: None).
+    again = list(stream_generate(model, prompt + [7], tokenizer=tokenizer, max_tokens=2,
+                                 temperature=0, prompt_cache=cache))
+    assert [c.reused_prompt_tokens for c in chunks] == [0] + [None] * 5
+    # (The caches went past position 12, wrapping the window: the snapshot at 11 is used.)
+    assert again[0].reused_prompt_tokens == again[-1].stats.reused_prompt_tokens == 11
+    with pytest.raises(GenerationError, match="stop_strings"):
+        stream_generate(model, prompt, tokenizer=tokenizer, detokenize=False, stop_strings=["x"])
+
+
+def test_top_logprobs_are_the_full_forwards_most_likely_tokens(model, tokenizer):
+    prompt = random_prompt(10, seed=31)
+    chunks = list(stream_generate(model, prompt, tokenizer=tokenizer, max_tokens=3,
+                                  temperature=0, ignore_eos=True, top_logprobs=5))
+    seq = list(prompt)
+    for chunk in chunks:
+        logits = np.array(model(mx.array([seq]), [KVCache() for _ in model.layers])[0, -1])
+        reference = logits - np.log(np.exp(logits - logits.max()).sum()) - logits.max()
+        best = np.argsort(-reference)[:5]
+        assert [t for t, _ in chunk.top_logprobs] == best.tolist()
+        np.testing.assert_allclose([v for _, v in chunk.top_logprobs], reference[best],
+                                   rtol=1e-4, atol=1e-5)
+        assert chunk.logprob == pytest.approx(chunk.top_logprobs[0][1])  # greedy: the best
+        seq.append(chunk.token)
+    with pytest.raises(GenerationError, match="top_logprobs"):
+        stream_generate(model, prompt, tokenizer=tokenizer, top_logprobs=21)
+
+
 def test_prompt_cache_of_another_model_is_rejected(model, vocab_model, tokenizer):
     with pytest.raises(GenerationError, match="another model"):
         greedy(vocab_model, [1, 2, 3], tokenizer, 2, prompt_cache=PromptCache(model))
@@ -327,7 +363,7 @@ def test_stop_string_ends_the_text_before_it(model, tokenizer):
     (["aa", "ab"], ["aab", "b"], [("", False), ("a", True)]),  # "aab" at 1 before "b" at 3
 ])
 def test_stop_string_matcher(pieces, stops, expected):
-    matcher = _StopStrings(stops)
+    matcher = StopStrings(stops)
     got = [matcher.feed(piece, final=i == len(pieces) - 1) for i, piece in enumerate(pieces)]
     assert got == expected
 

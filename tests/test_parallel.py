@@ -1,8 +1,8 @@
 """Expert parallelism (openharmony/parallel): N local processes over MLX's ring backend.
 
 Each multi-process test launches real ranks on 127.0.0.1 (free ports), so they are few: one
-launch per N = 2, 3, 4 checks everything a rank returns, one checks the CLI, two check a lost
-rank. References: the single-process model and transformers (tests/reference.py).
+launch per N = 2, 3, 4 checks everything a rank returns, three check the CLI (generate, chat,
+serve), two check a lost rank. References: the single-process model and transformers (tests/reference.py).
 """
 
 from __future__ import annotations
@@ -199,22 +199,58 @@ def test_cli_chat_rank0_reads_the_lines_and_prints_the_replies(tiny_vocab_checkp
 
 # -- a lost rank ----------------------------------------------------------------------------
 
-def _start_ranks(n: int, checkpoint: Path, tmp_path: Path) -> list[subprocess.Popen]:
+def _start_ranks(n: int, command: list[str], tmp_path: Path) -> list[subprocess.Popen]:
     """n ranks started the way mlx.launch starts them on each host: MLX_RANK + a hostfile."""
     base = _free_ports(n)
     hostfile = tmp_path / "hosts.json"
     hostfile.write_text(json.dumps([[f"127.0.0.1:{base + r}"] for r in range(n)]))
-    return [subprocess.Popen([sys.executable, str(WORKER), "loop", str(checkpoint)],
+    return [subprocess.Popen([sys.executable, *command],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                              env=_env(MLX_RANK=str(r), MLX_HOSTFILE=str(hostfile),
                                       OPENHARMONY_DISTRIBUTED_TIMEOUT=str(LOST_RANK_BOUND)))
             for r in range(n)]
 
 
+def test_cli_serve_rank0_listens_and_the_others_follow(tiny_vocab_checkpoint, tmp_path):
+    import urllib.request
+
+    port = _free_ports(1)
+    ranks = _start_ranks(2, ["-m", "openharmony", "serve", "-m", str(tiny_vocab_checkpoint),
+                             "--port", str(port)], tmp_path)
+    url = f"http://127.0.0.1:{port}/v1"
+    try:
+        for _ in range(600):
+            try:
+                urllib.request.urlopen(url + "/models", timeout=1)
+                break
+            except OSError:
+                assert all(rank.poll() is None for rank in ranks), ranks[0].stderr.read()
+                time.sleep(0.1)
+        body = json.dumps({"model": tiny_vocab_checkpoint.name, "max_tokens": 6,
+                           "temperature": 0, "messages": [{"role": "user", "content": "Hi"}]})
+        replies = []
+        for _ in range(2):
+            request = urllib.request.Request(url + "/chat/completions", data=body.encode(),
+                                             headers={"content-type": "application/json"})
+            replies.append(json.loads(urllib.request.urlopen(request, timeout=60).read()))
+        assert [r["usage"]["completion_tokens"] for r in replies] == [6, 6]
+        # The second turn reused the first's prompt cache: every rank's pool took the same one.
+        assert replies[1]["usage"]["prompt_tokens_details"]["cached_tokens"] > 0
+        ranks[0].send_signal(signal.SIGINT)  # rank 0 stops serving; the follower is released
+        for rank in ranks:
+            rank.wait(timeout=60)
+        assert [rank.returncode for rank in ranks] == [0, 0], ranks[1].stderr.read()
+    finally:
+        for rank in ranks:
+            if rank.poll() is None:
+                rank.kill()
+            rank.wait()
+
+
 @pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGSTOP])
 def test_a_lost_rank_makes_the_others_exit(how, tiny_checkpoint, tmp_path):
     """A killed rank (its sockets close) and a stopped one (nothing closes: the watchdog)."""
-    ranks = _start_ranks(3, tiny_checkpoint, tmp_path)
+    ranks = _start_ranks(3, [str(WORKER), "loop", str(tiny_checkpoint)], tmp_path)
     try:
         for rank in ranks:
             assert rank.stdout.readline().strip() == "ready", rank.stderr.read()
