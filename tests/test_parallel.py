@@ -1,8 +1,9 @@
 """Expert parallelism (openharmony/parallel): N local processes over MLX's ring backend.
 
-Each multi-process test launches real ranks on 127.0.0.1 (free ports), so they are few: one
-launch per N = 2, 3, 4 checks everything a rank returns, three check the CLI (generate, chat,
-serve), two check a lost rank. References: the single-process model and transformers (tests/reference.py).
+Each multi-process test launches real ranks on 127.0.0.1 (free ports), so they are few:
+one launch per N = 2, 3, 4 checks everything a rank returns, three check the CLI (generate,
+chat, serve), two check a lost rank. References: the single-process model and transformers
+(tests/reference.py).
 """
 
 from __future__ import annotations

@@ -8,9 +8,8 @@
 See docs/distributed.md.
 """
 
-from .group import (broadcast_from_rank0, broadcast_text, evaluate, init_group, is_launched,
-                    timeout)
+from .group import broadcast_from_rank0, broadcast_text, evaluate, init_group, is_launched
 from .shard import ExpertShard, expert_ranges
 
 __all__ = ["ExpertShard", "expert_ranges", "init_group", "is_launched", "evaluate",
-           "broadcast_from_rank0", "broadcast_text", "timeout"]
+           "broadcast_from_rank0", "broadcast_text"]
