@@ -163,6 +163,9 @@ def test_every_rank_returns_the_full_model(ranks, which, tiny_checkpoint,
         assert 0 <= out["memory"] - held < 8192, (out["memory"], held)
         # Read: the dense tensors (twice: the read-ahead brings them into the page cache, then
         # MLX reads them) and this rank's experts, plus headers; not one other expert's bytes.
+        # (Counted by Linux's /proc/self/io: CI runs on Linux.)
+        if out["read"] < 0 and sys.platform != "linux":
+            continue
         one_expert = expert_stored // config.num_local_experts
         mine = expert_stored * share
         assert mine + dense_stored <= out["read"] < mine + 2 * dense_stored + one_expert, (
