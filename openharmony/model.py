@@ -175,7 +175,8 @@ class Model(nn.Module):
         self.dtype = compute_dtype(dtype)
         self.quantized_lm_head = quantized_lm_head
         self.group = group if group is not None and group.size() > 1 else None
-        shard = ExpertShard(config.num_local_experts, self.group) if self.group else None
+        shard = (ExpertShard(config.num_local_experts, self.group) if self.group is not None
+                 else None)
         self.local_experts = shard.experts if shard is not None else None
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         self.layers = [Block(config, i, shard) for i in range(config.num_hidden_layers)]

@@ -45,8 +45,10 @@ _LAUNCHER_VARIABLES = ("MLX_HOSTFILE", "MLX_JACCL_COORDINATOR", "MLX_IBV_DEVICES
 
 def timeout(start: bool = False) -> float:
     """The bound on one collective (or, with `start`, on joining and loading), in seconds."""
-    name, default = (START_TIMEOUT_ENV, DEFAULT_START_TIMEOUT) if start else (TIMEOUT_ENV,
-                                                                               DEFAULT_TIMEOUT)
+    if start:
+        name, default = START_TIMEOUT_ENV, DEFAULT_START_TIMEOUT
+    else:
+        name, default = TIMEOUT_ENV, DEFAULT_TIMEOUT
     value = os.environ.get(name, "")
     if not value:
         return default
