@@ -193,14 +193,18 @@ def _sampling(temperature, top_p, top_k, min_p, repetition_penalty, presence_pen
 
 
 def _load(model: str, dtype: DType | None):
-    """The tokenizer (first: a missing vocabulary fails fast) and the model."""
+    """The tokenizer (first: a missing vocabulary fails fast) and the model.
+
+    Under mlx.launch the group is joined before anything can fail, so that a rank that fails
+    leaves it (the others' next collective notices) rather than never joining it.
+    """
     from .tokenizer import load_tokenizer
 
+    group = _group()
     tokenizer = load_tokenizer(settings.vocab)
     folder = resolve_model(model)
     from .load import load_model
 
-    group = _group()
     loaded = load_model(folder, dtype.value if dtype is not None else None, group=group)
     if group is not None and group.rank() != 0:
         _only_rank0_prints(group.rank())

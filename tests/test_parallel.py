@@ -203,12 +203,15 @@ def test_cli_chat_rank0_reads_the_lines_and_prints_the_replies(tiny_vocab_checkp
 
 # -- a lost rank ----------------------------------------------------------------------------
 
-def _start_ranks(n: int, command: list[str], tmp_path: Path) -> list[subprocess.Popen]:
-    """n ranks started the way mlx.launch starts them on each host: MLX_RANK + a hostfile."""
+def _start_ranks(n: int, command: list[str], tmp_path: Path,
+                 commands: dict[int, list[str]] | None = None) -> list[subprocess.Popen]:
+    """n ranks started the way mlx.launch starts them on each host: MLX_RANK + a hostfile
+    (`commands`: another command for some ranks)."""
     base = _free_ports(n)
     hostfile = tmp_path / "hosts.json"
     hostfile.write_text(json.dumps([[f"127.0.0.1:{base + r}"] for r in range(n)]))
-    return [subprocess.Popen([sys.executable, *command],
+    commands = commands or {}
+    return [subprocess.Popen([sys.executable, *commands.get(r, command)],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                              env=_env(MLX_RANK=str(r), MLX_HOSTFILE=str(hostfile),
                                       OPENHARMONY_DISTRIBUTED_TIMEOUT=str(LOST_RANK_BOUND)))
@@ -244,6 +247,24 @@ def test_cli_serve_rank0_listens_and_the_others_follow(tiny_vocab_checkpoint, tm
         for rank in ranks:
             rank.wait(timeout=60)
         assert [rank.returncode for rank in ranks] == [0, 0], ranks[1].stderr.read()
+    finally:
+        for rank in ranks:
+            if rank.poll() is None:
+                rank.kill()
+            rank.wait()
+
+
+def test_a_rank_that_cannot_load_makes_the_others_exit(tiny_checkpoint, tmp_path):
+    missing = tmp_path / "no-checkpoint"
+    ranks = _start_ranks(3, [str(WORKER), "loop", str(tiny_checkpoint)], tmp_path,
+                         {1: [str(WORKER), "loop", str(missing)]})
+    try:
+        for r, rank in enumerate(ranks):
+            rank.wait(timeout=60)
+            stderr = rank.stderr.read()
+            assert rank.returncode != 0, r
+            assert ("checkpoint not found" if r == 1 else
+                    f"rank {r}: waiting for the other ranks to load failed") in stderr, stderr
     finally:
         for rank in ranks:
             if rank.poll() is None:
