@@ -20,3 +20,7 @@ class CheckpointError(OpenHarmonyError):
 
 class InputError(OpenHarmonyError, ValueError):
     """Arguments a model call cannot take: token ids of the wrong type, shape or range."""
+
+
+class DistributedError(OpenHarmonyError):
+    """A distributed run that cannot go on: a rank died, left or cannot be reached."""

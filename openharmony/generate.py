@@ -22,9 +22,8 @@ How a call runs:
   `max_tokens` tokens.
 * Text: streamed through the tokenizer's UTF-8-safe detokenizer (a character split across
   tokens comes out whole) and held back while it could be the start of a stop string, so the
-  text deltas concatenate to exactly the final text. Token in, token out: with a token-id
-  prompt, no `tokenizer` and no `stop_strings`, no vocabulary is loaded (works offline) and
-  every `text` is None.
+  text deltas concatenate to exactly the final text. Token in, token out: a token-id prompt
+  with `detokenize=False` and no `tokenizer` loads no vocabulary (it works offline).
 * Bad input raises `GenerationError` (or `SamplingError`) at the call, naming the argument:
   token ids that are not integers (1.5, "7" and True are refused, not coerced) or outside the
   model's vocabulary (text prompts included: a tokenizer larger than the model's vocabulary
@@ -47,6 +46,9 @@ import numpy as np
 from .cache import PromptCache
 from .errors import OpenHarmonyError
 from .sampling import Sampler, SamplingOptions, log_probabilities
+
+
+MAX_TOP_LOGPROBS = 20  # as OpenAI's API
 
 
 class GenerationError(OpenHarmonyError, ValueError):
@@ -78,15 +80,20 @@ class GenerationChunk:
     """One generated token. The last chunk of a stream has `finish_reason` and `stats`."""
 
     token: int
-    text: str | None  # the new text; may be "" (held back); None without a tokenizer
+    text: str  # the new text; may be "" (held back, or detokenize=False)
     logprob: float | None = None  # log-probability under the model (with logprobs=True)
+    # With top_logprobs=k: the k most likely tokens and their log-probabilities, most likely first.
+    top_logprobs: list[tuple[int, float]] | None = None
     finish_reason: str | None = None  # "stop_token" | "stop_string" | "length"
     stats: GenerationStats | None = None
+    # On the first chunk: the prompt tokens taken from the prompt cache (known before the end,
+    # for a caller that may stop the stream early).
+    reused_prompt_tokens: int | None = None
 
 
 @dataclass(frozen=True)
 class GenerationResult:
-    text: str | None  # None without a tokenizer (token in, token out)
+    text: str
     tokens: list[int]
     finish_reason: str
     stats: GenerationStats
@@ -101,8 +108,7 @@ def generate(model, prompt: str | Sequence[int], **kwargs) -> GenerationResult:
         text.append(chunk.text)
         tokens.append(chunk.token)
         logprobs.append(chunk.logprob)
-    joined = None if chunk.text is None else "".join(text)
-    return GenerationResult(text=joined, tokens=tokens, finish_reason=chunk.finish_reason,
+    return GenerationResult(text="".join(text), tokens=tokens, finish_reason=chunk.finish_reason,
                             stats=chunk.stats,
                             logprobs=logprobs if kwargs.get("logprobs") else None)
 
@@ -128,24 +134,38 @@ def stream_generate(
     prompt_cache: PromptCache | None = None,
     prefill_chunk: int = 512,
     logprobs: bool = False,
+    top_logprobs: int = 0,
+    detokenize: bool = True,
 ) -> Iterator[GenerationChunk]:
     """Yield one `GenerationChunk` per generated token.
 
     `prompt`: text (encoded with `tokenizer`, special tokens such as <|start|> allowed) or
     token ids (Python or NumPy integers, or a 1-D integer array). `tokenizer`: default
-    `load_tokenizer()`, loaded only when text is involved (a text prompt or `stop_strings`);
-    a token-id prompt without one gives chunks whose `text` is None. Sampling: `sampling`
+    `load_tokenizer()`, loaded only when text is involved: not for a token-id prompt with
+    `detokenize=False` (token in, token out, offline). Sampling: `sampling`
     and/or the single options (which override it); see `openharmony.sampling`. `seed`:
     reproducible sampling. `stop_tokens` (ids, or special-token names such as "<|end|>") are
     added to the model's eos tokens (config.eos_token_id and <|return|>, <|endoftext|>,
     <|call|>) unless `ignore_eos`. `prompt_cache`: reuse the common
     prefix with the previous call on it. `logprobs`: each chunk's log-probability of its token
     under the model's own distribution (before penalties, temperature and filters).
+    `top_logprobs=k` (0 to 20): also the k most likely tokens of each step under that
+    distribution, with their log-probabilities. `detokenize=False`: chunks carry no text, for
+    callers that decode the tokens themselves (the harmony parser of a chat turn), so that no
+    token is decoded twice.
     """
-    if tokenizer is None and (isinstance(prompt, str) or stop_strings):
+    if not isinstance(detokenize, bool):
+        raise GenerationError(f"detokenize must be True or False, got {detokenize!r}")
+    if tokenizer is None and (isinstance(prompt, str) or detokenize):
         from .tokenizer import load_tokenizer
 
-        tokenizer = load_tokenizer()
+        try:
+            tokenizer = load_tokenizer()
+        except OpenHarmonyError as e:
+            if isinstance(prompt, str):
+                raise
+            raise GenerationError(f"{e}; with token ids, detokenize=False needs no "
+                                  "vocabulary") from None
     config = model.config
     prompt_ids = _prompt_ids(prompt, tokenizer, config.vocab_size)
     if sampling is not None and not isinstance(sampling, SamplingOptions):
@@ -167,7 +187,13 @@ def stream_generate(
             f"the prompt ({len(prompt_ids)} tokens) plus max_tokens ({max_tokens}) exceed the "
             f"model's context of {config.max_position_embeddings} tokens")
     stop_ids = _stop_token_ids(stop_tokens, config, tokenizer, ignore_eos)
-    stop_matcher = _StopStrings(stop_strings)
+    if (isinstance(top_logprobs, bool) or not isinstance(top_logprobs, int)
+            or not 0 <= top_logprobs <= MAX_TOP_LOGPROBS):
+        raise GenerationError(f"top_logprobs must be an integer in [0, {MAX_TOP_LOGPROBS}], "
+                              f"got {top_logprobs!r}")
+    stop_matcher = StopStrings(stop_strings)
+    if stop_strings and not detokenize:
+        raise GenerationError("stop_strings need the text: they cannot go with detokenize=False")
     if prompt_cache is None:
         prompt_cache = PromptCache(model)
     elif not isinstance(prompt_cache, PromptCache):
@@ -175,16 +201,18 @@ def stream_generate(
                               f"{type(prompt_cache).__name__}")
     elif prompt_cache.model is not model:
         raise GenerationError("prompt_cache was made for another model")
-    sampler = Sampler(options, config.vocab_size, prompt_tokens=prompt_ids, seed=seed)
+    sampler = Sampler(options, config.vocab_size, prompt_tokens=prompt_ids, seed=seed,
+                      group=getattr(model, "group", None))
     # Bad input raises here, at the call; the work starts with the first `next()`.
     return _stream(model, prompt_ids, tokenizer, max_tokens, sampler, stop_ids, stop_matcher,
-                   prompt_cache, prefill_chunk, logprobs)
+                   prompt_cache, prefill_chunk, logprobs, top_logprobs, detokenize)
 
 
 def _stream(model, prompt_ids: list[int], tokenizer, max_tokens: int, sampler: Sampler,
-            stop_ids: set[int], stop_matcher: "_StopStrings",
+            stop_ids: set[int], stop_matcher: "StopStrings",
             prompt_cache: PromptCache, prefill_chunk: int,
-            logprobs: bool) -> Iterator[GenerationChunk]:
+            logprobs: bool, top_logprobs: int,
+            detokenize: bool) -> Iterator[GenerationChunk]:
     mx.reset_peak_memory()
     start_time = time.perf_counter()
     reused = prompt_cache.reuse(prompt_ids)
@@ -200,23 +228,31 @@ def _stream(model, prompt_ids: list[int], tokenizer, max_tokens: int, sampler: S
         prompt_cache.add_tokens(chunk)
     prompt_cache.snapshot()
 
-    def step(token: mx.array) -> tuple[mx.array, mx.array, mx.array | None]:
+    def step(token: mx.array) -> tuple[mx.array, mx.array, list[mx.array]]:
+        """Queue the next token, whether its logits were finite, and its log-probability and
+        the top ones when asked for."""
         # The token was sampled from vocab_size logits: no range check (and no host sync).
         logits = model(token.reshape(1, 1), cache=caches, check_ids=False)[:, -1, :]
         next_token = sampler(logits)
         finite = mx.isfinite(logits).all()  # read with the token: no extra wait
-        logprob = log_probabilities(logits, next_token) if logprobs else None
-        pending = [next_token, finite, *sampler.state, *prompt_cache.state]
-        mx.async_eval(pending + ([logprob] if logprob is not None else []))
-        return next_token, finite, logprob
+        scores = []
+        if logprobs or top_logprobs:
+            scores.append(log_probabilities(logits, next_token))
+        if top_logprobs:
+            step_logits = logits[0].astype(mx.float32)
+            all_logprobs = step_logits - mx.logsumexp(step_logits)
+            top = mx.argpartition(-all_logprobs, top_logprobs - 1)[:top_logprobs]
+            scores += [top, all_logprobs[top]]
+        mx.async_eval([next_token, finite, *sampler.state, *prompt_cache.state, *scores])
+        return next_token, finite, scores
 
-    token, finite, logprob = step(mx.array([rest[-1]], dtype=mx.uint32))
+    token, finite, scores = step(mx.array([rest[-1]], dtype=mx.uint32))
     prompt_cache.add_tokens(rest[-1:])
     detokenizer = tokenizer.detokenizer() if tokenizer is not None else None
     first_token_time = None
     for count in range(1, max_tokens + 1):
         if count < max_tokens:  # queue the next step before reading this token
-            next_token, next_finite, next_logprob = step(token)
+            next_token, next_finite, next_scores = step(token)
         token_id = _read_token(token)
         if not finite.item():
             raise NonFiniteLogitsError(
@@ -230,21 +266,21 @@ def _stream(model, prompt_ids: list[int], tokenizer, max_tokens: int, sampler: S
             prompt_cache.add_tokens([token_id])  # the step just queued feeds it to the caches
 
         finish_reason = None
-        if token_id in stop_ids:
-            finish_reason = "stop_token"
-        elif count == max_tokens:
-            finish_reason = "length"
-        text = None
-        if detokenizer is not None:
-            if finish_reason == "stop_token":  # the stop token adds no text
-                text = detokenizer.finish()
-            else:
-                text = detokenizer.add(token_id)
-                if finish_reason == "length":
-                    text += detokenizer.finish()
-            text, stopped = stop_matcher.feed(text, final=finish_reason is not None)
-            if stopped:
-                finish_reason = "stop_string"
+        if not detokenize:
+            text = ""
+            if token_id in stop_ids:
+                finish_reason = "stop_token"
+            elif count == max_tokens:
+                finish_reason = "length"
+        elif token_id in stop_ids:
+            finish_reason, text = "stop_token", detokenizer.finish()
+        else:
+            text = detokenizer.add(token_id)
+            if count == max_tokens:
+                finish_reason, text = "length", text + detokenizer.finish()
+        text, stopped = stop_matcher.feed(text, final=finish_reason is not None)
+        if stopped:
+            finish_reason = "stop_string"
 
         stats = None
         if finish_reason is not None:
@@ -262,12 +298,16 @@ def _stream(model, prompt_ids: list[int], tokenizer, max_tokens: int, sampler: S
                                               if count > 1 and generation_seconds > 0 else 0.0),
                 peak_memory_bytes=mx.get_peak_memory(),
             )
-        yield GenerationChunk(token=token_id, text=text,
-                              logprob=logprob.item() if logprob is not None else None,
-                              finish_reason=finish_reason, stats=stats)
+        logprob = scores[0].item() if scores else None
+        top = None
+        if top_logprobs:
+            top = sorted(zip(scores[1].tolist(), scores[2].tolist()), key=lambda t: -t[1])
+        yield GenerationChunk(token=token_id, text=text, logprob=logprob, top_logprobs=top,
+                              finish_reason=finish_reason, stats=stats,
+                              reused_prompt_tokens=reused if count == 1 else None)
         if finish_reason is not None:
             return
-        token, finite, logprob = next_token, next_finite, next_logprob
+        token, finite, scores = next_token, next_finite, next_scores
 
 
 def _read_token(token: mx.array) -> int:
@@ -275,7 +315,7 @@ def _read_token(token: mx.array) -> int:
     return token.item()
 
 
-class _StopStrings:
+class StopStrings:
     """Finds stop strings in streamed text, holding back text that may begin one."""
 
     def __init__(self, stop_strings: Sequence[str]) -> None:
