@@ -113,6 +113,8 @@ def stream_generate(
     prompt_cache: PromptCache | None = None,
     prefill_chunk: int = 512,
     logprobs: bool = False,
+    kv_bits: int | None = None,
+    kv_dtype=None,
 ) -> Iterator[GenerationChunk]:
     """Yield one `GenerationChunk` per generated token.
 
@@ -123,6 +125,8 @@ def stream_generate(
     <|return|>, <|endoftext|>, <|call|>) unless `ignore_eos`. `prompt_cache`: reuse the common
     prefix with the previous call on it. `logprobs`: each chunk's log-probability of its token
     under the model's own distribution (before penalties, temperature and filters).
+    `kv_bits` (4 or 8) / `kv_dtype`: the KV cache's storage (`Model.make_cache`, docs/cache.md);
+    with a `prompt_cache`, they must be the options it was made with (or left out).
     """
     if tokenizer is None:
         from .tokenizer import load_tokenizer
@@ -144,10 +148,16 @@ def stream_generate(
             f"model's context of {config.max_position_embeddings} tokens")
     stop_ids = _stop_token_ids(stop_tokens, config, tokenizer, ignore_eos)
     stop_matcher = _StopStrings(stop_strings)
+    cache_options = {name: value for name, value in
+                     (("kv_bits", kv_bits), ("kv_dtype", kv_dtype)) if value is not None}
     if prompt_cache is None:
-        prompt_cache = PromptCache(model)
+        prompt_cache = PromptCache(model, **cache_options)  # bad kv options raise here
     elif prompt_cache.model is not model:
         raise GenerationError("prompt_cache was made for another model")
+    elif any(prompt_cache.cache_options.get(name) != value
+             for name, value in cache_options.items()):
+        raise GenerationError(f"prompt_cache was made with cache options "
+                              f"{prompt_cache.cache_options}, not {cache_options}")
     sampler = Sampler(options, config.vocab_size, prompt_tokens=prompt_ids, seed=seed)
     # Bad input raises here, at the call; the work starts with the first `next()`.
     return _stream(model, prompt_ids, tokenizer, max_tokens, sampler, stop_ids, stop_matcher,
