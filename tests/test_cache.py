@@ -380,3 +380,177 @@ def test_prompt_cache_reuses_everything_but_the_last_token_of_a_repeated_prompt(
     pc.add_tokens([1, 2, 3, 4, 5])
     assert pc.reuse([1, 2, 3, 4, 5]) == 4  # the last token is fed again for its logits
     assert [c.offset for c in pc.caches] == [4] * 4
+
+
+# -- in the model: quantized and bf16 caches against transformers -----------------------------
+
+from openharmony.generate import GenerationError, generate  # noqa: E402
+from openharmony.load import load_model  # noqa: E402
+from openharmony.random_checkpoint import write_random_checkpoint  # noqa: E402
+from reference import load_reference, reference_logits  # noqa: E402
+from test_model import CONFIGS  # noqa: E402 - the parity configs
+
+# The parity configs whose head_dim a quantized cache accepts (a multiple of 32): the MHA one
+# (head_dim 32) as it is, and the GQA/YaRN one with gpt-oss's head_dim of 64.
+QUANTIZABLE = {
+    "mha-truncated-yarn": CONFIGS["mha-truncated-yarn"],
+    "gqa-yarn, head_dim 64": (dataclasses.replace(CONFIGS["gqa-yarn"][0], head_dim=64),
+                              CONFIGS["gqa-yarn"][1]),
+}
+VARIANTS = {
+    "8-bit full layers": {"kv_bits": 8},
+    "8-bit all layers": {"kv_bits": 8, "quantize_sliding": True},
+    "4-bit full layers": {"kv_bits": 4},
+    "bf16": {"kv_dtype": "bfloat16"},
+}
+# Bounds on (the median over positions of max |logit - transformers'|, top-1 agreement with
+# transformers, mean KL(transformers || cache) of the next-token distributions), from
+# `scripts/measure_cache.py parity` (docs/cache.md) with a margin. Not the max |logit diff|: a
+# perturbation that flips one router choice moves that position's logits by up to ~5 (seen
+# once, 8-bit all layers), while every other position stays within 0.15.
+BOUNDS = {
+    "8-bit full layers": (0.045, 0.99, 6e-5),  # measured 0.028, 1.0, 3.7e-5
+    "8-bit all layers": (0.1, 0.95, 0.04),  # 0.063, 0.967, 0.025 (the router flip)
+    "4-bit full layers": (0.75, 0.88, 0.02),  # 0.50, 0.90, 0.012
+    "bf16": (0.035, 0.99, 4e-5),  # 0.022, 1.0, 2.4e-5
+}
+
+
+@pytest.fixture(scope="module")
+def parity(tmp_path_factory):
+    """name -> (model, tokens [2, 6 windows], checkpoint path, transformers' logits)."""
+    built = {}
+
+    def get(name):
+        if name not in built:
+            config, spelling = {**CONFIGS, **QUANTIZABLE}[name]
+            path = write_random_checkpoint(tmp_path_factory.mktemp("parity"), config, seed=7,
+                                           rope_spelling=spelling)
+            tokens = np.random.default_rng(11).integers(0, config.vocab_size,
+                                                        (2, 6 * config.sliding_window))
+            built[name] = (load_model(path, mx.float32), tokens, path,
+                           reference_logits(load_reference(path), tokens))
+        return built[name]
+
+    return get
+
+
+def chunked_then_decoded(model, tokens, caches):
+    """A prefill in chunks (shorter and longer than the window), then token by token."""
+    W = model.config.sliding_window
+    cut = [0, 3, 3 + W + 2, 4 * W]
+    logits = [model(mx.array(tokens[:, a:b]), caches) for a, b in zip(cut, cut[1:])]
+    logits += [model(mx.array(tokens[:, t:t + 1]), caches) for t in range(cut[-1],
+                                                                          tokens.shape[1])]
+    return np.array(mx.concatenate(logits, axis=1))
+
+
+def next_token_agreement(logits: np.ndarray, reference: np.ndarray) -> tuple[float, ...]:
+    """(median position's max |diff|, top-1 agreement, mean KL(reference || logits))."""
+    logits, reference = (x.reshape(-1, x.shape[-1]).astype(np.float64) for x in (logits, reference))
+    log_q = logits - np.logaddexp.reduce(logits, axis=-1, keepdims=True)
+    log_p = reference - np.logaddexp.reduce(reference, axis=-1, keepdims=True)
+    kl = (np.exp(log_p) * (log_p - log_q)).sum(axis=-1)
+    return (float(np.median(np.abs(logits - reference).max(axis=-1))),
+            float(np.mean(logits.argmax(-1) == reference.argmax(-1))), float(kl.mean()))
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("name", QUANTIZABLE)
+def test_quantized_and_bf16_caches_stay_close_to_transformers(parity, name, variant):
+    model, tokens, _, reference = parity(name)
+    # The float cache on the same path, for scale: transformers' logits to 1e-4.
+    float_cache = chunked_then_decoded(model, tokens, model.make_cache())
+    assert np.abs(float_cache - reference).max() <= 1e-4
+    got = chunked_then_decoded(model, tokens, model.make_cache(**VARIANTS[variant]))
+    median_diff, top1, kl = next_token_agreement(got, reference)
+    max_median_diff, min_top1, max_kl = BOUNDS[variant]
+    assert median_diff <= max_median_diff and top1 >= min_top1 and kl <= max_kl, \
+        (median_diff, top1, kl)
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_parity_with_transformers_far_into_the_context(parity, name):
+    """A sequence whose first token sits at position 100,000 (caches started there; the
+    reference given the same position_ids).
+
+    RoPE only sees position differences, so the exact logits at 100,000 are those at 0; what
+    moves them is float32 rounding of the rotation angles (position x inverse frequency, ~4e-3
+    rad at 1e5), which transformers has too. The bar: openharmony at 100,000 is within twice
+    transformers' own drift (its logits at 100,000 vs at 0) of transformers and of the exact
+    logits. Measured: 0.4-3.8e-3 from transformers, 1.0-1.5x its drift (docs/cache.md).
+    """
+    import torch
+
+    model, tokens, path, at_zero = parity(name)
+    start = 100_000
+    with torch.no_grad():
+        positions = torch.arange(start, start + tokens.shape[1])[None].expand(tokens.shape[0], -1)
+        reference = load_reference(path)(input_ids=torch.from_numpy(tokens),
+                                          position_ids=positions, use_cache=False)
+    reference = reference.logits.float().numpy()
+    drift = np.abs(reference - at_zero).max()
+    assert drift < 0.05  # float32 rounding, not a position bug
+    got = chunked_then_decoded(model, tokens, model.make_cache(start=start))
+    assert np.abs(got - reference).max() <= 2 * drift
+    assert np.abs(got - at_zero).max() <= 2 * drift
+
+
+# -- generate with a quantized cache ------------------------------------------------------------
+
+from vocab import VOCAB, requires_vocab  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def generation_model(tmp_path_factory, tiny_config):
+    # Sliding below full below sliding (the case prefix reuse must get right), head_dim 32.
+    config = dataclasses.replace(tiny_config, num_hidden_layers=4, head_dim=32,
+                                 layer_types=(SLIDING, FULL, SLIDING, FULL))
+    path = write_random_checkpoint(tmp_path_factory.mktemp("gen-kv") / "hf", config, seed=3)
+    return load_model(path, mx.float32)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from openharmony.tokenizer import load_tokenizer
+
+    return load_tokenizer(VOCAB)
+
+
+def greedy(model, prompt, tokenizer, max_tokens, **kwargs):
+    return generate(model, prompt, tokenizer=tokenizer, max_tokens=max_tokens, temperature=0,
+                    ignore_eos=True, logprobs=True, **kwargs)
+
+
+@requires_vocab
+@pytest.mark.parametrize("options", [{"kv_bits": 8}, {"kv_bits": 4}, {"kv_dtype": "bfloat16"}],
+                         ids=["8-bit", "4-bit", "bf16"])
+def test_prefix_reuse_with_a_quantized_cache_after_the_window_wrapped(generation_model,
+                                                                      tokenizer, options):
+    model = generation_model
+    first = [int(t) for t in np.random.default_rng(2).integers(3, 1024, 20)]
+    generated = greedy(model, first, tokenizer, 12, **options).tokens
+    for second, reused in [(first + generated[:4] + [5, 6, 7], 19),  # needs the snapshot
+                           (first + generated[:10] + [5, 6], 30)]:  # trims directly
+        cache = PromptCache(model, **options)
+        assert greedy(model, first, tokenizer, 12, prompt_cache=cache).tokens == generated
+        assert len(cache.tokens) == 31  # the sliding caches (window 8) have wrapped
+        warm = greedy(model, second, tokenizer, 12, prompt_cache=cache, **options)
+        cold = greedy(model, second, tokenizer, 12, **options)
+        assert warm.stats.reused_prompt_tokens == reused
+        assert warm.tokens == cold.tokens
+        np.testing.assert_allclose(warm.logprobs, cold.logprobs, atol=1e-5)
+    assert type(cache.caches[1].storage) is type(model.make_cache(**options)[1].storage)
+
+
+@requires_vocab
+def test_generate_rejects_bad_and_mismatched_kv_options(generation_model, tokenizer):
+    model = generation_model
+    with pytest.raises(ConfigError, match="kv_bits must be one of 4, 8"):
+        greedy(model, [1, 2, 3], tokenizer, 2, kv_bits=3)
+    with pytest.raises(GenerationError, match="prompt_cache was made with"):
+        greedy(model, [1, 2, 3], tokenizer, 2, kv_bits=4,
+               prompt_cache=PromptCache(model, kv_bits=8))
+    # Leaving the options out takes the prompt cache's.
+    assert greedy(model, [1, 2, 3], tokenizer, 2,
+                  prompt_cache=PromptCache(model, kv_bits=8)).tokens

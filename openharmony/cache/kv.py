@@ -78,14 +78,18 @@ class KVCache:
     def attend(self, queries: mx.array, keys: mx.array, values: mx.array, *, scale: float,
                sinks: mx.array, window: int | None) -> mx.array:
         T = keys.shape[2]
-        self._append(self.storage.encode(keys), self.storage.encode(values), T)
+        self.extend(keys, values)
         held = self.offset - self.start
         return self.storage.attention(
             queries, tuple(p[:, :, :held] for p in self.keys),
             tuple(p[:, :, :held] for p in self.values), scale=scale, sinks=sinks,
             mask=self._mask(T, window))
 
-    def _append(self, keys: Parts, values: Parts, count: int) -> None:
+    def extend(self, keys: mx.array, values: mx.array) -> None:
+        """Store positions without attending (what `attend` does first; on its own it fills a
+        cache with known keys and values, as the benchmarks do)."""
+        keys, values = self.storage.encode(keys), self.storage.encode(values)
+        count = keys[0].shape[2]
         begin, end = self.offset - self.start, self.offset - self.start + count
         if end > self.capacity:
             self._grow(keys, values, end)
