@@ -176,14 +176,15 @@ Verbose = Annotated[bool, typer.Option("--verbose", "-v",
 
 
 def _kv_bits(value: int | None) -> int | None:
-    if value is not None and value not in (4, 8):  # before a model is loaded
+    if value is not None and value not in (4, 8):  # cache.quantized.BITS, before any loading
         raise typer.BadParameter(f"must be 4 or 8, got {value}")
     return value
 
 
 KVBits = Annotated[Optional[int], typer.Option(
-    "--kv-bits", callback=_kv_bits, help="Store the full-attention layers' keys and values quantized to 8 (or 4) "
-                      "bits (docs/cache.md). Default: float, as computed.")]
+    "--kv-bits", callback=_kv_bits,
+    help="Store the full-attention layers' keys and values quantized to 8 (or 4) bits "
+         "(docs/cache.md). Default: float, as computed.")]
 
 
 def _sampling(max_tokens, temperature, top_p, top_k, min_p, repetition_penalty,

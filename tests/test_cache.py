@@ -554,3 +554,19 @@ def test_generate_rejects_bad_and_mismatched_kv_options(generation_model, tokeni
     # Leaving the options out takes the prompt cache's.
     assert greedy(model, [1, 2, 3], tokenizer, 2,
                   prompt_cache=PromptCache(model, kv_bits=8)).tokens
+
+
+@requires_vocab
+def test_the_cli_passes_kv_bits_to_the_caches(tiny_vocab_checkpoint, monkeypatch):
+    from typer.testing import CliRunner
+
+    from openharmony.cli import app
+
+    monkeypatch.setenv("OPENHARMONY_VOCAB", str(VOCAB))
+    model = ["-m", str(tiny_vocab_checkpoint), "--max-tokens", "2"]
+    for command in (["generate", "hi"], ["generate", "--chat", "hi"], ["chat"]):
+        refused = CliRunner().invoke(app, [*command, *model, "--kv-bits", "5"])
+        assert refused.exit_code == 2 and "must be 4 or 8, got 5" in refused.output
+        # The tiny preset's head_dim (16) cannot be quantized: the option reached make_caches.
+        reached = CliRunner().invoke(app, [*command, *model, "--kv-bits", "8"], input="hello\n")
+        assert "head_dim (16)" in reached.output, reached.output
