@@ -9,9 +9,9 @@
 Variants: float (the default: as computed, float32 on the CPU), 8-bit on the full-attention
 layers (sliding layers float), 8-bit on all layers, 4-bit on the full layers, bf16 storage.
 Accuracy is against the float cache on the same model and tokens: every 8th position of a
-chunked prefill (each query attends to the stored, i.e. quantized, keys of every earlier position and
-its own, as a decode step does), max |logit diff|, top-1 agreement and the mean KL divergence
-KL(float || variant) of the next-token distributions. The 20b-shaped checkpoints (random
+chunked prefill (each query attends to the stored, i.e. quantized, keys of every earlier
+position and its own, as a decode step does): max |logit diff|, top-1 agreement and the mean
+KL divergence KL(float || variant) of the next-token distributions. The 20b-shaped checkpoints (random
 weights, seed 0) are written under bench_cache/ once; every 20b-shaped run holds the
 benchmarks' memory lock (scripts/bench.py).
 """

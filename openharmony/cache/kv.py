@@ -99,7 +99,8 @@ class KVCache:
 
     def _grow(self, keys: Parts, values: Parts, needed: int) -> None:
         capacity = -(-needed // self.step) * self.step
-        new_keys, new_values = _zeros_like_parts(keys, capacity), _zeros_like_parts(values, capacity)
+        new_keys = _zeros_like_parts(keys, capacity)
+        new_values = _zeros_like_parts(values, capacity)
         held = self.offset - self.start
         if held:
             for new, old in zip(new_keys + new_values, self.keys + self.values):
