@@ -32,11 +32,12 @@ class FloatStorage:
     def attention(self, queries: mx.array, keys: Parts, values: Parts, *, scale: float,
                   sinks: mx.array, mask: Mask) -> mx.array:
         (k,), (v,) = keys, values
+        if k.dtype != queries.dtype:  # stored narrower: computed in the queries' dtype
+            k, v = k.astype(queries.dtype), v.astype(queries.dtype)
         # GQA without tiling k/v: the kernel maps q head h to kv head h // (n_heads/n_kv_heads).
         # The sink is a per-head logit appended to the softmax, unscaled and never masked.
-        return mx.fast.scaled_dot_product_attention(
-            queries, k.astype(queries.dtype), v.astype(queries.dtype), scale=scale, mask=mask,
-            sinks=sinks)
+        return mx.fast.scaled_dot_product_attention(queries, k, v, scale=scale, mask=mask,
+                                                    sinks=sinks)
 
     def __repr__(self) -> str:
         return f"FloatStorage({self.dtype})"
