@@ -42,13 +42,15 @@ class QuantizedStorage:
         B, n_heads, T, D = queries.shape
         n_kv_heads = keys[0].shape[1]
         repeats = n_heads // n_kv_heads
-        # GQA by broadcasting: query head h = kv * repeats + r reads kv head h // repeats.
-        q = (queries * scale).reshape(B, n_kv_heads, repeats, T, D)
-        keys = tuple(p[:, :, None] for p in keys)
-        values = tuple(p[:, :, None] for p in values)
+        # GQA: query head h = kv * repeats + r reads kv head kv. The repeats go into the rows
+        # of one matmul per kv head ([repeats * T, D] x [S, D]^T), so each packed key is
+        # decoded once per step, not once per query head (2x faster on the CPU at 32k keys
+        # than broadcasting the keys over the repeats).
+        q = (queries * scale).reshape(B, n_kv_heads, repeats * T, D)
         scores = mx.quantized_matmul(q, *keys, transpose=True, group_size=self.group_size,
-                                     bits=self.bits).astype(mx.float32)  # [B, kv, r, T, S]
+                                     bits=self.bits).astype(mx.float32)
         S = scores.shape[-1]
+        scores = scores.reshape(B, n_kv_heads, repeats, T, S)
         mask = explicit_mask(mask, T, S)
         if mask is not None:
             scores = mx.where(mask, scores, -mx.inf)
@@ -56,8 +58,9 @@ class QuantizedStorage:
                                scores.shape[:-1] + (1,))
         probabilities = mx.softmax(mx.concatenate([scores, sink], axis=-1), axis=-1,
                                    precise=True)[..., :S]
-        out = mx.quantized_matmul(probabilities.astype(queries.dtype), *values, transpose=False,
-                                  group_size=self.group_size, bits=self.bits)
+        out = mx.quantized_matmul(
+            probabilities.astype(queries.dtype).reshape(B, n_kv_heads, repeats * T, S),
+            *values, transpose=False, group_size=self.group_size, bits=self.bits)
         return out.reshape(B, n_heads, T, D)
 
     def __repr__(self) -> str:
