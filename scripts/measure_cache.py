@@ -4,6 +4,7 @@
     python scripts/measure_cache.py accuracy          # 20b shapes, 4 layers, 2k+ token prompts
     python scripts/measure_cache.py memory            # 20b (24 layers): bytes/token, RSS at 32k
     python scripts/measure_cache.py speed             # decode tokens/s at 1k, 8k, 32k context
+    python scripts/measure_cache.py attention         # one full layer's decode attention alone
     python scripts/measure_cache.py long-positions    # 20b shapes, 2 layers, offset 100k vs HF
 
 Variants: float (the default: as computed, float32 on the CPU), 8-bit on the full-attention
@@ -339,6 +340,40 @@ def speed(args) -> dict:
     return out
 
 
+def attention_alone(args) -> dict:
+    """One decode step's attention of one full-attention layer of the 20b (64 query heads, 8
+    kv heads of 64), its cache filled to each context: seconds per variant, the variants
+    interleaved round by round (medians). Small enough to need no lock (134 MB at 32k)."""
+    from openharmony.cache import make_caches
+    from openharmony.random_checkpoint import PRESETS
+
+    config = PRESETS["20b"]
+    full_layer = next(i for i in range(config.num_hidden_layers) if not config.is_sliding(i))
+    out = {}
+    for context in args.contexts:
+        caches = {}
+        for variant in args.variants:
+            cache = make_caches(config, **VARIANTS[variant])[full_layer]
+            fill([cache], config, context)
+            caches[variant] = cache
+        q = mx.random.normal((1, config.num_attention_heads, 1, config.head_dim))
+        k, v = mx.random.normal((2, 1, config.num_key_value_heads, 1, config.head_dim))
+        sinks = mx.zeros((config.num_attention_heads,))
+        times = {variant: [] for variant in caches}
+        for _ in range(args.rounds):
+            for variant, cache in caches.items():
+                cache.trim_to(context)  # every step attends over `context` + 1 keys
+                begin = time.perf_counter()
+                mx.eval(cache.attend(q, k, v, scale=0.125, sinks=sinks, window=None))
+                times[variant].append(time.perf_counter() - begin)
+        for variant, seconds in times.items():
+            out[f"{variant} @ {context}"] = {
+                "context": context, "variant": variant, "attention_s": float(np.median(seconds)),
+                "vs_float": float(np.median(seconds) / np.median(times["float"]))}
+        del caches
+    return out
+
+
 def _attention_by_layer(model, caches) -> dict:
     """One decode step with a barrier around each layer's attention; seconds by layer kind."""
     x = model.embed_tokens(mx.array([[1]])).astype(model.dtype)
@@ -374,6 +409,11 @@ def main() -> None:
     p.add_argument("--variants", nargs="+", default=["float", "8-bit full layers",
                                                      "4-bit full layers", "bf16"])
     p.add_argument("--steps", type=int, default=5)
+    p = sub.add_parser("attention")
+    p.add_argument("--contexts", type=int, nargs="+", default=[1024, 8192, 32768])
+    p.add_argument("--variants", nargs="+", default=["float", "8-bit full layers",
+                                                     "4-bit full layers", "bf16"])
+    p.add_argument("--rounds", type=int, default=9)
     p = sub.add_parser("long-positions")
     p.add_argument("--checkpoint", type=Path, help="default: the 20b shapes with 2 layers")
     p.add_argument("--offset", type=int, default=100_000)
@@ -383,7 +423,7 @@ def main() -> None:
         print(json.dumps(memory_worker(args.variant, args.positions)))
         return
     command = {"parity": parity, "accuracy": accuracy, "memory": memory, "speed": speed,
-               "long-positions": long_positions}[args.command]
+               "attention": attention_alone, "long-positions": long_positions}[args.command]
     print(json.dumps(command(args), indent=1))
 
 
