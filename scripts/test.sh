@@ -11,4 +11,10 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install -qq -e ".[test]"
+# Codex CLI, the client of tests/test_server.py's Codex test, in a project-local folder
+# (.codex-cli/, ignored by git). Without npm or the registry that test is skipped.
+if command -v npm >/dev/null && [ ! -x .codex-cli/node_modules/.bin/codex ]; then
+    npm install --silent --no-audit --no-fund --prefix .codex-cli @openai/codex \
+        || echo "warning: could not install Codex CLI; its test will be skipped" >&2
+fi
 exec .venv/bin/python -m pytest "$@"

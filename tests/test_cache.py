@@ -564,9 +564,19 @@ def test_the_cli_passes_kv_bits_to_the_caches(tiny_vocab_checkpoint, monkeypatch
 
     monkeypatch.setenv("OPENHARMONY_VOCAB", str(VOCAB))
     model = ["-m", str(tiny_vocab_checkpoint), "--max-tokens", "2"]
-    for command in (["generate", "hi"], ["generate", "--chat", "hi"], ["chat"]):
+    for command in (["generate", "hi"], ["generate", "--chat", "hi"], ["chat"], ["serve"]):
         refused = CliRunner().invoke(app, [*command, *model, "--kv-bits", "5"])
         assert refused.exit_code == 2 and "must be 4 or 8, got 5" in refused.output
         # The tiny preset's head_dim (16) cannot be quantized: the option reached make_caches.
         reached = CliRunner().invoke(app, [*command, *model, "--kv-bits", "8"], input="hello\n")
         assert "head_dim (16)" in reached.output, reached.output
+
+
+def test_the_server_cache_pool_makes_caches_with_kv_bits(generation_model):
+    from openharmony.server.engine import CachePool
+
+    cache = CachePool(generation_model, 10**9, kv_bits=8).take([1, 2, 3])
+    assert cache.cache_options == {"kv_bits": 8}
+    assert isinstance(cache.caches[1].storage, QuantizedStorage)
+    assert isinstance(CachePool(generation_model, 10**9).take([1]).caches[1].storage,
+                      FloatStorage)
