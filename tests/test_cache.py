@@ -563,8 +563,10 @@ def test_the_cli_passes_kv_bits_to_the_caches(tiny_vocab_checkpoint, monkeypatch
     from openharmony.cli import app
 
     monkeypatch.setenv("OPENHARMONY_VOCAB", str(VOCAB))
-    model = ["-m", str(tiny_vocab_checkpoint), "--max-tokens", "2"]
-    for command in (["generate", "hi"], ["generate", "--chat", "hi"], ["chat"], ["serve"]):
+    model = ["-m", str(tiny_vocab_checkpoint)]
+    for command in (["generate", "hi", "--max-tokens", "2"],
+                    ["generate", "--chat", "hi", "--max-tokens", "2"],
+                    ["chat", "--max-tokens", "2"], ["serve", "--port", "1"]):
         refused = CliRunner().invoke(app, [*command, *model, "--kv-bits", "5"])
         assert refused.exit_code == 2 and "must be 4 or 8, got 5" in refused.output
         # The tiny preset's head_dim (16) cannot be quantized: the option reached make_caches.
