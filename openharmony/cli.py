@@ -184,6 +184,18 @@ Verbose = Annotated[bool, typer.Option("--verbose", "-v",
                                        help="Print timing statistics to stderr at the end.")]
 
 
+def _kv_bits(value: int | None) -> int | None:
+    if value is not None and value not in (4, 8):  # cache.quantized.BITS, before any loading
+        raise typer.BadParameter(f"must be 4 or 8, got {value}")
+    return value
+
+
+KVBits = Annotated[Optional[int], typer.Option(
+    "--kv-bits", callback=_kv_bits,
+    help="Store the full-attention layers' keys and values quantized to 8 (or 4) bits "
+         "(docs/cache.md). Default: float, as computed.")]
+
+
 def _sampling(temperature, top_p, top_k, min_p, repetition_penalty, presence_penalty,
               frequency_penalty) -> SamplingOptions:
     return SamplingOptions(temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
@@ -316,10 +328,12 @@ def generate(
     system: System = None,
     developer: Developer = None,
     dtype: DTypeOption = None,
+    kv_bits: KVBits = None,
     show_reasoning: ShowReasoning = False,
     verbose: Verbose = False,
 ) -> None:
     """Stream a completion of PROMPT to stdout."""
+    from .cache import PromptCache
     from .generate import stream_generate
 
     prompt = _one_of("PROMPT", prompt, "--prompt", prompt_option)
@@ -340,11 +354,11 @@ def generate(
                                                    system=system, developer=developer))
         conversation.add_user(prompt)
         stats = _chat_turn(loaded, tokenizer, conversation, sampling, max_tokens, seed,
-                           show_reasoning, None)
+                           show_reasoning, PromptCache(loaded, kv_bits=kv_bits))
     else:
         stats = None
         for chunk in stream_generate(loaded, prompt, tokenizer=tokenizer, sampling=sampling,
-                                     max_tokens=max_tokens, seed=seed):
+                                     max_tokens=max_tokens, seed=seed, kv_bits=kv_bits):
             _write(chunk.text)
             stats = chunk.stats or stats
         _write("\n")
@@ -414,6 +428,7 @@ def chat(
     system: System = None,
     developer: Developer = None,
     dtype: DTypeOption = None,
+    kv_bits: KVBits = None,
     show_reasoning: ShowReasoning = False,
     verbose: Verbose = False,
 ) -> None:
@@ -431,7 +446,7 @@ def chat(
     options = ChatOptions(reasoning_effort=reasoning_effort.value, system=system,
                           developer=developer)
     conversation = Chat(tokenizer, options)
-    prompt_cache = PromptCache(loaded)
+    prompt_cache = PromptCache(loaded, kv_bits=kv_bits)
     try:
         import readline  # noqa: F401 - line editing and history for input()
     except ImportError:  # not on every platform
@@ -446,7 +461,7 @@ def chat(
             continue
         if message == "/reset":
             conversation = Chat(tokenizer, options)
-            prompt_cache = PromptCache(loaded)
+            prompt_cache = PromptCache(loaded, kv_bits=kv_bits)
             typer.echo("(new conversation)", err=True)
             continue
         before_turn = list(conversation.messages)
@@ -503,6 +518,7 @@ def serve(
     cache_gb: Annotated[float, typer.Option(min=0.0, help="Keys and values kept for prompt "
                                                           "reuse across requests, in GB.")
                         ] = 4.0,
+    kv_bits: KVBits = None,
 ) -> None:
     """An OpenAI-compatible server: the Responses API and Chat Completions (docs/server.md).
 
@@ -515,15 +531,17 @@ def serve(
     from .server.app import create_app
 
     tokenizer, loaded = _load(model, dtype)
+    if kv_bits is not None:
+        loaded.make_cache(kv_bits=kv_bits)  # a model that cannot take it fails now
     if settings.rank:  # expert parallel: rank 0 serves, the others follow its turns
         from .server.engine import follow
 
-        return follow(loaded, tokenizer, int(cache_gb * 1e9))
+        return follow(loaded, tokenizer, int(cache_gb * 1e9), kv_bits)
     model_id = model if not Path(model).expanduser().exists() else Path(model).name
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
     logging.getLogger("openharmony.server").setLevel(logging.INFO)  # one line per request
     app_ = create_app(loaded, tokenizer, model_id, api_key=api_key, max_queue=max_queue,
-                      max_cache_bytes=int(cache_gb * 1e9))
+                      max_cache_bytes=int(cache_gb * 1e9), kv_bits=kv_bits)
     typer.echo(f"serving {model_id} on http://{host}:{port}/v1"
                + (" (API key required)" if api_key else ""), err=True)
     uvicorn.run(app_, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)

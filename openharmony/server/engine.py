@@ -63,11 +63,13 @@ def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
 class CachePool:
     """Prompt caches of recent conversations, at most `max_bytes` of keys and values in all
     (the most recently used one is always kept), least recently used evicted first.
-    `max_bytes=0` keeps none: every request computes its whole prompt (a cache-less server)."""
+    `max_bytes=0` keeps none: every request computes its whole prompt (a cache-less server).
+    `cache_options` go to every `PromptCache` (`kv_bits=8`: quantized KV caches, docs/cache.md)."""
 
-    def __init__(self, model, max_bytes: int):
+    def __init__(self, model, max_bytes: int, **cache_options):
         self.model = model
         self.max_bytes = max_bytes
+        self.cache_options = cache_options
         self._caches: list[PromptCache] = []  # least recently used first
         self._lock = threading.Lock()
 
@@ -83,10 +85,10 @@ class CachePool:
         with self._lock:
             best = max(self._caches, key=lambda c: common_prefix(c.tokens, prompt), default=None)
             if best is None:
-                return PromptCache(self.model)
+                return PromptCache(self.model, **self.cache_options)
             reused = common_prefix(best.tokens, prompt)
             if reused == 0 or len(best.tokens) - reused > reused:
-                return PromptCache(self.model)
+                return PromptCache(self.model, **self.cache_options)
             self._caches.remove(best)
             return best
 
@@ -130,10 +132,10 @@ class Engine:
     """Runs chat turns for the server on one thread; see the module docstring."""
 
     def __init__(self, model, tokenizer, *, max_queue: int = 16,
-                 max_cache_bytes: int = 4 * 10**9):
+                 max_cache_bytes: int = 4 * 10**9, kv_bits: int | None = None):
         self.model = model
         self.tokenizer = tokenizer
-        self.pool = CachePool(model, max_cache_bytes)
+        self.pool = CachePool(model, max_cache_bytes, kv_bits=kv_bits)
         self.generated_tokens = 0  # by all turns so far, stopped ones included
         self._jobs: queue.Queue[Job | None] = queue.Queue(maxsize=max_queue)
         self._thread = threading.Thread(target=self._run, name="openharmony-generation",
@@ -209,10 +211,10 @@ def _turn_to_json(prompt: list[int], options: dict[str, Any]) -> dict:
     return {"prompt": list(prompt), "options": options}
 
 
-def follow(model, tokenizer, max_cache_bytes: int) -> None:
+def follow(model, tokenizer, max_cache_bytes: int, kv_bits: int | None = None) -> None:
     """Ranks other than 0 of a distributed server: run the turns rank 0's engine announces,
     in its order and on an identical cache pool, until it closes."""
-    pool = CachePool(model, max_cache_bytes)
+    pool = CachePool(model, max_cache_bytes, kv_bits=kv_bits)
     while (text := broadcast_text(None, model.group)) is not None:
         turn = json.loads(text)
         options = turn["options"]
