@@ -20,7 +20,10 @@ struct ScaleTable {
     float power = 1.0f;  // powers of two are exact, subnormal 2**-127 included
     for (int s = 127; s >= 0; --s, power /= 2) value[s] = power;
     power = 2.0f;
-    for (int s = 128; s < 255; ++s, power *= 2) value[s] = power;
+    for (int s = 128; s < 255; ++s) {
+      value[s] = power;
+      if (s < 254) power *= 2;  // 2**128 would overflow
+    }
     value[255] = __builtin_nanf("");
   }
 };

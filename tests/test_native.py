@@ -74,10 +74,11 @@ def assert_close(y, reference, bound):
 
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("rows", [1, 3, 7, 300])
-def test_gather_mxfp4_matmul_matches_gather_qmm_and_the_spec(isa, rows):
+@pytest.mark.parametrize("K", [96, 544])  # 544: tiles built in 256-column pieces, and a rest
+def test_gather_mxfp4_matmul_matches_gather_qmm_and_the_spec(isa, rows, K):
     isa_or_skip(isa)
     rng = np.random.default_rng(rows)
-    E, N, K = 5, 70, 96
+    E, N = 5, 70
     codes, scales = random_mxfp4(rng, E, N, K)
     w, s = as_mlx(codes, scales)
     x = rng.standard_normal((rows, K)).astype(np.float32)
@@ -172,10 +173,11 @@ def test_an_unknown_isa_is_refused_with_the_choices():
 
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("rows", [1, 3, 5, 9, 130])
-def test_bf16_matmul_matches_mlx_and_float64(isa, rows):
+@pytest.mark.parametrize("K", [77, 555])  # tails after 16 and 8 lanes; 555: 256-column pieces
+def test_bf16_matmul_matches_mlx_and_float64(isa, rows, K):
     isa_or_skip(isa)
     rng = np.random.default_rng(rows)
-    N, K = 70, 77  # K leaves a tail after 16- and 8-lane vectors
+    N = 70
     w = mx.array(rng.standard_normal((N, K)).astype(np.float32)).astype(mx.bfloat16)
     x = rng.standard_normal((rows, K)).astype(np.float32)
     y = native.bf16_matmul(mx.array(x), w, isa=isa)
