@@ -8,8 +8,8 @@ per token, i.e. 4*rows token-expert pairs over the 32 experts) through
 `native.gather_mxfp4_matmul` and `mx.gather_qmm(mode="mxfp4")`, and the dense layers (q+k+v,
 lm_head) as bfloat16 weights through `native.bf16_matmul` and as float32 weights through MLX's
 matmul (the BLAS openharmony.blas picks: MKL when installed). Random weights and inputs; the
-median of --repeats timed evaluations after one warm-up. Prints ms, GB/s of weights read (for
-one row: the bytes a decode step must read) and the speedup. Takes the big-memory lock (the
+median of --repeats timed evaluations after one warm-up. Prints ms, GB/s of weights read for one
+row (decode: the bytes a step must read) or GFLOP/s for many, and the speedup. Takes the big-memory lock (the
 float32 lm_head alone is 2.3 GB).
 """
 
@@ -56,7 +56,8 @@ def expert_case(name, n, k, rows, isas, repeats):
                 repeats)
     for isa in isas:
         ours = timed(lambda: native.gather_mxfp4_matmul(x, w, s, experts, isa=isa), repeats)
-        report(f"{name} {TOP_K}x{rows} rows", isa, ours, "gather_qmm", mlx, nbytes)
+        report(f"{name} {TOP_K}x{rows} rows", isa, ours, "gather_qmm", mlx, nbytes,
+               2 * rows * TOP_K * n * k)
 
 
 def dense_case(name, n, k, rows, isas, repeats):
@@ -67,12 +68,16 @@ def dense_case(name, n, k, rows, isas, repeats):
     mlx = timed(lambda: x @ w32.T, repeats)
     for isa in isas:
         ours = timed(lambda: native.bf16_matmul(x, w16, isa=isa), repeats)
-        report(f"{name} {rows} rows", isa, ours, "float32 matmul", mlx, n * k * 2)
+        report(f"{name} {rows} rows", isa, ours, "float32 matmul", mlx, n * k * 2,
+               2 * rows * n * k)
     del w32
 
 
-def report(case, isa, ours, theirs_name, theirs, nbytes):
-    print(f"| {case} | {isa} {ours * 1e3:.2f} ms ({nbytes / ours / 1e9:.1f} GB/s) "
+def report(case, isa, ours, theirs_name, theirs, nbytes, flops):
+    # One row (decode) is bound by the weights' bytes, many rows (prefill) by arithmetic.
+    rate = (f"{nbytes / ours / 1e9:.1f} GB/s" if flops <= 2 * nbytes * TOP_K
+            else f"{flops / ours / 1e9:.0f} GFLOP/s")
+    print(f"| {case} | {isa} {ours * 1e3:.2f} ms ({rate}) "
           f"| {theirs_name} {theirs * 1e3:.2f} ms | {theirs / ours:.1f}x |", flush=True)
 
 
