@@ -2,9 +2,13 @@
 
     openharmony generate "The sky is blue because"          # raw text completion
     openharmony generate --chat "Why is the sky blue?"      # one harmony chat turn
+    echo "The sky is" | openharmony generate -m M           # the prompt from stdin (or '-')
     openharmony chat                                        # interactive, multi-turn
     openharmony download [openai/gpt-oss-20b]               # the Hugging Face layout only
-    openharmony info [MODEL]                                # sizes and memory, from headers
+    openharmony info [MODEL | --model MODEL]                # sizes and memory, from headers
+
+Flags people bring from mlx-lm and llama.cpp work too: -m/--model, -p/--prompt, -n/--max-tokens,
+--temp.
 
 Errors caused by the user's input (every `OpenHarmonyError`, and typer's own bad-flag errors)
 are printed as one line on stderr with a non-zero exit code; `--debug` shows the traceback
@@ -123,15 +127,42 @@ ModelOption = Annotated[str, typer.Option(
 DTypeOption = Annotated[Optional[DType], typer.Option(
     help="Compute dtype of the dense weights (MXFP4 experts stay packed). "
          "Default: float32 on the CPU, bfloat16 on a GPU.")]
-MaxTokens = Annotated[int, typer.Option(min=1, help="Most tokens to generate.")]
-Temperature = Annotated[float, typer.Option(min=0.0, help="0 is greedy.")]
-TopP = Annotated[float, typer.Option(min=0.0, max=1.0, help="Nucleus sampling; 1 is off.")]
+MaxTokens = Annotated[int, typer.Option("--max-tokens", "-n", min=1,
+                                         help="Most tokens to generate.")]
+
+
+def _sampling_value(field: str):
+    """A parser that checks a flag's value as `SamplingOptions` does (range and finiteness, so
+    nan and inf are refused), before the model loads: one set of rules for the CLI and the API."""
+
+    def parse(text: str) -> float:
+        from .sampling import SamplingOptions
+
+        try:
+            value = float(text)
+            SamplingOptions(**{field: value})
+        except ValueError as e:  # SamplingError is a ValueError
+            raise typer.BadParameter(str(e)) from None
+        return value
+
+    return parse
+
+
+Temperature = Annotated[float, typer.Option("--temperature", "--temp",
+                                            parser=_sampling_value("temperature"),
+                                            help=">= 0; 0 is greedy.")]
+TopP = Annotated[float, typer.Option(parser=_sampling_value("top_p"),
+                                     help="Nucleus sampling, in (0, 1]; 1 is off.")]
 TopK = Annotated[int, typer.Option(min=0, help="Keep the k most likely tokens; 0 is off.")]
-MinP = Annotated[float, typer.Option(min=0.0, max=1.0,
-                                     help="Drop tokens below min-p x the top probability.")]
-RepetitionPenalty = Annotated[float, typer.Option(min=0.0, help="1 is off.")]
-PresencePenalty = Annotated[float, typer.Option(help="0 is off.")]
-FrequencyPenalty = Annotated[float, typer.Option(help="0 is off.")]
+MinP = Annotated[float, typer.Option(parser=_sampling_value("min_p"),
+                                     help="Drop tokens below min-p x the top probability, in "
+                                          "[0, 1]; 0 is off.")]
+RepetitionPenalty = Annotated[float, typer.Option(parser=_sampling_value("repetition_penalty"),
+                                                  help="> 0; 1 is off.")]
+PresencePenalty = Annotated[float, typer.Option(parser=_sampling_value("presence_penalty"),
+                                                help="In [-2, 2]; 0 is off.")]
+FrequencyPenalty = Annotated[float, typer.Option(parser=_sampling_value("frequency_penalty"),
+                                                 help="In [-2, 2]; 0 is off.")]
 Seed = Annotated[Optional[int], typer.Option(help="Seed of the sampler (reproducible output).")]
 Effort = Annotated[ReasoningEffort, typer.Option(help="How much the model reasons (chat).")]
 System = Annotated[Optional[str], typer.Option(
@@ -233,8 +264,12 @@ def _print_stats(stats) -> None:
 
 @app.command()
 def generate(
-    prompt: Annotated[str, typer.Argument(help="The prompt: raw text, or the user message "
-                                               "with --chat.")],
+    prompt: Annotated[Optional[str], typer.Argument(
+        metavar="PROMPT", show_default=False,
+        help="The prompt: raw text, or the user message with --chat. '-' or none: stdin.")
+    ] = None,
+    prompt_option: Annotated[Optional[str], typer.Option(
+        "--prompt", "-p", help="The prompt, as an option (instead of PROMPT).")] = None,
     chat: Annotated[bool, typer.Option("--chat", help="Send the prompt as a harmony user "
                                                       "message and print the final answer.")
                     ] = False,
@@ -258,6 +293,7 @@ def generate(
     """Stream a completion of PROMPT to stdout."""
     from .generate import stream_generate
 
+    prompt = _read_prompt(_one_of("PROMPT", prompt, "--prompt", prompt_option))
     tokenizer, loaded = _load(model, dtype)
     sampling = _sampling(max_tokens, temperature, top_p, top_k, min_p, repetition_penalty,
                          presence_penalty, frequency_penalty, seed)
@@ -276,6 +312,29 @@ def generate(
         _write("\n")
     if verbose and stats is not None:
         _print_stats(stats)
+
+
+def _one_of(positional_name: str, positional: str | None, option_name: str,
+             option: str | None, default: str | None = None) -> str | None:
+    """The value given as an argument or as an option (not both: which one would be meant?)."""
+    if positional is not None and option is not None:
+        raise typer.BadParameter("both given; give one",
+                                 param_hint=f"'{positional_name}' / '{option_name}'")
+    return positional if positional is not None else option if option is not None else default
+
+
+def _read_prompt(prompt: str | None) -> str:
+    """The prompt; `-` or none reads stdin when it is a pipe or a file. Trailing newlines are
+    dropped, as the shell's "$(cat file)" does."""
+    if prompt is not None and prompt != "-":
+        return prompt
+    if prompt is None and sys.stdin.isatty():
+        raise typer.BadParameter("none given: pass it as PROMPT, with --prompt/-p, or on "
+                                 "stdin ('-' or a pipe)", param_hint="'PROMPT'")
+    text = sys.stdin.read().rstrip("\n")
+    if not text:
+        raise typer.BadParameter("stdin is empty", param_hint="'PROMPT'")
+    return text
 
 
 def _chat_turn(model, tokenizer, conversation, sampling, show_reasoning, prompt_cache):
@@ -398,7 +457,11 @@ def _read_line(prompt: str) -> str | None:
 
 @app.command()
 def download(
-    repo_id: Annotated[str, typer.Argument(help="The hub model id.")] = DEFAULT_MODEL,
+    repo_id: Annotated[Optional[str], typer.Argument(
+        metavar="REPO_ID", show_default=False,
+        help=f"The hub model id. Default: {DEFAULT_MODEL}.")] = None,
+    model: Annotated[Optional[str], typer.Option(
+        "--model", "-m", help="The hub model id, as an option (instead of REPO_ID).")] = None,
     revision: Annotated[Optional[str], typer.Option(help="Branch, tag or commit.")] = None,
     cache_dir: Annotated[Optional[Path], typer.Option(
         help="The Hugging Face cache to use (default: $HF_HUB_CACHE, else "
@@ -416,6 +479,7 @@ def download(
     --original and --metal add the other copies of the weights. Interrupted downloads resume:
     run the same command again.
     """
+    repo_id = _one_of("REPO_ID", repo_id, "--model", model, DEFAULT_MODEL)
     if cache_dir is not None and local_dir is not None:
         raise OpenHarmonyError("--cache-dir and --local-dir exclude each other")
     try:
@@ -495,8 +559,12 @@ def checkpoint_summary(checkpoint, dtype: str, context: int) -> dict[str, Any]:
 
 @app.command()
 def info(
-    model: Annotated[str, typer.Argument(help="A checkpoint folder or a hub id (in the cache)."
-                                         )] = DEFAULT_MODEL,
+    model: Annotated[Optional[str], typer.Argument(
+        metavar="MODEL", show_default=False,
+        help=f"A checkpoint folder or a hub id (in the cache). Default: {DEFAULT_MODEL}.")
+    ] = None,
+    model_option: Annotated[Optional[str], typer.Option(
+        "--model", "-m", help="The same, as an option (instead of MODEL).")] = None,
     dtype: DTypeOption = None,
     context: Annotated[int, typer.Option(min=1, help="Context length for the KV cache "
                                                      "estimate.")] = 8192,
@@ -508,6 +576,7 @@ def info(
     """
     from .loader import open_checkpoint
 
+    model = _one_of("MODEL", model, "--model", model_option, DEFAULT_MODEL)
     checkpoint = open_checkpoint(resolve_model(model, download=False))
     if dtype is None:
         from .model import default_dtype

@@ -308,6 +308,16 @@ def test_info_numbers(request, fixture, dtype, dtype_bytes):
     assert got["vocab_size"] == config["vocab_size"]
 
 
+def test_info_takes_the_model_as_an_option_too(tiny_checkpoint):
+    positional = run("info", str(tiny_checkpoint), "--json")
+    assert positional.exit_code == 0, positional.output
+    for flag in ("--model", "-m"):
+        assert run("info", flag, str(tiny_checkpoint), "--json").stdout == positional.stdout
+    line = assert_one_line_error(run("info", str(tiny_checkpoint), "-m", str(tiny_checkpoint)),
+                                 2)
+    assert "'MODEL' / '--model'" in line
+
+
 def test_info_text(tiny_checkpoint):
     result = run("info", str(tiny_checkpoint), "--dtype", "bfloat16")
     assert result.exit_code == 0, result.output
@@ -377,17 +387,77 @@ def test_hub_id_not_in_cache_for_info(tmp_path, monkeypatch):
     (["--dtype", "float8"], 2, "Invalid value for '--dtype'"),
     (["--max-tokens", "0"], 2, "Invalid value for '--max-tokens'"),
     (["--no-such-flag"], 2, "No such option: --no-such-flag"),
-    (["--presence-penalty", "3"], 1, "presence_penalty must be in [-2, 2], got 3.0"),
+    (["--presence-penalty", "3"], 2, "presence_penalty must be in [-2, 2], got 3.0"),
+    (["--temperature", "nan"], 2, "temperature must be a finite number, got nan"),
+    (["--temp", "inf"], 2, "temperature must be a finite number, got inf"),
+    (["--top-p", "nan"], 2, "top_p must be a finite number, got nan"),
+    (["--top-p", "0"], 2, "top_p must be in (0, 1]"),
+    (["--min-p", "-inf"], 2, "min_p must be a finite number, got -inf"),
+    (["--repetition-penalty", "0"], 2, "repetition_penalty must be > 0"),
+    (["--frequency-penalty", "nan"], 2, "frequency_penalty must be a finite number, got nan"),
+    (["--temperature", "warm"], 2, "could not convert string to float: 'warm'"),
 ])
-def test_bad_flag_values(bigram_checkpoint, args, code, fragment):
-    result = run("generate", "The", "-m", str(bigram_checkpoint), *args)
+def test_bad_flag_values(tmp_path, args, code, fragment):
+    # A model that does not exist: the flag must be refused before any loading.
+    result = run("generate", "The", "-m", str(tmp_path / "no-model"), *args)
     line = assert_one_line_error(result, code)
     assert fragment in line
 
 
-def test_unknown_command_and_missing_argument():
+def test_unknown_command_and_missing_prompt():
     assert "No such command 'generat'" in assert_one_line_error(run("generat", "x"), 2)
-    assert "Missing argument 'prompt'" in assert_one_line_error(run("generate"), 2)
+    line = assert_one_line_error(run("generate"), 2)  # CliRunner's stdin: empty, not a terminal
+    assert "'PROMPT'" in line and "stdin is empty" in line
+
+
+# -- the conventions of mlx-lm and llama.cpp: -p/--prompt, --temp, -n, stdin ---------------
+
+
+@pytest.mark.parametrize("args, stdin", [
+    (["-p", "The"], None),
+    (["--prompt", "The"], None),
+    (["-"], "The\n"),  # trailing newlines are dropped, as "$(cat)" does
+    ([], "The"),  # no prompt at all: stdin (a pipe)
+])
+def test_prompt_sources(bigram_checkpoint, args, stdin):
+    result = run("generate", *args, "--model", str(bigram_checkpoint), "--temp", "0", "-n", "3",
+                 input=stdin)
+    assert result.exit_code == 0, result.output
+    assert result.stdout == " sky is blue\n"
+
+
+def test_prompt_given_twice_is_refused(tmp_path):
+    line = assert_one_line_error(run("generate", "The", "-p", "A", "-m", str(tmp_path)), 2)
+    assert "'PROMPT' / '--prompt'" in line and "both given" in line
+
+
+def test_no_prompt_on_a_terminal_says_where_a_prompt_goes(monkeypatch):
+    from openharmony import cli
+
+    class Terminal:
+        def isatty(self):
+            return True
+
+        def read(self):
+            raise AssertionError("a terminal must not be read as the prompt")
+
+    monkeypatch.setattr(sys, "stdin", Terminal())
+    with pytest.raises(Exception) as raised:
+        cli._read_prompt(None)
+    message = raised.value.format_message()
+    assert "'PROMPT'" in message and "--prompt" in message and "stdin" in message
+
+
+def test_help_lists_the_aliases():
+    result = run("generate", "--help")
+    assert result.exit_code == 0, result.output
+    for flag in ("-p, --prompt", "--temperature, --temp", "-n, --max-tokens", "-m, --model"):
+        assert flag in result.stdout, flag
+    # Readable: no line wider than a terminal's 80 columns, no markup boxes.
+    assert max(len(line) for line in result.stdout.splitlines()) <= 80
+    assert "╭" not in result.stdout
+    for command in ("info", "download"):
+        assert "-m, --model" in run(command, "--help").stdout
 
 
 def test_no_vocabulary_offline(bigram_checkpoint, monkeypatch, tmp_path):

@@ -94,6 +94,16 @@ def test_downloads_only_the_hugging_face_layout(hub, tmp_path):
     assert fetched == HF_LAYOUT  # original/ and metal/ were never requested
 
 
+def test_model_option_is_the_repo_id(hub, tmp_path):
+    for flag in ("--model", "-m"):
+        result = run_cli("download", flag, REPO, "--cache-dir", str(tmp_path))
+        assert result.exit_code == 0, result.output
+        assert result.stdout.strip() == str(snapshot(tmp_path))
+    result = run_cli("download", REPO, "--model", REPO)
+    assert result.exit_code == 2
+    assert "'REPO_ID' / '--model'" in result.stderr
+
+
 def test_original_and_metal_on_request(hub, tmp_path):
     result = run_cli("download", REPO, "--local-dir", str(tmp_path / "m"), "--original",
                      "--metal")
