@@ -56,7 +56,8 @@ void ThreadPool::work(const std::function<void(int64_t)>* task) {
 
 void ThreadPool::parallel_for(int64_t count, const std::function<void(int64_t)>& task) {
   if (count <= 0) return;
-  if (workers_.empty() || count == 1) {
+  std::unique_lock<std::mutex> job(job_, std::try_to_lock);
+  if (workers_.empty() || count == 1 || !job.owns_lock()) {
     for (int64_t i = 0; i < count; ++i) task(i);
     return;
   }

@@ -26,7 +26,8 @@ class ThreadPool {
   int size() const { return int(workers_.size()) + 1; }  // the calling thread works too
 
   // Runs task(i) for every i in [0, count), spread over the pool; returns when all are done.
-  // One job at a time (kernels are called from MLX's single CPU stream thread).
+  // One job at a time: a call made while another runs (a second MLX CPU stream) runs its
+  // items on its own thread instead of waiting.
   void parallel_for(int64_t count, const std::function<void(int64_t)>& task);
 
   // The process-wide pool: OPENHARMONY_THREADS threads, or the cores this process may use.
@@ -37,6 +38,7 @@ class ThreadPool {
   void worker_loop();
 
   std::vector<std::thread> workers_;
+  std::mutex job_;  // held by the caller whose job the workers run
   std::mutex mutex_;
   std::condition_variable wake_;
   std::condition_variable done_;

@@ -189,6 +189,37 @@ def test_bf16_matmul_matches_mlx_and_float64(isa, rows, K):
     assert_close(y, np.array(mx.array(x) @ w.astype(mx.float32).T, dtype=np.float64), bound)
 
 
+@needs_native
+def test_results_do_not_depend_on_the_number_of_threads(tmp_path):
+    # Each output element is computed by exactly one work item, in a fixed order: one thread
+    # and the whole pool give the same bits, on the decode and on the tile paths.
+    script = """
+import sys, numpy as np, mlx.core as mx
+from openharmony import native
+rng = np.random.default_rng(0)
+w = mx.array(rng.integers(0, 1 << 32, (4, 100, 12), dtype=np.uint32))
+s = mx.array(rng.integers(118, 130, (4, 100, 3), dtype=np.uint8))
+x = mx.array(rng.standard_normal((80, 96)).astype(np.float32))
+experts = mx.array(rng.integers(0, 4, 80).astype(np.uint32))
+wb = mx.array(rng.standard_normal((100, 96)).astype(np.float32)).astype(mx.bfloat16)
+outs = [native.gather_mxfp4_matmul(x[:n], w, s, experts[:n]) for n in (1, 80)]
+outs += [native.bf16_matmul(x[:n], wb) for n in (1, 80)]
+np.save(sys.argv[1], np.concatenate([np.array(o).ravel() for o in outs]))
+print(native.threads())
+"""
+    results = {}
+    for threads in ("1", "3"):
+        out = tmp_path / f"{threads}.npy"
+        done = subprocess.run([sys.executable, "-c", script, str(out)], capture_output=True,
+                              text=True, cwd=REPO, timeout=120,
+                              env=dict(os.environ, PYTHONPATH=str(REPO),
+                                       OPENHARMONY_THREADS=threads))
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert done.stdout.split() == [threads]
+        results[threads] = np.load(out)
+    assert np.array_equal(results["1"], results["3"])
+
+
 # -- the switch, the fallback and the build --------------------------------------------------
 
 
