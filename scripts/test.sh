@@ -12,6 +12,8 @@ fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install -qq -e ".[test]"
 # The native CPU kernels against the installed MLX (rebuilt when MLX or csrc/ changes; skipped
-# with a message where there is no compiler or cmake, and the suite then skips their tests).
-.venv/bin/python -m openharmony.native.build
+# with a message where there is no compiler or cmake). Where they do not build the suite runs
+# on MLX's kernels and skips their tests; CI sets OPENHARMONY_REQUIRE_NATIVE=1 to fail instead.
+.venv/bin/python -m openharmony.native.build || \
+    echo "test.sh: the native kernels did not build; their tests will be skipped" >&2
 exec .venv/bin/python -m pytest "$@"

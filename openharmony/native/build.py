@@ -20,6 +20,7 @@ import os
 import shutil
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -80,6 +81,9 @@ def missing_tools() -> str | None:
         import nanobind  # noqa: F401
     except ImportError:
         return "nanobind is not installed (pip install nanobind)"
+    headers = Path(sysconfig.get_paths()["include"]) / "Python.h"
+    if not headers.is_file():
+        return f"Python's development headers are not installed ({headers} is missing)"
     return None
 
 
