@@ -17,10 +17,11 @@ ends past final answers with <|end|> instead of <|return|>. The model's reply en
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 from openai_harmony import (
     Author,
@@ -48,6 +49,28 @@ FUNCTIONS_NAMESPACE = "functions"
 
 def today() -> str:
     return datetime.date.today().isoformat()
+
+
+# What an assistant message is for, from its header: the one classification the CLI and the
+# server use. A recipient other than the assistant or the user makes it a tool call (whatever
+# its channel); the analysis channel is reasoning (the chain of thought, never shown as the
+# answer); everything else is text for the user: the final answer, and commentary preambles.
+TOOL_CALL, REASONING, TEXT = "tool_call", "reasoning", "text"
+
+
+def message_kind(channel: str | None, recipient: str | None) -> str:
+    if recipient not in (None, "assistant", "user"):
+        return TOOL_CALL
+    if channel == "analysis":
+        return REASONING
+    return TEXT
+
+
+def tool_name(recipient: str) -> str:
+    """A function's name from a recipient ('functions.get_weather' -> 'get_weather'); other
+    recipients (built-in tools such as 'browser.search') are returned whole."""
+    namespace, _, name = recipient.partition(".")
+    return name if namespace == FUNCTIONS_NAMESPACE and name else recipient
 
 
 @dataclass(frozen=True)
@@ -133,16 +156,18 @@ class ParsedMessage:
     content_type: str | None = None
 
     @property
+    def kind(self) -> str:
+        """`message_kind` of an assistant message (TOOL_CALL, REASONING or TEXT)."""
+        return message_kind(self.channel, self.recipient)
+
+    @property
     def is_tool_call(self) -> bool:
-        return self.role == "assistant" and self.recipient not in (None, "assistant", "user")
+        return self.role == "assistant" and self.kind == TOOL_CALL
 
     @property
     def tool_name(self) -> str | None:
         """The called function without its namespace ('functions.get_weather' -> 'get_weather')."""
-        if not self.is_tool_call:
-            return None
-        namespace, _, name = self.recipient.partition(".")
-        return name if namespace == FUNCTIONS_NAMESPACE and name else self.recipient
+        return tool_name(self.recipient) if self.is_tool_call else None
 
     def arguments(self) -> Any:
         """The tool call's arguments decoded from JSON."""
@@ -197,6 +222,20 @@ class Chat:
         """The model's reply as `parse_completion` returned it (analysis, calls, final)."""
         self.messages.extend(message.to_harmony() for message in parsed)
 
+    def add_reasoning(self, text: str) -> None:
+        """Past chain of thought (the analysis channel); openai-harmony drops it from the
+        prompt once a final answer follows it."""
+        self.add_assistant(text, channel="analysis")
+
+    def add_tool_call(self, name: str, arguments: str) -> None:
+        """A past call of function `name` with `arguments` (JSON text), as the model writes it:
+        `<|start|>assistant to=functions.NAME<|channel|>commentary <|constrain|>json...<|call|>`."""
+        recipient = name if "." in name else f"{FUNCTIONS_NAMESPACE}.{name}"
+        message = (Message.from_role_and_content(Role.ASSISTANT, arguments)
+                   .with_channel("commentary").with_recipient(recipient)
+                   .with_content_type("<|constrain|>json"))
+        self.messages.append(message)
+
     def add_tool_result(self, name: str, content: str | Any) -> None:
         """The output of tool `name` ('get_weather' or 'functions.get_weather') for the model.
 
@@ -247,12 +286,26 @@ def parse_completion(tokenizer: Tokenizer, tokens: Sequence[int]) -> list[Parsed
 
 @dataclass(frozen=True)
 class StreamEvent:
-    """New text of the message being generated, with where it goes."""
+    """New text of the message being generated, with where it goes.
+
+    `message_index` counts the messages of the completion (0 for the first): a new index is
+    a new message. `token` is the token that added the text, `logprob` its log-probability
+    and `top_logprobs` the most likely tokens of that step, (token, log-probability), when the
+    generation computed them."""
 
     channel: str | None
     recipient: str | None
     content_type: str | None
     delta: str
+    message_index: int = 0
+    token: int | None = None
+    logprob: float | None = None
+    top_logprobs: list[tuple[int, float]] | None = None
+
+    @property
+    def kind(self) -> str:
+        """`message_kind` of the message (TOOL_CALL, REASONING or TEXT)."""
+        return message_kind(self.channel, self.recipient)
 
 
 class ChatStreamParser:
@@ -267,7 +320,8 @@ class ChatStreamParser:
         self._parser = StreamableParser(tokenizer.harmony(), Role.ASSISTANT)
         self._fed_any = False
 
-    def feed(self, token: int) -> StreamEvent | None:
+    def feed(self, token: int, logprob: float | None = None,
+             top_logprobs: list[tuple[int, float]] | None = None) -> StreamEvent | None:
         self._fed_any = True
         try:
             self._parser.process(token)
@@ -283,11 +337,21 @@ class ChatStreamParser:
             recipient=self._parser.current_recipient,
             content_type=self._parser.current_content_type,
             delta=delta,
+            message_index=len(self._parser.messages),
+            token=token,
+            logprob=logprob,
+            top_logprobs=top_logprobs,
         )
 
     @property
     def messages(self) -> list[ParsedMessage]:
         return [ParsedMessage.from_harmony(message) for message in self._parser.messages]
+
+    def current_message(self) -> ParsedMessage:
+        """The message being written, as far as it got."""
+        p = self._parser
+        return ParsedMessage(role="assistant", channel=p.current_channel, text=p.current_content,
+                             recipient=p.current_recipient, content_type=p.current_content_type)
 
     def finish(self) -> list[ParsedMessage]:
         if not self._fed_any:
@@ -299,3 +363,94 @@ class ChatStreamParser:
                 f"the completion is not in the harmony format: {error}"
             ) from error
         return self.messages
+
+
+class ChatTurn:
+    """One assistant turn: generate the reply to a rendered conversation and parse it, as it
+    streams, into reasoning / text / tool-call events. The CLI's chat and the server run this.
+
+        turn = ChatTurn(model, tokenizer, chat.render(), max_tokens=512, prompt_cache=cache)
+        for event in turn:          # StreamEvents, one per token that adds message text
+            ...
+        turn.messages, turn.finish_reason, turn.stats
+
+    Each token is decoded once, by the harmony parser (the generation produces no text).
+    `finish_reason`: "tool_calls" (the reply ended with <|call|>), "stop" (<|return|>, or a
+    `stop` string in the text for the user, which is then cut before it), "length"
+    (`max_tokens`). A reply cut by `max_tokens` keeps its complete messages and the last one
+    as far as it got (dropped if cut inside its header). Bad arguments raise here, before any
+    work; a reply that breaks the harmony format raises OpenHarmonyError while iterating.
+    Stopping the iteration early (closing it) leaves `prompt_cache` consistent.
+    """
+
+    def __init__(self, model, tokenizer: Tokenizer, prompt: Sequence[int], *,
+                 max_tokens: int, sampling=None, seed: int | None = None,
+                 prompt_cache=None, logprobs: bool = False, top_logprobs: int = 0,
+                 stop: Sequence[str] = ()):
+        from .generate import StopStrings, stream_generate
+
+        self.tokenizer = tokenizer
+        self.prompt_tokens = len(prompt)
+        self._stop = StopStrings(stop)
+        self._chunks = stream_generate(
+            model, prompt, tokenizer=tokenizer, max_tokens=max_tokens, sampling=sampling,
+            seed=seed, stop_tokens=chat_stop_tokens(tokenizer), prompt_cache=prompt_cache,
+            logprobs=logprobs, top_logprobs=top_logprobs, detokenize=False)
+        self._parser = ChatStreamParser(tokenizer)
+        self.tokens: list[int] = []  # the generated tokens
+        self.reused_prompt_tokens = 0  # prompt tokens taken from the prompt cache
+        self.messages: list[ParsedMessage] | None = None
+        self.finish_reason: str | None = None
+        self.stats = None  # GenerationStats, at the end (None after a stop string)
+
+    def __iter__(self) -> Iterator[StreamEvent]:
+        call_token = self.tokenizer.special_ids["<|call|>"]
+        last_text = None  # the latest event of text for the user (stop strings apply to it)
+        for chunk in self._chunks:
+            if chunk.reused_prompt_tokens is not None:
+                self.reused_prompt_tokens = chunk.reused_prompt_tokens
+            self.tokens.append(chunk.token)
+            event = self._parser.feed(chunk.token, chunk.logprob, chunk.top_logprobs)
+            stopped = False
+            if (event is not None and last_text is not None
+                    and event.message_index != last_text.message_index):
+                yield from self._release_held(last_text)  # that message is complete
+            if event is not None and event.kind == TEXT and self._stop.stop_strings:
+                last_text = event
+                delta, stopped = self._stop.feed(event.delta, final=False)
+                event = dataclasses.replace(event, delta=delta)
+            if event is not None and event.delta:
+                yield event
+            if stopped:
+                self._chunks.close()  # frees the generation; the prompt cache stays valid
+                self.messages = self._cut_at_stop()
+                self.finish_reason = "stop"
+                return
+            if chunk.finish_reason is not None:
+                self.stats = chunk.stats
+                if chunk.finish_reason == "length":
+                    self.finish_reason = "length"
+                    try:
+                        self.messages = self._parser.finish()
+                    except OpenHarmonyError:  # cut inside a header: the complete messages
+                        self.messages = self._parser.messages
+                else:
+                    self.messages = self._parser.finish()
+                    self.finish_reason = "tool_calls" if chunk.token == call_token else "stop"
+                yield from self._release_held(last_text)
+                return
+
+    def _release_held(self, last_text: StreamEvent | None) -> Iterator[StreamEvent]:
+        """The text held back while it could have begun a stop string, once its message ends."""
+        held = self._stop.feed("", final=True)[0] if last_text is not None else ""
+        if held:
+            yield dataclasses.replace(last_text, delta=held, token=None, logprob=None,
+                                      top_logprobs=None)
+
+    def _cut_at_stop(self) -> list[ParsedMessage]:
+        """The messages so far; the one being written ends right before the stop string."""
+        current = self._parser.current_message()
+        found = [i for i in (current.text.find(s) for s in self._stop.stop_strings) if i >= 0]
+        if found:
+            current = dataclasses.replace(current, text=current.text[:min(found)])
+        return self._parser.messages + [current]

@@ -6,6 +6,7 @@
     openharmony chat                                        # interactive, multi-turn
     openharmony download [openai/gpt-oss-20b]               # the Hugging Face layout only
     openharmony info [MODEL | --model MODEL]                # sizes and memory, from headers
+    openharmony serve --model M                             # an OpenAI-compatible server
 
 Flags people bring from mlx-lm and llama.cpp work too: -m/--model, -p/--prompt, -n/--max-tokens,
 --temp.
@@ -20,16 +21,19 @@ from __future__ import annotations
 
 import enum
 import json
-import math
+import os
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Optional
 
 import typer
 from typer.core import TyperGroup
 
+from .chat import REASONING, TEXT, TOOL_CALL
 from .download import DEFAULT_MODEL, download_model, resolve_model
-from .errors import OpenHarmonyError
+from .errors import DistributedError, OpenHarmonyError
+from .memory import checkpoint_summary
+from .sampling import SamplingOptions, option_range
 
 EXIT_ERROR = 1  # typer's own usage errors exit with 2
 EXIT_INTERRUPTED = 130
@@ -40,6 +44,9 @@ class _Settings:
 
     debug = False
     vocab: str | None = None
+    rank = 0  # under mlx.launch: this process's rank; only rank 0 reads input and prints
+    group = None  # the distributed group (docs/distributed.md), once joined
+    joined = False
 
 
 settings = _Settings()
@@ -50,7 +57,7 @@ class OneLineErrors(TyperGroup):
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True,
              **extra):
-        settings.debug = False
+        settings.debug, settings.rank, settings.group, settings.joined = False, 0, None, False
         try:
             result = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except typer.TyperException as e:  # typer's bad flags and arguments
@@ -69,6 +76,9 @@ class OneLineErrors(TyperGroup):
 
     @staticmethod
     def _fail(message: str, code: int, standalone_mode: bool):
+        if settings.rank:  # the other ranks print their errors only (_only_rank0_prints)
+            sys.stderr = sys.__stderr__
+            message = f"rank {settings.rank}: {message}"
         # Messages from libraries may span lines; the contract is one line.
         typer.echo("error: " + " ".join(message.split()), err=True)
         if standalone_mode:
@@ -131,15 +141,13 @@ MaxTokens = Annotated[int, typer.Option("--max-tokens", "-n", min=1,
                                          help="Most tokens to generate.")]
 
 
-def _sampling_value(field: str):
+def _sampling_value(field: str, number: type):
     """A parser that checks a flag's value as `SamplingOptions` does (range and finiteness, so
     nan and inf are refused), before the model loads: one set of rules for the CLI and the API."""
 
-    def parse(text: str) -> float:
-        from .sampling import SamplingOptions
-
+    def parse(text: str):
         try:
-            value = float(text)
+            value = number(text)
             SamplingOptions(**{field: value})
         except ValueError as e:  # SamplingError is a ValueError
             raise typer.BadParameter(str(e)) from None
@@ -148,21 +156,22 @@ def _sampling_value(field: str):
     return parse
 
 
-Temperature = Annotated[float, typer.Option("--temperature", "--temp",
-                                            parser=_sampling_value("temperature"),
-                                            help=">= 0; 0 is greedy.")]
-TopP = Annotated[float, typer.Option(parser=_sampling_value("top_p"),
-                                     help="Nucleus sampling, in (0, 1]; 1 is off.")]
-TopK = Annotated[int, typer.Option(min=0, help="Keep the k most likely tokens; 0 is off.")]
-MinP = Annotated[float, typer.Option(parser=_sampling_value("min_p"),
-                                     help="Drop tokens below min-p x the top probability, in "
-                                          "[0, 1]; 0 is off.")]
-RepetitionPenalty = Annotated[float, typer.Option(parser=_sampling_value("repetition_penalty"),
-                                                  help="> 0; 1 is off.")]
-PresencePenalty = Annotated[float, typer.Option(parser=_sampling_value("presence_penalty"),
-                                                help="In [-2, 2]; 0 is off.")]
-FrequencyPenalty = Annotated[float, typer.Option(parser=_sampling_value("frequency_penalty"),
-                                                 help="In [-2, 2]; 0 is off.")]
+def _sampling_flag(field: str, *names: str):
+    """The flag of SamplingOptions field `field`: its range and meaning from sampling.py."""
+    spec = option_range(field)
+    number = int if spec.integer else float
+    return Annotated[number, typer.Option(*names, parser=_sampling_value(field, number),
+                                          help=f"{spec.describe()}; {spec.help}.")]
+
+
+_DEFAULTS = SamplingOptions()
+Temperature = _sampling_flag("temperature", "--temperature", "--temp")
+TopP = _sampling_flag("top_p", "--top-p")
+TopK = _sampling_flag("top_k", "--top-k")
+MinP = _sampling_flag("min_p", "--min-p")
+RepetitionPenalty = _sampling_flag("repetition_penalty", "--repetition-penalty")
+PresencePenalty = _sampling_flag("presence_penalty", "--presence-penalty")
+FrequencyPenalty = _sampling_flag("frequency_penalty", "--frequency-penalty")
 Seed = Annotated[Optional[int], typer.Option(help="Seed of the sampler (reproducible output).")]
 Effort = Annotated[ReasoningEffort, typer.Option(help="How much the model reasons (chat).")]
 System = Annotated[Optional[str], typer.Option(
@@ -175,27 +184,57 @@ Verbose = Annotated[bool, typer.Option("--verbose", "-v",
                                        help="Print timing statistics to stderr at the end.")]
 
 
-def _sampling(max_tokens, temperature, top_p, top_k, min_p, repetition_penalty,
-              presence_penalty, frequency_penalty, seed) -> dict[str, Any]:
-    return dict(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
-                min_p=min_p, repetition_penalty=repetition_penalty,
-                presence_penalty=presence_penalty, frequency_penalty=frequency_penalty,
-                seed=seed)
+def _sampling(temperature, top_p, top_k, min_p, repetition_penalty, presence_penalty,
+              frequency_penalty) -> SamplingOptions:
+    return SamplingOptions(temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
+                           repetition_penalty=repetition_penalty,
+                           presence_penalty=presence_penalty,
+                           frequency_penalty=frequency_penalty)
 
 
 def _load(model: str, dtype: DType | None):
-    """The tokenizer (first: a missing vocabulary fails fast) and the model."""
+    """The tokenizer (first: a missing vocabulary fails fast) and the model.
+
+    Under mlx.launch the group is joined before anything can fail, so that a rank that fails
+    leaves it (the others' next collective notices) rather than never joining it.
+    """
     from .tokenizer import load_tokenizer
 
+    group = _group()
     tokenizer = load_tokenizer(settings.vocab)
     folder = resolve_model(model)
     from .load import load_model
 
-    loaded = load_model(folder, dtype.value if dtype is not None else None)
+    loaded = load_model(folder, dtype.value if dtype is not None else None, group=group)
+    if group is not None and group.rank() != 0:
+        _only_rank0_prints(group.rank())
     if loaded.config.vocab_size < tokenizer.n_vocab:
         raise OpenHarmonyError(f"the model's vocabulary ({loaded.config.vocab_size} tokens) is "
                                f"smaller than the tokenizer's ({tokenizer.n_vocab})")
     return tokenizer, loaded
+
+
+def _group():
+    """The distributed group when started by mlx.launch (joined on first use), else None."""
+    if not settings.joined:
+        from .parallel import init_group
+
+        settings.group, settings.joined = init_group(), True
+    return settings.group
+
+
+def _only_rank0_prints(rank: int) -> None:
+    """On ranks other than 0: no output but errors (which `OneLineErrors` prints)."""
+    settings.rank = rank
+    sys.stdout = sys.stderr = open(os.devnull, "w")
+
+
+def _read_input(group) -> str | None:
+    """The next chat line: rank 0 reads it, every rank gets it."""
+    from .parallel import broadcast_text
+
+    line = _read_line(">>> ") if settings.rank == 0 else None
+    return line if group is None else broadcast_text(line, group)
 
 
 def _write(text: str, dim: bool = False) -> None:
@@ -211,38 +250,28 @@ class _ReplyPrinter:
 
     def __init__(self, show_reasoning: bool):
         self.show_reasoning = show_reasoning
-        self._current: tuple | None = None
+        self._current: int | None = None
         self._wrote_any = False
 
     def __call__(self, event) -> None:
-        key = (event.channel, event.recipient)
-        if key != self._current:
+        if event.message_index != self._current:
             self._start_message(event)
-            self._current = key
-        if self._is_tool_call(event) or self._is_reasoning(event):
-            if self.show_reasoning or not self._is_reasoning(event):
-                _write(event.delta, dim=True)
-        else:
+            self._current = event.message_index
+        if event.kind == TEXT:
             _write(event.delta)
+        elif self.show_reasoning or event.kind != REASONING:
+            _write(event.delta, dim=True)
 
     def _start_message(self, event) -> None:
-        if self._is_reasoning(event) and not self.show_reasoning:
+        if event.kind == REASONING and not self.show_reasoning:
             return
         if self._wrote_any:
             _write("\n")
-        if self._is_tool_call(event):
+        if event.kind == TOOL_CALL:
             _write(f"[tool call] {event.recipient} ", dim=True)
-        elif self._is_reasoning(event):
+        elif event.kind == REASONING:
             _write("[analysis] ", dim=True)
         self._wrote_any = True
-
-    @staticmethod
-    def _is_tool_call(event) -> bool:
-        return event.recipient not in (None, "assistant", "user")
-
-    @staticmethod
-    def _is_reasoning(event) -> bool:
-        return event.channel == "analysis" and event.recipient in (None, "assistant")
 
     def end(self) -> None:
         if self._wrote_any:
@@ -275,13 +304,13 @@ def generate(
                     ] = False,
     model: ModelOption = DEFAULT_MODEL,
     max_tokens: MaxTokens = 512,
-    temperature: Temperature = 1.0,
-    top_p: TopP = 1.0,
-    top_k: TopK = 0,
-    min_p: MinP = 0.0,
-    repetition_penalty: RepetitionPenalty = 1.0,
-    presence_penalty: PresencePenalty = 0.0,
-    frequency_penalty: FrequencyPenalty = 0.0,
+    temperature: Temperature = _DEFAULTS.temperature,
+    top_p: TopP = _DEFAULTS.top_p,
+    top_k: TopK = _DEFAULTS.top_k,
+    min_p: MinP = _DEFAULTS.min_p,
+    repetition_penalty: RepetitionPenalty = _DEFAULTS.repetition_penalty,
+    presence_penalty: PresencePenalty = _DEFAULTS.presence_penalty,
+    frequency_penalty: FrequencyPenalty = _DEFAULTS.frequency_penalty,
     seed: Seed = None,
     reasoning_effort: Effort = ReasoningEffort.medium,
     system: System = None,
@@ -293,20 +322,29 @@ def generate(
     """Stream a completion of PROMPT to stdout."""
     from .generate import stream_generate
 
-    prompt = _read_prompt(_one_of("PROMPT", prompt, "--prompt", prompt_option))
+    prompt = _one_of("PROMPT", prompt, "--prompt", prompt_option)
+    group = _group()
+    if group is None or group.rank() == 0:  # under mlx.launch only rank 0 reads stdin
+        prompt = _read_prompt(prompt)
+    if group is not None:
+        from .parallel import broadcast_text
+
+        prompt = broadcast_text(prompt, group)
     tokenizer, loaded = _load(model, dtype)
-    sampling = _sampling(max_tokens, temperature, top_p, top_k, min_p, repetition_penalty,
-                         presence_penalty, frequency_penalty, seed)
+    sampling = _sampling(temperature, top_p, top_k, min_p, repetition_penalty,
+                         presence_penalty, frequency_penalty)
     if chat:
         from .chat import Chat, ChatOptions
 
         conversation = Chat(tokenizer, ChatOptions(reasoning_effort=reasoning_effort.value,
                                                    system=system, developer=developer))
         conversation.add_user(prompt)
-        stats = _chat_turn(loaded, tokenizer, conversation, sampling, show_reasoning, None)
+        stats = _chat_turn(loaded, tokenizer, conversation, sampling, max_tokens, seed,
+                           show_reasoning, None)
     else:
         stats = None
-        for chunk in stream_generate(loaded, prompt, tokenizer=tokenizer, **sampling):
+        for chunk in stream_generate(loaded, prompt, tokenizer=tokenizer, sampling=sampling,
+                                     max_tokens=max_tokens, seed=seed):
             _write(chunk.text)
             stats = chunk.stats or stats
         _write("\n")
@@ -337,31 +375,22 @@ def _read_prompt(prompt: str | None) -> str:
     return text
 
 
-def _chat_turn(model, tokenizer, conversation, sampling, show_reasoning, prompt_cache):
+def _chat_turn(model, tokenizer, conversation, sampling, max_tokens, seed, show_reasoning,
+               prompt_cache):
     """Generate the assistant's reply to `conversation`, stream it, and append it."""
-    from .chat import ChatStreamParser, chat_stop_tokens
-    from .generate import stream_generate
+    from .chat import ChatTurn
 
-    parser = ChatStreamParser(tokenizer)
+    turn = ChatTurn(model, tokenizer, conversation.render(), max_tokens=max_tokens,
+                    sampling=sampling, seed=seed, prompt_cache=prompt_cache)
     printer = _ReplyPrinter(show_reasoning)
-    extra = {} if prompt_cache is None else {"prompt_cache": prompt_cache}
-    for chunk in stream_generate(model, conversation.render(), tokenizer=tokenizer,
-                                 stop_tokens=chat_stop_tokens(tokenizer), **extra, **sampling):
-        event = parser.feed(chunk.token)
-        if event is not None:
-            printer(event)
+    for event in turn:
+        printer(event)
     printer.end()
-    if chunk.finish_reason == "length":
+    if turn.finish_reason == "length":
         # Long reasoning can use up the budget before the answer starts: say so.
-        typer.echo(f"(the reply reached --max-tokens {sampling['max_tokens']})", err=True)
-        try:
-            reply = parser.finish()
-        except OpenHarmonyError:  # cut inside a message header: keep the complete messages
-            reply = parser.messages
-    else:
-        reply = parser.finish()
-    conversation.add_assistant_messages(reply)
-    return chunk.stats
+        typer.echo(f"(the reply reached --max-tokens {max_tokens})", err=True)
+    conversation.add_assistant_messages(turn.messages)
+    return turn.stats
 
 
 # -- chat ---------------------------------------------------------------------------------
@@ -373,13 +402,13 @@ CHAT_HELP = "Type a message; /reset starts over, /exit (or Ctrl-D) quits, Ctrl-C
 def chat(
     model: ModelOption = DEFAULT_MODEL,
     max_tokens: MaxTokens = 4096,
-    temperature: Temperature = 1.0,
-    top_p: TopP = 1.0,
-    top_k: TopK = 0,
-    min_p: MinP = 0.0,
-    repetition_penalty: RepetitionPenalty = 1.0,
-    presence_penalty: PresencePenalty = 0.0,
-    frequency_penalty: FrequencyPenalty = 0.0,
+    temperature: Temperature = _DEFAULTS.temperature,
+    top_p: TopP = _DEFAULTS.top_p,
+    top_k: TopK = _DEFAULTS.top_k,
+    min_p: MinP = _DEFAULTS.min_p,
+    repetition_penalty: RepetitionPenalty = _DEFAULTS.repetition_penalty,
+    presence_penalty: PresencePenalty = _DEFAULTS.presence_penalty,
+    frequency_penalty: FrequencyPenalty = _DEFAULTS.frequency_penalty,
     seed: Seed = None,
     reasoning_effort: Effort = ReasoningEffort.medium,
     system: System = None,
@@ -397,8 +426,8 @@ def chat(
     from .chat import Chat, ChatOptions
 
     tokenizer, loaded = _load(model, dtype)
-    sampling = _sampling(max_tokens, temperature, top_p, top_k, min_p, repetition_penalty,
-                         presence_penalty, frequency_penalty, seed)
+    sampling = _sampling(temperature, top_p, top_k, min_p, repetition_penalty,
+                         presence_penalty, frequency_penalty)
     options = ChatOptions(reasoning_effort=reasoning_effort.value, system=system,
                           developer=developer)
     conversation = Chat(tokenizer, options)
@@ -409,7 +438,7 @@ def chat(
         pass
     typer.echo(CHAT_HELP, err=True)
     while True:
-        line = _read_line(">>> ")
+        line = _read_input(loaded.group)
         if line is None or line.strip() in ("/exit", "/quit"):
             break
         message = line.strip()
@@ -423,12 +452,16 @@ def chat(
         before_turn = list(conversation.messages)
         conversation.add_user(message)
         try:
-            stats = _chat_turn(loaded, tokenizer, conversation, sampling, show_reasoning,
-                               prompt_cache)
+            stats = _chat_turn(loaded, tokenizer, conversation, sampling, max_tokens, seed,
+                               show_reasoning, prompt_cache)
         except (KeyboardInterrupt, OpenHarmonyError) as e:
             # A stopped turn, or one that cannot run (too long for the context, an answer that
             # breaks the harmony format), is forgotten and the conversation goes on; the
-            # prompt cache drops what the next prompt no longer shares.
+            # prompt cache drops what the next prompt no longer shares. Across ranks Ctrl-C
+            # cannot stop them all at the same token, and a lost rank is lost: both end it.
+            if isinstance(e, DistributedError) or (
+                    loaded.group is not None and isinstance(e, KeyboardInterrupt)):
+                raise
             if settings.debug and not isinstance(e, KeyboardInterrupt):
                 raise
             conversation.messages[:] = before_turn
@@ -450,6 +483,50 @@ def _read_line(prompt: str) -> str | None:
             return None
         except KeyboardInterrupt:
             typer.echo("\n(" + CHAT_HELP + ")", err=True)
+
+
+# -- serve --------------------------------------------------------------------------------
+
+
+@app.command()
+def serve(
+    model: ModelOption = DEFAULT_MODEL,
+    host: Annotated[str, typer.Option(help="The address to listen on (loopback by default).")
+                    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="The port.")] = 8000,
+    api_key: Annotated[Optional[str], typer.Option(
+        envvar="OPENHARMONY_API_KEY", show_envvar=True,
+        help="Require 'Authorization: Bearer KEY' on every request.")] = None,
+    dtype: DTypeOption = None,
+    max_queue: Annotated[int, typer.Option(min=1, help="Requests that may wait; more get "
+                                                       "429.")] = 16,
+    cache_gb: Annotated[float, typer.Option(min=0.0, help="Keys and values kept for prompt "
+                                                          "reuse across requests, in GB.")
+                        ] = 4.0,
+) -> None:
+    """An OpenAI-compatible server: the Responses API and Chat Completions (docs/server.md).
+
+    Ctrl-C or SIGTERM stops it cleanly.
+    """
+    import logging
+
+    import uvicorn
+
+    from .server.app import create_app
+
+    tokenizer, loaded = _load(model, dtype)
+    if settings.rank:  # expert parallel: rank 0 serves, the others follow its turns
+        from .server.engine import follow
+
+        return follow(loaded, tokenizer, int(cache_gb * 1e9))
+    model_id = model if not Path(model).expanduser().exists() else Path(model).name
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
+    logging.getLogger("openharmony.server").setLevel(logging.INFO)  # one line per request
+    app_ = create_app(loaded, tokenizer, model_id, api_key=api_key, max_queue=max_queue,
+                      max_cache_bytes=int(cache_gb * 1e9))
+    typer.echo(f"serving {model_id} on http://{host}:{port}/v1"
+               + (" (API key required)" if api_key else ""), err=True)
+    uvicorn.run(app_, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)
 
 
 # -- download -----------------------------------------------------------------------------
@@ -492,70 +569,6 @@ def download(
 
 
 # -- info ---------------------------------------------------------------------------------
-
-def checkpoint_summary(checkpoint, dtype: str, context: int) -> dict[str, Any]:
-    """Parameter counts, bytes on disk and the memory to run `checkpoint`, from its headers.
-
-    Parameters count every weight once, MXFP4 expert weights included (two 4-bit values per
-    stored byte; their scales are not parameters). Active parameters per token leave out the
-    embedding table (a lookup) and count the experts at num_experts_per_tok / num_experts.
-    Memory: dense weights as the model holds them for `dtype` (`model.dense_weight_dtype`),
-    MXFP4 blocks and scales as stored, plus the KV cache for `context` positions (sliding
-    window layers hold at most `sliding_window` of them).
-    """
-    from .model import compute_dtype, dense_weight_dtype
-
-    c = checkpoint.config
-    compute = compute_dtype(dtype)
-    total = experts = embedding = weight_bytes = 0
-    for name in checkpoint.names():
-        shape = checkpoint.shape(name)
-        if name.endswith(".scales"):
-            weight_bytes += checkpoint.nbytes(name)
-            continue
-        if name.endswith(".blocks"):
-            count = math.prod(shape) * 2
-            weight_bytes += checkpoint.nbytes(name)
-        else:
-            count = math.prod(shape)
-            weight_bytes += count * dense_weight_dtype(name, checkpoint.dtype(name), compute).size
-        total += count
-        if ".mlp.experts." in name:
-            experts += count
-        if name == "embed_tokens.weight":
-            embedding += count
-    active = total - embedding - experts + experts * c.num_experts_per_tok // c.num_local_experts
-    sliding_layers = sum(c.is_sliding(i) for i in range(c.num_hidden_layers))
-    full_layers = c.num_hidden_layers - sliding_layers
-    kv_positions = full_layers * context + sliding_layers * min(context, c.sliding_window)
-    kv_bytes = 2 * c.num_key_value_heads * c.head_dim * compute.size * kv_positions
-    return {
-        "path": str(checkpoint.path),
-        "layout": checkpoint.layout,
-        "files": len(checkpoint.files),
-        "layers": c.num_hidden_layers,
-        "sliding_layers": sliding_layers,
-        "sliding_window": c.sliding_window,
-        "experts": c.num_local_experts,
-        "experts_per_token": c.num_experts_per_tok,
-        "hidden_size": c.hidden_size,
-        "intermediate_size": c.intermediate_size,
-        "attention_heads": c.num_attention_heads,
-        "kv_heads": c.num_key_value_heads,
-        "head_dim": c.head_dim,
-        "vocab_size": c.vocab_size,
-        "max_context": c.max_position_embeddings,
-        "parameters": total,
-        "active_parameters": active,
-        "expert_parameters": experts,
-        "bytes_on_disk": checkpoint.total_bytes,
-        "dtype": dtype,
-        "context": context,
-        "weight_bytes": weight_bytes,
-        "kv_cache_bytes": kv_bytes,
-        "memory_bytes": weight_bytes + kv_bytes,
-    }
-
 
 @app.command()
 def info(

@@ -39,6 +39,9 @@ from .errors import OpenHarmonyError
 from .sampling import Sampler, SamplingOptions, log_probabilities
 
 
+MAX_TOP_LOGPROBS = 20  # as OpenAI's API
+
+
 class GenerationError(OpenHarmonyError, ValueError):
     """A generation request that cannot run as asked (empty prompt, bad max_tokens, ...)."""
 
@@ -66,8 +69,13 @@ class GenerationChunk:
     token: int
     text: str  # the new text; may be "" (held back) or hold several characters
     logprob: float | None = None  # log-probability under the model (with logprobs=True)
+    # With top_logprobs=k: the k most likely tokens and their log-probabilities, most likely first.
+    top_logprobs: list[tuple[int, float]] | None = None
     finish_reason: str | None = None  # "stop_token" | "stop_string" | "length"
     stats: GenerationStats | None = None
+    # On the first chunk: the prompt tokens taken from the prompt cache (known before the end,
+    # for a caller that may stop the stream early).
+    reused_prompt_tokens: int | None = None
 
 
 @dataclass(frozen=True)
@@ -113,6 +121,8 @@ def stream_generate(
     prompt_cache: PromptCache | None = None,
     prefill_chunk: int = 512,
     logprobs: bool = False,
+    top_logprobs: int = 0,
+    detokenize: bool = True,
 ) -> Iterator[GenerationChunk]:
     """Yield one `GenerationChunk` per generated token.
 
@@ -123,6 +133,10 @@ def stream_generate(
     <|return|>, <|endoftext|>, <|call|>) unless `ignore_eos`. `prompt_cache`: reuse the common
     prefix with the previous call on it. `logprobs`: each chunk's log-probability of its token
     under the model's own distribution (before penalties, temperature and filters).
+    `top_logprobs=k` (0 to 20): also the k most likely tokens of each step under that
+    distribution, with their log-probabilities. `detokenize=False`: chunks carry no text, for
+    callers that decode the tokens themselves (the harmony parser of a chat turn), so that no
+    token is decoded twice.
     """
     if tokenizer is None:
         from .tokenizer import load_tokenizer
@@ -143,21 +157,29 @@ def stream_generate(
             f"the prompt ({len(prompt_ids)} tokens) plus max_tokens ({max_tokens}) exceed the "
             f"model's context of {config.max_position_embeddings} tokens")
     stop_ids = _stop_token_ids(stop_tokens, config, tokenizer, ignore_eos)
-    stop_matcher = _StopStrings(stop_strings)
+    if (isinstance(top_logprobs, bool) or not isinstance(top_logprobs, int)
+            or not 0 <= top_logprobs <= MAX_TOP_LOGPROBS):
+        raise GenerationError(f"top_logprobs must be an integer in [0, {MAX_TOP_LOGPROBS}], "
+                              f"got {top_logprobs!r}")
+    stop_matcher = StopStrings(stop_strings)
+    if stop_strings and not detokenize:
+        raise GenerationError("stop_strings need the text: they cannot go with detokenize=False")
     if prompt_cache is None:
         prompt_cache = PromptCache(model)
     elif prompt_cache.model is not model:
         raise GenerationError("prompt_cache was made for another model")
-    sampler = Sampler(options, config.vocab_size, prompt_tokens=prompt_ids, seed=seed)
+    sampler = Sampler(options, config.vocab_size, prompt_tokens=prompt_ids, seed=seed,
+                      group=getattr(model, "group", None))
     # Bad input raises here, at the call; the work starts with the first `next()`.
     return _stream(model, prompt_ids, tokenizer, max_tokens, sampler, stop_ids, stop_matcher,
-                   prompt_cache, prefill_chunk, logprobs)
+                   prompt_cache, prefill_chunk, logprobs, top_logprobs, detokenize)
 
 
 def _stream(model, prompt_ids: list[int], tokenizer, max_tokens: int, sampler: Sampler,
-            stop_ids: set[int], stop_matcher: "_StopStrings",
+            stop_ids: set[int], stop_matcher: "StopStrings",
             prompt_cache: PromptCache, prefill_chunk: int,
-            logprobs: bool) -> Iterator[GenerationChunk]:
+            logprobs: bool, top_logprobs: int,
+            detokenize: bool) -> Iterator[GenerationChunk]:
     mx.reset_peak_memory()
     start_time = time.perf_counter()
     reused = prompt_cache.reuse(prompt_ids)
@@ -173,21 +195,28 @@ def _stream(model, prompt_ids: list[int], tokenizer, max_tokens: int, sampler: S
         prompt_cache.add_tokens(chunk)
     prompt_cache.snapshot()
 
-    def step(token: mx.array) -> tuple[mx.array, mx.array | None]:
+    def step(token: mx.array) -> tuple[mx.array, list[mx.array]]:
+        """Queue the next token; also its log-probability and the top ones when asked for."""
         logits = model(token.reshape(1, 1), cache=caches)[:, -1, :]
         next_token = sampler(logits)
-        logprob = log_probabilities(logits, next_token) if logprobs else None
-        pending = [next_token, *sampler.state, *prompt_cache.state]
-        mx.async_eval(pending + ([logprob] if logprob is not None else []))
-        return next_token, logprob
+        scores = []
+        if logprobs or top_logprobs:
+            scores.append(log_probabilities(logits, next_token))
+        if top_logprobs:
+            step_logits = logits[0].astype(mx.float32)
+            all_logprobs = step_logits - mx.logsumexp(step_logits)
+            top = mx.argpartition(-all_logprobs, top_logprobs - 1)[:top_logprobs]
+            scores += [top, all_logprobs[top]]
+        mx.async_eval([next_token, *sampler.state, *prompt_cache.state, *scores])
+        return next_token, scores
 
-    token, logprob = step(mx.array([rest[-1]], dtype=mx.uint32))
+    token, scores = step(mx.array([rest[-1]], dtype=mx.uint32))
     prompt_cache.add_tokens(rest[-1:])
     detokenizer = tokenizer.detokenizer()
     first_token_time = None
     for count in range(1, max_tokens + 1):
         if count < max_tokens:  # queue the next step before reading this token
-            next_token, next_logprob = step(token)
+            next_token, next_scores = step(token)
         token_id = _read_token(token)
         if first_token_time is None:
             first_token_time = time.perf_counter()
@@ -195,7 +224,13 @@ def _stream(model, prompt_ids: list[int], tokenizer, max_tokens: int, sampler: S
             prompt_cache.add_tokens([token_id])  # the step just queued feeds it to the caches
 
         finish_reason = None
-        if token_id in stop_ids:
+        if not detokenize:
+            text = ""
+            if token_id in stop_ids:
+                finish_reason = "stop_token"
+            elif count == max_tokens:
+                finish_reason = "length"
+        elif token_id in stop_ids:
             finish_reason, text = "stop_token", detokenizer.finish()
         else:
             text = detokenizer.add(token_id)
@@ -221,12 +256,16 @@ def _stream(model, prompt_ids: list[int], tokenizer, max_tokens: int, sampler: S
                                               if count > 1 and generation_seconds > 0 else 0.0),
                 peak_memory_bytes=mx.get_peak_memory(),
             )
-        yield GenerationChunk(token=token_id, text=text,
-                              logprob=logprob.item() if logprob is not None else None,
-                              finish_reason=finish_reason, stats=stats)
+        logprob = scores[0].item() if scores else None
+        top = None
+        if top_logprobs:
+            top = sorted(zip(scores[1].tolist(), scores[2].tolist()), key=lambda t: -t[1])
+        yield GenerationChunk(token=token_id, text=text, logprob=logprob, top_logprobs=top,
+                              finish_reason=finish_reason, stats=stats,
+                              reused_prompt_tokens=reused if count == 1 else None)
         if finish_reason is not None:
             return
-        token, logprob = next_token, next_logprob
+        token, scores = next_token, next_scores
 
 
 def _read_token(token: mx.array) -> int:
@@ -234,7 +273,7 @@ def _read_token(token: mx.array) -> int:
     return token.item()
 
 
-class _StopStrings:
+class StopStrings:
     """Finds stop strings in streamed text, holding back text that may begin one."""
 
     def __init__(self, stop_strings: Sequence[str]) -> None:

@@ -21,54 +21,91 @@ from __future__ import annotations
 
 import math
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from typing import Iterable
 
 import mlx.core as mx
 
 from .errors import OpenHarmonyError
+from .parallel import broadcast_from_rank0
 
 
 class SamplingError(OpenHarmonyError, ValueError):
-    """A sampling option (temperature, top_p, a seed, ...) with a value outside its range."""
+    """A sampling option (temperature, top_p, a seed, ...) with a value outside its range.
+
+    `param` names the option (the server reports it as the error's `param`)."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
 
 
 def _number(name: str, value) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise SamplingError(f"{name} must be a finite number, got {value!r}")
+        raise SamplingError(f"{name} must be a finite number, got {value!r}", param=name)
     return float(value)
+
+
+@dataclass(frozen=True)
+class OptionRange:
+    """The values a sampling option accepts, and what they mean: the one description of each
+    option, read by the validation below, the CLI's flags and the server's JSON fields."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False  # the bound itself is excluded
+    integer: bool = False
+    help: str = ""
+
+    def check(self, name: str, value) -> None:
+        if self.integer:
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise SamplingError(f"{name} must be an integer, got {value!r}", param=name)
+        else:
+            value = _number(name, value)
+        too_low = self.low is not None and (value <= self.low if self.low_open
+                                            else value < self.low)
+        too_high = self.high is not None and value > self.high
+        if too_low or too_high:
+            raise SamplingError(f"{name} must be {self.describe()}, got {value} ({self.help})",
+                                param=name)
+
+    def describe(self) -> str:
+        if self.high is None:
+            return f"{'>' if self.low_open else '>='} {_plain(self.low)}"
+        return f"in {'(' if self.low_open else '['}{_plain(self.low)}, {_plain(self.high)}]"
+
+
+def _plain(number: float) -> str:
+    return f"{number:g}"
+
+
+def _option(default, low=None, high=None, *, low_open=False, integer=False, help=""):
+    return field(default=default, metadata={"range": OptionRange(low, high, low_open, integer,
+                                                                 help)})
 
 
 @dataclass(frozen=True)
 class SamplingOptions:
     """How to pick each token; validated on construction. The defaults sample from the model's
-    own distribution (temperature 1, no filter, no penalty), as OpenAI recommends for gpt-oss."""
+    own distribution (temperature 1, no filter, no penalty), as OpenAI recommends for gpt-oss.
 
-    temperature: float = 1.0
-    top_k: int = 0  # 0: off
-    top_p: float = 1.0  # 1: off
-    min_p: float = 0.0  # 0: off
-    repetition_penalty: float = 1.0  # 1: off
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
+    Each field's range and meaning is `option_range(name)`; the CLI's flags and the server's
+    JSON fields are built from them, so names, defaults and ranges are written only here.
+    """
+
+    temperature: float = _option(1.0, 0, help="0 is greedy")
+    top_k: int = _option(0, 0, integer=True, help="keep the k most likely tokens; 0 is off")
+    top_p: float = _option(1.0, 0, 1, low_open=True, help="nucleus sampling; 1 is off")
+    min_p: float = _option(0.0, 0, 1, help="drop tokens below min_p x the top probability; "
+                                           "0 is off")
+    repetition_penalty: float = _option(1.0, 0, low_open=True, help="1 is off")
+    presence_penalty: float = _option(0.0, -2, 2, help="0 is off")
+    frequency_penalty: float = _option(0.0, -2, 2, help="0 is off")
 
     def __post_init__(self) -> None:
-        if _number("temperature", self.temperature) < 0:
-            raise SamplingError(f"temperature must be >= 0 (0 is greedy), got {self.temperature}")
-        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
-            raise SamplingError(f"top_k must be an integer >= 0 (0 turns it off), "
-                                f"got {self.top_k!r}")
-        if not 0 < _number("top_p", self.top_p) <= 1:
-            raise SamplingError(f"top_p must be in (0, 1] (1 turns it off), got {self.top_p}")
-        if not 0 <= _number("min_p", self.min_p) <= 1:
-            raise SamplingError(f"min_p must be in [0, 1] (0 turns it off), got {self.min_p}")
-        if _number("repetition_penalty", self.repetition_penalty) <= 0:
-            raise SamplingError(f"repetition_penalty must be > 0 (1 turns it off), "
-                                f"got {self.repetition_penalty}")
-        for name in ("presence_penalty", "frequency_penalty"):
-            value = getattr(self, name)
-            if not -2 <= _number(name, value) <= 2:
-                raise SamplingError(f"{name} must be in [-2, 2], got {value}")
+        for option in fields(self):
+            option.metadata["range"].check(option.name, getattr(self, option.name))
 
     @property
     def greedy(self) -> bool:
@@ -78,6 +115,14 @@ class SamplingOptions:
     def uses_history(self) -> bool:
         return (self.repetition_penalty != 1 or self.presence_penalty != 0
                 or self.frequency_penalty != 0)
+
+
+SAMPLING_OPTION_NAMES = tuple(option.name for option in fields(SamplingOptions))
+
+
+def option_range(name: str) -> OptionRange:
+    """The range and meaning of the SamplingOptions field `name`."""
+    return next(o.metadata["range"] for o in fields(SamplingOptions) if o.name == name)
 
 
 # -- processors: logits [..., V] -> logits, -inf where a token is ruled out --------------------
@@ -136,16 +181,20 @@ class Sampler:
     """Picks tokens for one sequence; holds the random key and the penalties' token history.
 
     `sampler(logits [1, V]) -> tokens [1]` (lazy, uint32) records the token it returns, so the
-    penalties of the next call see it; nothing is read back to the host.
+    penalties of the next call see it; nothing is read back to the host. With a distributed
+    `group` the tokens are rank 0's on every rank (evaluated then: a collective).
     """
 
     def __init__(self, options: SamplingOptions, vocab_size: int,
-                 prompt_tokens: Iterable[int] = (), seed: int | None = None) -> None:
+                 prompt_tokens: Iterable[int] = (), seed: int | None = None,
+                 group: mx.distributed.Group | None = None) -> None:
         self.options = options
+        self.group = group
         if seed is None:
             seed = secrets.randbits(63)
         elif isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2 ** 64:
-            raise SamplingError(f"seed must be an integer in [0, 2**64), got {seed!r}")
+            raise SamplingError(f"seed must be an integer in [0, 2**64), got {seed!r}",
+                                param="seed")
         self._key = mx.random.key(seed)
         self._counts = self._in_prompt = None
         if options.uses_history:
@@ -173,6 +222,10 @@ class Sampler:
         else:
             self._key, step_key = mx.random.split(self._key)
             tokens = mx.random.categorical(logits, axis=-1, key=step_key).astype(mx.uint32)
+        if self.group is not None:
+            # Expert parallel (openharmony/parallel): every rank takes rank 0's token, so ranks
+            # never diverge, whatever their seeds or (on different chips) their logits' rounding.
+            tokens = broadcast_from_rank0(tokens, self.group, "agreeing on the sampled token")
         if self._counts is not None:
             self._counts = self._counts.at[tokens].add(1)
         return tokens

@@ -21,6 +21,7 @@ import hashlib
 import os
 import tempfile
 import threading
+import types
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
@@ -46,7 +47,9 @@ MISSING_VOCAB_HELP = (
 # <|return|> ends a final answer, <|call|> a tool call, <|endoftext|> raw text.
 EOS_TOKEN_NAMES = ("<|return|>", "<|endoftext|>", "<|call|>")
 
-# TIKTOKEN_ENCODINGS_BASE is process-wide state; loads that change it must not interleave.
+# openai-harmony reads its vocabulary from $TIKTOKEN_ENCODINGS_BASE, process-wide state: it is
+# set only while `load_tokenizer` loads the harmony encoding of a local file, once per file
+# (at start-up, before a server's threads), under this lock.
 _harmony_env_lock = threading.Lock()
 
 
@@ -104,9 +107,14 @@ class Tokenizer:
         return StreamingDetokenizer(self)
 
     def harmony(self) -> HarmonyEncoding:
-        """openai-harmony's HarmonyGptOss encoding, on this tokenizer's vocabulary."""
-        if self._harmony is None:
-            self._harmony = _load_harmony_encoding(self.vocab_path)
+        """openai-harmony's HarmonyGptOss encoding, on this tokenizer's vocabulary.
+
+        Loaded on first use, once: `load_tokenizer` loads it for local files right away, so
+        that no later call (from any thread) changes the environment.
+        """
+        with _harmony_env_lock:
+            if self._harmony is None:
+                self._harmony = _load_harmony_encoding(self.vocab_path)
         return self._harmony
 
 
@@ -166,7 +174,9 @@ def _load_from_file(path: Path) -> Tokenizer:
         mergeable_ranks=_read_bpe_ranks(path, definition["expected_hash"]),
         special_tokens=definition["special_tokens"],
     )
-    return Tokenizer(encoding, vocab_path=path)
+    tokenizer = Tokenizer(encoding, vocab_path=path)
+    tokenizer.harmony()  # now, while loading: it sets $TIKTOKEN_ENCODINGS_BASE for a moment
+    return tokenizer
 
 
 def _read_bpe_ranks(path: Path, expected_hash: str) -> dict[bytes, int]:
@@ -191,9 +201,11 @@ def _read_bpe_ranks(path: Path, expected_hash: str) -> dict[bytes, int]:
 def o200k_harmony_definition() -> dict:
     """tiktoken's own o200k_harmony definition, minus the ranks it would download.
 
-    `openai_public.o200k_harmony()` fetches the ranks through `load_tiktoken_bpe`. A stand-in
-    loader for that one call records the URL and sha256 tiktoken expects and returns no ranks,
-    so the pattern, special tokens and hash come from tiktoken itself and no file is touched.
+    `openai_public.o200k_harmony()` fetches the ranks through the module's `load_tiktoken_bpe`.
+    Private copies of `o200k_harmony` and `o200k_base`, whose globals name a stand-in loader
+    that records the URL and sha256 tiktoken expects and returns no ranks, give the pattern,
+    special tokens and hash from tiktoken itself, with no file touched and nothing patched:
+    other threads calling tiktoken meanwhile see the real module.
     Returns name, pat_str, special_tokens, vocab_url and expected_hash.
     """
     requested = {}
@@ -202,12 +214,11 @@ def o200k_harmony_definition() -> dict:
         requested.update(vocab_url=url, expected_hash=expected_hash)
         return {}
 
-    real_loader = openai_public.load_tiktoken_bpe
-    openai_public.load_tiktoken_bpe = record_request
-    try:
-        definition = openai_public.o200k_harmony()
-    finally:
-        openai_public.load_tiktoken_bpe = real_loader
+    private_globals = dict(vars(openai_public), load_tiktoken_bpe=record_request)
+    for name in ("o200k_base", "o200k_harmony"):
+        function = getattr(openai_public, name)
+        private_globals[name] = types.FunctionType(function.__code__, private_globals, name)
+    definition = private_globals["o200k_harmony"]()
     return {
         "name": definition["name"],
         "pat_str": definition["pat_str"],
@@ -248,16 +259,15 @@ def _load_harmony_encoding(vocab_path: Path | None) -> HarmonyEncoding:
         if vocab_path.name != VOCAB_FILE_NAME:
             folder = Path(private_dir)
             _link_or_copy(vocab_path, folder / VOCAB_FILE_NAME)
-        with _harmony_env_lock:
-            previous = os.environ.get("TIKTOKEN_ENCODINGS_BASE")
-            os.environ["TIKTOKEN_ENCODINGS_BASE"] = str(folder)
-            try:
-                return load()
-            finally:
-                if previous is None:
-                    del os.environ["TIKTOKEN_ENCODINGS_BASE"]
-                else:
-                    os.environ["TIKTOKEN_ENCODINGS_BASE"] = previous
+        previous = os.environ.get("TIKTOKEN_ENCODINGS_BASE")
+        os.environ["TIKTOKEN_ENCODINGS_BASE"] = str(folder)
+        try:
+            return load()
+        finally:
+            if previous is None:
+                del os.environ["TIKTOKEN_ENCODINGS_BASE"]
+            else:
+                os.environ["TIKTOKEN_ENCODINGS_BASE"] = previous
 
 
 def _link_or_copy(source: Path, destination: Path) -> None:

@@ -9,6 +9,7 @@ logits of chosen positions pushed to chosen tokens) makes the generated tokens k
 from __future__ import annotations
 
 import dataclasses
+import gc
 import importlib
 
 import mlx.core as mx
@@ -19,7 +20,7 @@ from mlx.utils import tree_flatten
 from openharmony.cache import KVCache, PromptCache, RotatingKVCache
 from openharmony.config import FULL, SLIDING
 from openharmony.errors import OpenHarmonyError
-from openharmony.generate import (ContextLengthError, GenerationError, _StopStrings, generate,
+from openharmony.generate import (ContextLengthError, GenerationError, StopStrings, generate,
                                   stream_generate)
 
 # Not `import openharmony.generate`: the package exports a function of that name.
@@ -134,11 +135,16 @@ def test_prefill_never_computes_the_logits_of_prompt_positions(vocab_model, toke
     # Logits of a 1500-token prompt over the real vocabulary would take 1500 x 201088 x 4 bytes
     # (1.2 GB); the chunked prefill evaluates only the caches, so the peak stays near the
     # weights (2 x 201088 x 64 float32 embeddings: 103 MB) plus one token's logits.
+    # The peak is process-wide: what earlier tests left alive counts too, so the bound is on
+    # what the call adds to the memory in use before it (the weights among it).
     prompt = [int(t) for t in np.random.default_rng(11).integers(0, 199998, 1500)]
     weights = sum(v.nbytes for _, v in tree_flatten(vocab_model.parameters()))
+    gc.collect()
+    in_use = mx.get_active_memory()
+    assert in_use >= weights
     result = greedy(vocab_model, prompt, tokenizer, 2, prefill_chunk=256)
     assert result.stats.prompt_tokens == 1500
-    assert result.stats.peak_memory_bytes < weights + 64 * 2 ** 20
+    assert result.stats.peak_memory_bytes < in_use + 64 * 2 ** 20
 
 
 def test_stats(model, tokenizer):
@@ -219,6 +225,42 @@ def test_a_stream_stopped_early_leaves_the_prompt_cache_consistent(model, tokeni
     warm = greedy(model, second, tokenizer, 8, prompt_cache=cache)
     assert warm.stats.reused_prompt_tokens == 23
     assert warm.tokens == greedy_reference(model, second, 8)[0]
+
+
+def test_without_detokenizing_the_tokens_are_the_same_and_no_text_comes(model, tokenizer):
+    prompt = random_prompt(12, seed=21)
+    cache = PromptCache(model)
+    chunks = list(stream_generate(model, prompt, tokenizer=tokenizer, max_tokens=6,
+                                  temperature=0, ignore_eos=True, detokenize=False,
+                                  prompt_cache=cache))
+    assert [c.token for c in chunks] == greedy_reference(model, prompt, 6)[0]
+    assert all(c.text == "" for c in chunks) and chunks[-1].finish_reason == "length"
+    # The first chunk says how much of the prompt came from the cache (the rest: None).
+    again = list(stream_generate(model, prompt + [7], tokenizer=tokenizer, max_tokens=2,
+                                 temperature=0, prompt_cache=cache))
+    assert [c.reused_prompt_tokens for c in chunks] == [0] + [None] * 5
+    # (The caches went past position 12, wrapping the window: the snapshot at 11 is used.)
+    assert again[0].reused_prompt_tokens == again[-1].stats.reused_prompt_tokens == 11
+    with pytest.raises(GenerationError, match="stop_strings"):
+        stream_generate(model, prompt, tokenizer=tokenizer, detokenize=False, stop_strings=["x"])
+
+
+def test_top_logprobs_are_the_full_forwards_most_likely_tokens(model, tokenizer):
+    prompt = random_prompt(10, seed=31)
+    chunks = list(stream_generate(model, prompt, tokenizer=tokenizer, max_tokens=3,
+                                  temperature=0, ignore_eos=True, top_logprobs=5))
+    seq = list(prompt)
+    for chunk in chunks:
+        logits = np.array(model(mx.array([seq]), [KVCache() for _ in model.layers])[0, -1])
+        reference = logits - np.log(np.exp(logits - logits.max()).sum()) - logits.max()
+        best = np.argsort(-reference)[:5]
+        assert [t for t, _ in chunk.top_logprobs] == best.tolist()
+        np.testing.assert_allclose([v for _, v in chunk.top_logprobs], reference[best],
+                                   rtol=1e-4, atol=1e-5)
+        assert chunk.logprob == pytest.approx(chunk.top_logprobs[0][1])  # greedy: the best
+        seq.append(chunk.token)
+    with pytest.raises(GenerationError, match="top_logprobs"):
+        stream_generate(model, prompt, tokenizer=tokenizer, top_logprobs=21)
 
 
 def test_prompt_cache_of_another_model_is_rejected(model, vocab_model, tokenizer):
@@ -327,7 +369,7 @@ def test_stop_string_ends_the_text_before_it(model, tokenizer):
     (["aa", "ab"], ["aab", "b"], [("", False), ("a", True)]),  # "aab" at 1 before "b" at 3
 ])
 def test_stop_string_matcher(pieces, stops, expected):
-    matcher = _StopStrings(stops)
+    matcher = StopStrings(stops)
     got = [matcher.feed(piece, final=i == len(pieces) - 1) for i, piece in enumerate(pieces)]
     assert got == expected
 

@@ -1,0 +1,85 @@
+"""How much memory a checkpoint needs: its weights as loaded, and the KV cache for a context.
+
+Computed from the config and the safetensors headers only (no weight is read), for
+`openharmony info` and for the server's `/v1/models`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from .config import ModelConfig
+
+
+def kv_cache_bytes(config: ModelConfig, dtype_size: int, context: int) -> int:
+    """Bytes of the keys and values of `context` positions, in `dtype_size`-byte elements.
+
+    Sliding-window layers hold at most `sliding_window` positions; full-attention layers all.
+    """
+    sliding_layers = sum(config.is_sliding(i) for i in range(config.num_hidden_layers))
+    full_layers = config.num_hidden_layers - sliding_layers
+    positions = full_layers * context + sliding_layers * min(context, config.sliding_window)
+    return 2 * config.num_key_value_heads * config.head_dim * dtype_size * positions
+
+
+def checkpoint_summary(checkpoint, dtype: str, context: int) -> dict[str, Any]:
+    """Parameter counts, bytes on disk and the memory to run `checkpoint`, from its headers.
+
+    Parameters count every weight once, MXFP4 expert weights included (two 4-bit values per
+    stored byte; their scales are not parameters). Active parameters per token leave out the
+    embedding table (a lookup) and count the experts at num_experts_per_tok / num_experts.
+    Memory: dense weights as the model holds them for `dtype` (`model.dense_weight_dtype`),
+    MXFP4 blocks and scales as stored, plus the KV cache for `context` positions (sliding
+    window layers hold at most `sliding_window` of them).
+    """
+    from .model import compute_dtype, dense_weight_dtype
+
+    c = checkpoint.config
+    compute = compute_dtype(dtype)
+    total = experts = embedding = weight_bytes = 0
+    for name in checkpoint.names():
+        shape = checkpoint.shape(name)
+        if name.endswith(".scales"):
+            weight_bytes += checkpoint.nbytes(name)
+            continue
+        if name.endswith(".blocks"):
+            count = math.prod(shape) * 2
+            weight_bytes += checkpoint.nbytes(name)
+        else:
+            count = math.prod(shape)
+            weight_bytes += count * dense_weight_dtype(name, checkpoint.dtype(name), compute).size
+        total += count
+        if ".mlp.experts." in name:
+            experts += count
+        if name == "embed_tokens.weight":
+            embedding += count
+    active = total - embedding - experts + experts * c.num_experts_per_tok // c.num_local_experts
+    sliding_layers = sum(c.is_sliding(i) for i in range(c.num_hidden_layers))
+    kv_bytes = kv_cache_bytes(c, compute.size, context)
+    return {
+        "path": str(checkpoint.path),
+        "layout": checkpoint.layout,
+        "files": len(checkpoint.files),
+        "layers": c.num_hidden_layers,
+        "sliding_layers": sliding_layers,
+        "sliding_window": c.sliding_window,
+        "experts": c.num_local_experts,
+        "experts_per_token": c.num_experts_per_tok,
+        "hidden_size": c.hidden_size,
+        "intermediate_size": c.intermediate_size,
+        "attention_heads": c.num_attention_heads,
+        "kv_heads": c.num_key_value_heads,
+        "head_dim": c.head_dim,
+        "vocab_size": c.vocab_size,
+        "max_context": c.max_position_embeddings,
+        "parameters": total,
+        "active_parameters": active,
+        "expert_parameters": experts,
+        "bytes_on_disk": checkpoint.total_bytes,
+        "dtype": dtype,
+        "context": context,
+        "weight_bytes": weight_bytes,
+        "kv_cache_bytes": kv_bytes,
+        "memory_bytes": weight_bytes + kv_bytes,
+    }
