@@ -30,7 +30,7 @@ import typer
 from typer.core import TyperGroup
 
 from .chat import REASONING, TEXT, TOOL_CALL
-from .download import DEFAULT_MODEL, download_model, resolve_model
+from .download import DEFAULT_MODEL, download_model, exit_at_once_on_ctrl_c, resolve_model
 from .errors import DistributedError, OpenHarmonyError
 from .memory import checkpoint_summary
 from .sampling import SamplingOptions, option_range
@@ -559,12 +559,10 @@ def download(
     repo_id = _one_of("REPO_ID", repo_id, "--model", model, DEFAULT_MODEL)
     if cache_dir is not None and local_dir is not None:
         raise OpenHarmonyError("--cache-dir and --local-dir exclude each other")
-    try:
+    with exit_at_once_on_ctrl_c("\ninterrupted: the files already complete are kept; run the "
+                                "same command again to fetch the rest", EXIT_INTERRUPTED):
         folder = download_model(repo_id, revision=revision, cache_dir=cache_dir,
                                 local_dir=local_dir, original=original, metal=metal)
-    except KeyboardInterrupt:
-        typer.echo("\ninterrupted: run the same command again to resume", err=True)
-        raise typer.Exit(EXIT_INTERRUPTED) from None
     typer.echo(str(folder))
 
 

@@ -40,6 +40,23 @@ class YarnScaling:
             return self.attention_factor
         return 0.1 * math.log(self.factor) + 1.0 if self.factor > 1 else 1.0
 
+    def check(self, problems: list[str]) -> None:
+        """Append what is wrong with these parameters (as `rope_scaling.NAME`) to `problems`."""
+        for name, bounds in (("factor", {"at_least": 1.0}), ("beta_fast", {"above": 0.0}),
+                             ("beta_slow", {"above": 0.0})):
+            _check_number(problems, f"rope_scaling.{name}", getattr(self, name), **bounds)
+        _check_int(problems, "rope_scaling.original_max_position_embeddings",
+                   self.original_max_position_embeddings)
+        if not isinstance(self.truncate, bool):
+            problems.append(f"rope_scaling.truncate must be true or false, got "
+                            f"{self.truncate!r}")
+        if self.attention_factor is not None:
+            _check_number(problems, "rope_scaling.attention_factor", self.attention_factor,
+                          above=0.0)
+        if not problems and self.beta_fast <= self.beta_slow:
+            problems.append(f"rope_scaling.beta_fast ({self.beta_fast}) must exceed "
+                            f"beta_slow ({self.beta_slow})")
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -79,16 +96,28 @@ class ModelConfig:
     # -- validation ----------------------------------------------------------------------
 
     def validate(self) -> None:
-        problems = []
+        """Every field's type, range and finiteness, then the relations between fields; all
+        problems are reported together in one `ConfigError`."""
+        problems: list[str] = []
         if self.model_type != "gpt_oss":
             problems.append(f"model_type is {self.model_type!r}, expected 'gpt_oss'")
-        for name in ("num_hidden_layers", "num_local_experts", "num_experts_per_tok", "vocab_size",
-                     "hidden_size", "intermediate_size", "head_dim", "num_attention_heads",
-                     "num_key_value_heads", "sliding_window", "max_position_embeddings"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                problems.append(f"{name} must be a positive integer, got {value!r}")
-        if problems:  # the checks below assume positive integers
+        for name in _SIZE_FIELDS:
+            _check_int(problems, name, getattr(self, name))
+        _check_int(problems, "num_hidden_layers", self.num_hidden_layers, most=MAX_LAYERS)
+        for name, bounds in _FLOAT_FIELDS.items():
+            _check_number(problems, name, getattr(self, name), **bounds)
+        _check_token_ids(problems, "eos_token_id", self.eos_token_id, many=True)
+        _check_token_ids(problems, "pad_token_id", self.pad_token_id, many=False)
+        if not isinstance(self.layer_types, tuple) or not all(
+                isinstance(t, str) for t in self.layer_types):
+            problems.append(f"layer_types must be a list of strings, got {self.layer_types!r}")
+        if self.rope_scaling is not None:
+            if isinstance(self.rope_scaling, YarnScaling):
+                self.rope_scaling.check(problems)
+            else:
+                problems.append(f"rope_scaling must be YaRN parameters or None, got "
+                                f"{self.rope_scaling!r}")
+        if problems:  # the checks below assume well-typed values
             raise ConfigError("invalid gpt-oss config: " + "; ".join(problems))
         if self.num_attention_heads % self.num_key_value_heads:
             problems.append(
@@ -110,21 +139,15 @@ class ModelConfig:
         bad = sorted({t for t in self.layer_types if t not in (SLIDING, FULL)})
         if bad:
             problems.append(f"unknown layer_types {bad}; expected {SLIDING!r} or {FULL!r}")
-        if self.rope_theta <= 1:
-            problems.append(f"rope_theta must be > 1, got {self.rope_theta}")
-        if self.swiglu_limit <= 0:
-            problems.append(f"swiglu_limit must be positive, got {self.swiglu_limit}")
-        if self.rope_scaling is not None:
-            y = self.rope_scaling
-            if y.factor < 1:
-                problems.append(f"rope_scaling.factor must be >= 1, got {y.factor}")
-            if y.beta_fast <= y.beta_slow:
-                problems.append(f"rope_scaling.beta_fast ({y.beta_fast}) must exceed "
-                                f"beta_slow ({y.beta_slow})")
         if problems:
             raise ConfigError("invalid gpt-oss config: " + "; ".join(problems))
 
     # -- reading -------------------------------------------------------------------------
+    #
+    # A field that is absent (or null, as transformers writes its defaults) takes its default;
+    # a field that is present must be valid: 0, a string or NaN is an error naming the field,
+    # never a silent default. Values are not coerced (4096.7 is not an integer, "7" not a
+    # number); JSON integers are accepted where a float is expected.
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
@@ -134,12 +157,7 @@ class ModelConfig:
         if ("model_type" not in d and "num_local_experts" not in d
                 and any(k in d for k in _ORIGINAL_ONLY_KEYS)):
             return cls._from_original(d)
-        try:
-            return cls._from_hf(d)
-        except (TypeError, ValueError) as e:
-            if isinstance(e, ConfigError):
-                raise
-            raise ConfigError(f"config has a value of the wrong type: {e}") from None
+        return cls._from_hf(d)
 
     @classmethod
     def from_path(cls, path: str | Path) -> "ModelConfig":
@@ -155,7 +173,9 @@ class ModelConfig:
             data = json.loads(path.read_text())
         except FileNotFoundError:
             raise ConfigError(f"config file not found: {path}") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        except OSError as e:
+            raise ConfigError(f"cannot read {path}: {e.strerror or e}") from None
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
             raise ConfigError(f"{path} is not valid JSON: {e}") from None
         try:
             return cls.from_dict(data)
@@ -168,20 +188,27 @@ class ModelConfig:
         if model_type != "gpt_oss":
             raise ConfigError(f"model_type is {model_type!r}, expected 'gpt_oss' "
                               "(this engine runs gpt-oss models only)")
-        _require(d, "num_hidden_layers")
-        n_layers = _int_field(d, "num_hidden_layers")
-        experts = d.get("num_local_experts", d.get("num_experts"))
-        top_k = d.get("num_experts_per_tok", d.get("experts_per_token"))
-        _require(d, "vocab_size", "hidden_size", "intermediate_size", "num_attention_heads",
+        experts = _first_given(d, "num_local_experts", "num_experts")
+        top_k = _first_given(d, "num_experts_per_tok", "experts_per_token")
+        _require(d, "num_hidden_layers", "vocab_size", "hidden_size", "intermediate_size",
+                 "num_attention_heads",
                  extra={"num_local_experts": experts, "num_experts_per_tok": top_k})
         n_heads = d["num_attention_heads"]
-        head_dim = d.get("head_dim") or d["hidden_size"] // n_heads
-        layer_types = d.get("layer_types") or [SLIDING if i % 2 == 0 else FULL
-                                               for i in range(n_layers)]
+        head_dim = d.get("head_dim")
+        if head_dim is None:  # as transformers: hidden_size / heads
+            head_dim = _valid_int(d, "hidden_size") // _valid_int(d, "num_attention_heads")
+            if head_dim == 0:
+                raise ConfigError(f"head_dim is absent and hidden_size ({d['hidden_size']}) / "
+                                  f"num_attention_heads ({n_heads}) is below 1")
+        layer_types = d.get("layer_types")
+        if layer_types is None:
+            layer_types = _alternating_layers(_valid_int(d, "num_hidden_layers", MAX_LAYERS))
+        elif not isinstance(layer_types, list):
+            raise ConfigError(f"layer_types must be a list of strings, got {layer_types!r}")
         rope_theta, rope_scaling = _hf_rope(d)
         eos = d.get("eos_token_id", 200002)
         return cls(
-            num_hidden_layers=n_layers,
+            num_hidden_layers=d["num_hidden_layers"],
             num_local_experts=experts,
             num_experts_per_tok=top_k,
             vocab_size=d["vocab_size"],
@@ -189,15 +216,15 @@ class ModelConfig:
             intermediate_size=d["intermediate_size"],
             head_dim=head_dim,
             num_attention_heads=n_heads,
-            num_key_value_heads=d.get("num_key_value_heads") or n_heads,
-            sliding_window=d.get("sliding_window") or 128,
+            num_key_value_heads=_given(d, "num_key_value_heads", n_heads),
+            sliding_window=_given(d, "sliding_window", 128),
             layer_types=tuple(layer_types),
-            rope_theta=_float_value("rope_theta", rope_theta),
+            rope_theta=_float(rope_theta),
             rope_scaling=rope_scaling,
-            swiglu_limit=_float_field(d, "swiglu_limit", 7.0),
-            swiglu_alpha=_float_field(d, "swiglu_alpha", 1.702),
-            rms_norm_eps=_float_field(d, "rms_norm_eps", 1e-5),
-            max_position_embeddings=d.get("max_position_embeddings", 131072),
+            swiglu_limit=_float(_given(d, "swiglu_limit", 7.0)),
+            swiglu_alpha=_float(_given(d, "swiglu_alpha", 1.702)),
+            rms_norm_eps=_float(_given(d, "rms_norm_eps", 1e-5)),
+            max_position_embeddings=_given(d, "max_position_embeddings", 131072),
             eos_token_id=tuple(eos) if isinstance(eos, list) else eos,
             pad_token_id=d.get("pad_token_id", 199999),
         )
@@ -207,18 +234,24 @@ class ModelConfig:
         _require(d, "num_hidden_layers", "num_experts", "experts_per_token", "vocab_size",
                  "hidden_size", "intermediate_size", "head_dim", "num_attention_heads",
                  "num_key_value_heads", "sliding_window", "rope_theta")
-        n_layers = _int_field(d, "num_hidden_layers")
-        factor = _float_field(d, "rope_scaling_factor", 1.0)
-        initial_context = int(d.get("initial_context_length", 4096))
+        # These two make max_position_embeddings and decide whether YaRN is on, so they are
+        # checked here under their own names: factor 1 means plain RoPE, below 1 is an error.
+        initial_context = _valid_int(d, "initial_context_length", default=4096)
+        factor = _valid_number(d, "rope_scaling_factor", default=1.0, at_least=1.0)
+        max_positions = initial_context * factor
+        if not max_positions < 2 ** 31:
+            raise ConfigError(f"initial_context_length ({initial_context}) x "
+                              f"rope_scaling_factor ({factor}) must be below 2**31 positions")
+        # Checked even when factor 1 leaves them unused: a NaN is never passed over.
+        beta_fast = _valid_number(d, "rope_ntk_beta", default=32.0)
+        beta_slow = _valid_number(d, "rope_ntk_alpha", default=1.0)
         scaling = None
         if factor > 1:
-            scaling = YarnScaling(factor=factor,
-                                  beta_fast=_float_field(d, "rope_ntk_beta", 32.0),
-                                  beta_slow=_float_field(d, "rope_ntk_alpha", 1.0),
+            scaling = YarnScaling(factor=factor, beta_fast=beta_fast, beta_slow=beta_slow,
                                   original_max_position_embeddings=initial_context)
         # OpenAI's reference uses the sliding window on even layers.
         return cls(
-            num_hidden_layers=n_layers,
+            num_hidden_layers=d["num_hidden_layers"],
             num_local_experts=d["num_experts"],
             num_experts_per_tok=d["experts_per_token"],
             vocab_size=d["vocab_size"],
@@ -228,11 +261,11 @@ class ModelConfig:
             num_attention_heads=d["num_attention_heads"],
             num_key_value_heads=d["num_key_value_heads"],
             sliding_window=d["sliding_window"],
-            layer_types=tuple(SLIDING if i % 2 == 0 else FULL for i in range(n_layers)),
-            rope_theta=_float_field(d, "rope_theta"),
+            layer_types=_alternating_layers(_valid_int(d, "num_hidden_layers", MAX_LAYERS)),
+            rope_theta=_float(d["rope_theta"]),
             rope_scaling=scaling,
-            swiglu_limit=_float_field(d, "swiglu_limit", 7.0),
-            max_position_embeddings=int(initial_context * factor),
+            swiglu_limit=_float(_given(d, "swiglu_limit", 7.0)),
+            max_position_embeddings=int(max_positions),
         )
 
     # -- writing -------------------------------------------------------------------------
@@ -344,42 +377,117 @@ class ModelConfig:
 # experts_per_token and initial_context_length, so those do not tell the layouts apart).
 _ORIGINAL_ONLY_KEYS = ("num_experts", "rope_scaling_factor", "rope_ntk_alpha", "rope_ntk_beta")
 
+# Integer sizes: positive and within MLX's int32 shapes.
+_SIZE_FIELDS = ("num_local_experts", "num_experts_per_tok", "vocab_size", "hidden_size",
+                "intermediate_size", "head_dim", "num_attention_heads", "num_key_value_heads",
+                "sliding_window", "max_position_embeddings")
+MAX_INT = 2 ** 31 - 1
+# Far above any gpt-oss (36 layers); keeps the per-layer lists a config implies small.
+MAX_LAYERS = 1024
+# Float fields and their ranges (all must be finite).
+_FLOAT_FIELDS: dict[str, dict[str, float]] = {
+    "rope_theta": {"above": 1.0},
+    "swiglu_limit": {"above": 0.0},
+    "swiglu_alpha": {"above": 0.0},
+    "rms_norm_eps": {"above": 0.0},
+}
 
-def _float_value(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(f"{name} must be a number, got {value!r}")
-    return float(value)
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _float_field(d: dict[str, Any], name: str, default: float | None = None) -> float:
-    value = d.get(name, default)
-    if value is None:
-        raise ConfigError(f"config is missing required field(s): {name}")
-    return _float_value(name, value)
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _int_field(d: dict[str, Any], name: str) -> int:
-    value = d.get(name)
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+def _check_int(problems: list[str], name: str, value: Any, most: int = MAX_INT,
+               least: int = 1) -> None:
+    if not _is_int(value) or not least <= value <= most:
+        problems.append(f"{name} must be an integer in [{least}, {most}], got {value!r}")
+
+
+def _check_number(problems: list[str], name: str, value: Any, above: float | None = None,
+                  at_least: float | None = None) -> None:
+    """A finite number, > `above` and >= `at_least` where given."""
+    # An integer beyond float64's range is not a finite float (math.isfinite would overflow).
+    finite = (_is_int(value) and abs(value) < 2 ** 1023) or (
+        isinstance(value, float) and math.isfinite(value))
+    if not finite:
+        problems.append(f"{name} must be a finite number, got {value!r}")
+    elif above is not None and not value > above:
+        problems.append(f"{name} must be > {above:g}, got {value!r}")
+    elif at_least is not None and not value >= at_least:
+        problems.append(f"{name} must be >= {at_least:g}, got {value!r}")
+
+
+def _check_token_ids(problems: list[str], name: str, value: Any, many: bool) -> None:
+    ids = value if many and isinstance(value, tuple) else (value,)
+    if value is None or (ids and all(_is_int(t) and 0 <= t <= MAX_INT for t in ids)):
+        return
+    kind = "a token id, a list of token ids" if many else "a token id"
+    problems.append(f"{name} must be {kind} or null (ids are integers >= 0), got {value!r}")
+
+
+def _float(value: Any) -> Any:
+    """A JSON integer read as the float it stands for; anything else as it is (validated
+    later). Integers too large for a float stay integers and fail the finiteness check."""
+    if _is_int(value) and abs(value) < 2 ** 1023:
+        return float(value)
     return value
 
 
-def _require(d: dict[str, Any], *names: str, extra: dict[str, Any] | None = None):
+def _given(d: dict[str, Any], name: str, default: Any) -> Any:
+    """`d[name]`, or `default` when it is absent or null (never when it is 0 or "")."""
+    value = d.get(name)
+    return default if value is None else value
+
+
+def _first_given(d: dict[str, Any], *names: str) -> Any:
+    return next((d[n] for n in names if d.get(n) is not None), None)
+
+
+def _valid_int(d: dict[str, Any], name: str, most: int = MAX_INT,
+               default: int | None = None) -> int:
+    """A field other values are derived from, checked before they are."""
+    value = _given(d, name, default)
+    problems: list[str] = []
+    _check_int(problems, name, value, most=most)
+    if problems:
+        raise ConfigError(problems[0])
+    return value
+
+
+def _valid_number(d: dict[str, Any], name: str, default: float, **bounds: float) -> float:
+    value = _float(_given(d, name, default))
+    problems: list[str] = []
+    _check_number(problems, name, value, **bounds)
+    if problems:
+        raise ConfigError(problems[0])
+    return value
+
+
+def _alternating_layers(n_layers: int) -> tuple[str, ...]:
+    return tuple(SLIDING if i % 2 == 0 else FULL for i in range(n_layers))
+
+
+def _require(d: dict[str, Any], *names: str, extra: dict[str, Any] | None = None) -> None:
     missing = [n for n in names if d.get(n) is None]
     missing += [n for n, v in (extra or {}).items() if v is None]
     if missing:
         raise ConfigError(f"config is missing required field(s): {', '.join(missing)}")
-    return d[names[0]] if names else None
 
 
-def _hf_rope(d: dict[str, Any]) -> tuple[float, YarnScaling | None]:
+def _hf_rope(d: dict[str, Any]) -> tuple[Any, YarnScaling | None]:
     """RoPE theta and YaRN scaling from either `rope_scaling`+`rope_theta` or `rope_parameters`."""
     params = d.get("rope_parameters")
+    name = "rope_parameters"
     if params is not None:
-        theta = params.get("rope_theta", d.get("rope_theta"))
+        if not isinstance(params, dict):
+            raise ConfigError(f"rope_parameters must be an object, got {params!r}")
+        theta = _given(params, "rope_theta", d.get("rope_theta"))
     else:
-        params = d.get("rope_scaling")
+        params, name = d.get("rope_scaling"), "rope_scaling"
         theta = d.get("rope_theta")
     if theta is None:
         raise ConfigError("config is missing required field(s): rope_theta")
@@ -387,7 +495,7 @@ def _hf_rope(d: dict[str, Any]) -> tuple[float, YarnScaling | None]:
         # As transformers: a gpt-oss config without a RoPE block means gpt-oss's YaRN.
         return theta, YarnScaling()
     if not isinstance(params, dict):
-        raise ConfigError(f"rope_scaling must be an object, got {params!r}")
+        raise ConfigError(f"{name} must be an object, got {params!r}")
     rope_type = params.get("rope_type", params.get("type", "default"))
     if rope_type == "default":
         return theta, None
@@ -398,5 +506,5 @@ def _hf_rope(d: dict[str, Any]) -> tuple[float, YarnScaling | None]:
     kwargs = {k: v for k, v in params.items() if k in known and v is not None}
     for k in ("factor", "beta_fast", "beta_slow", "attention_factor"):
         if k in kwargs:
-            kwargs[k] = _float_value(f"rope_scaling.{k}", kwargs[k])
+            kwargs[k] = _float(kwargs[k])
     return theta, YarnScaling(**kwargs)

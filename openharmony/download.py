@@ -14,13 +14,23 @@ mirror set later in the same process (tests, notebooks) is honoured.
 Resuming: within a run, a dropped connection is resumed with an HTTP Range request
 (huggingface-hub retries up to five times); across runs, files that were completed are kept and
 only the missing ones are fetched again.
+
+Ctrl-C: huggingface-hub downloads in worker threads and, on KeyboardInterrupt, waits for the
+files in flight to finish (its thread pool joins them), which takes minutes for a shard. The
+CLI therefore wraps a download in `exit_at_once_on_ctrl_c`, which ends the process at once, as
+SIGTERM does.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import signal
+import sys
+import threading
 from pathlib import Path
+from typing import Iterator
 
 from .errors import OpenHarmonyError
 
@@ -165,3 +175,47 @@ def _is_network_error(e: Exception) -> bool:
         except (ImportError, AttributeError):
             pass
     return isinstance(e, tuple(kinds))
+
+
+@contextlib.contextmanager
+def exit_at_once_on_ctrl_c(message: str, exit_code: int) -> Iterator[None]:
+    """While inside, SIGINT (Ctrl-C) prints `message` on stderr, removes the partial files
+    this process is writing and ends the process with `exit_code` at once.
+
+    Files already complete have been moved into place by huggingface-hub and are kept. A
+    partial file is one of its `*.incomplete` temporaries, unique to this process (no later run
+    reuses it), so it is removed rather than left behind. For the CLI only: `os._exit` skips
+    Python's cleanup, which is what waits for the threads. Elsewhere than the main thread (where
+    signal handlers cannot be set) it does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame) -> None:
+        sys.stderr.write(message + "\n")
+        sys.stderr.flush()
+        for partial in _open_partial_files():
+            partial.unlink(missing_ok=True)
+        os._exit(exit_code)
+
+    previous = signal.signal(signal.SIGINT, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _open_partial_files() -> list[Path]:
+    """The huggingface-hub temporaries (`*.incomplete`) this process has open, found through
+    /proc/self/fd (Linux; elsewhere none are found and they stay, as after SIGTERM)."""
+    found = []
+    fds = Path("/proc/self/fd")
+    for entry in (fds.iterdir() if fds.is_dir() else ()):
+        try:
+            target = os.readlink(entry)
+        except OSError:  # closed meanwhile
+            continue
+        if target.endswith(".incomplete"):
+            found.append(Path(target))
+    return found

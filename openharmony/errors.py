@@ -18,5 +18,9 @@ class CheckpointError(OpenHarmonyError):
     """A checkpoint that cannot be loaded as it is: missing, truncated, corrupt or mismatched."""
 
 
+class InputError(OpenHarmonyError, ValueError):
+    """Arguments a model call cannot take: token ids of the wrong type, shape or range."""
+
+
 class DistributedError(OpenHarmonyError):
     """A distributed run that cannot go on: a rank died, left or cannot be reached."""

@@ -22,17 +22,26 @@ How a call runs:
   `max_tokens` tokens.
 * Text: streamed through the tokenizer's UTF-8-safe detokenizer (a character split across
   tokens comes out whole) and held back while it could be the start of a stop string, so the
-  text deltas concatenate to exactly the final text.
+  text deltas concatenate to exactly the final text. Token in, token out: a token-id prompt
+  with `detokenize=False` and no `tokenizer` loads no vocabulary (it works offline).
+* Bad input raises `GenerationError` (or `SamplingError`) at the call, naming the argument:
+  token ids that are not integers (1.5, "7" and True are refused, not coerced) or outside the
+  model's vocabulary (text prompts included: a tokenizer larger than the model's vocabulary
+  cannot overrun its embedding table), unknown stop tokens. Logits that are not finite (NaN
+  weights, an overflow) stop generation with `NonFiniteLogitsError` instead of being sampled:
+  the check is computed on the device with each token and read with it, no extra sync.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
+import functools
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 import mlx.core as mx
+import numpy as np
 
 from .cache import PromptCache
 from .errors import OpenHarmonyError
@@ -48,6 +57,10 @@ class GenerationError(OpenHarmonyError, ValueError):
 
 class ContextLengthError(GenerationError):
     """The prompt plus max_tokens do not fit in the model's context."""
+
+
+class NonFiniteLogitsError(GenerationError):
+    """The model produced NaN or infinite logits: there is no distribution to sample from."""
 
 
 @dataclass(frozen=True)
@@ -67,7 +80,7 @@ class GenerationChunk:
     """One generated token. The last chunk of a stream has `finish_reason` and `stats`."""
 
     token: int
-    text: str  # the new text; may be "" (held back) or hold several characters
+    text: str  # the new text; may be "" (held back, or detokenize=False)
     logprob: float | None = None  # log-probability under the model (with logprobs=True)
     # With top_logprobs=k: the k most likely tokens and their log-probabilities, most likely first.
     top_logprobs: list[tuple[int, float]] | None = None
@@ -115,7 +128,7 @@ def stream_generate(
     presence_penalty: float | None = None,
     frequency_penalty: float | None = None,
     seed: int | None = None,
-    stop_tokens: Sequence[int] = (),
+    stop_tokens: Sequence[int | str] = (),
     stop_strings: Sequence[str] = (),
     ignore_eos: bool = False,
     prompt_cache: PromptCache | None = None,
@@ -127,10 +140,13 @@ def stream_generate(
     """Yield one `GenerationChunk` per generated token.
 
     `prompt`: text (encoded with `tokenizer`, special tokens such as <|start|> allowed) or
-    token ids. `tokenizer`: default `load_tokenizer()`. Sampling: `sampling` and/or the single
-    options (which override it); see `openharmony.sampling`. `seed`: reproducible sampling.
-    `stop_tokens` are added to the model's eos tokens (config.eos_token_id and the tokenizer's
-    <|return|>, <|endoftext|>, <|call|>) unless `ignore_eos`. `prompt_cache`: reuse the common
+    token ids (Python or NumPy integers, or a 1-D integer array). `tokenizer`: default
+    `load_tokenizer()`, loaded only when text is involved: not for a token-id prompt with
+    `detokenize=False` (token in, token out, offline). Sampling: `sampling`
+    and/or the single options (which override it); see `openharmony.sampling`. `seed`:
+    reproducible sampling. `stop_tokens` (ids, or special-token names such as "<|end|>") are
+    added to the model's eos tokens (config.eos_token_id and <|return|>, <|endoftext|>,
+    <|call|>) unless `ignore_eos`. `prompt_cache`: reuse the common
     prefix with the previous call on it. `logprobs`: each chunk's log-probability of its token
     under the model's own distribution (before penalties, temperature and filters).
     `top_logprobs=k` (0 to 20): also the k most likely tokens of each step under that
@@ -138,12 +154,26 @@ def stream_generate(
     callers that decode the tokens themselves (the harmony parser of a chat turn), so that no
     token is decoded twice.
     """
-    if tokenizer is None:
+    if not isinstance(detokenize, bool):
+        raise GenerationError(f"detokenize must be True or False, got {detokenize!r}")
+    if tokenizer is None and (isinstance(prompt, str) or detokenize):
         from .tokenizer import load_tokenizer
 
-        tokenizer = load_tokenizer()
+        try:
+            tokenizer = load_tokenizer()
+        except OpenHarmonyError as e:
+            if isinstance(prompt, str):
+                raise
+            raise GenerationError(f"{e}; with token ids, detokenize=False needs no "
+                                  "vocabulary") from None
     config = model.config
     prompt_ids = _prompt_ids(prompt, tokenizer, config.vocab_size)
+    if sampling is not None and not isinstance(sampling, SamplingOptions):
+        raise GenerationError(f"sampling must be a SamplingOptions, got "
+                              f"{type(sampling).__name__}")
+    for name, flag in (("ignore_eos", ignore_eos), ("logprobs", logprobs)):
+        if not isinstance(flag, bool):
+            raise GenerationError(f"{name} must be True or False, got {flag!r}")
     options = _sampling_options(sampling, temperature=temperature, top_k=top_k, top_p=top_p,
                                 min_p=min_p, repetition_penalty=repetition_penalty,
                                 presence_penalty=presence_penalty,
@@ -166,6 +196,9 @@ def stream_generate(
         raise GenerationError("stop_strings need the text: they cannot go with detokenize=False")
     if prompt_cache is None:
         prompt_cache = PromptCache(model)
+    elif not isinstance(prompt_cache, PromptCache):
+        raise GenerationError(f"prompt_cache must be a PromptCache, got "
+                              f"{type(prompt_cache).__name__}")
     elif prompt_cache.model is not model:
         raise GenerationError("prompt_cache was made for another model")
     sampler = Sampler(options, config.vocab_size, prompt_tokens=prompt_ids, seed=seed,
@@ -195,10 +228,13 @@ def _stream(model, prompt_ids: list[int], tokenizer, max_tokens: int, sampler: S
         prompt_cache.add_tokens(chunk)
     prompt_cache.snapshot()
 
-    def step(token: mx.array) -> tuple[mx.array, list[mx.array]]:
-        """Queue the next token; also its log-probability and the top ones when asked for."""
-        logits = model(token.reshape(1, 1), cache=caches)[:, -1, :]
+    def step(token: mx.array) -> tuple[mx.array, mx.array, list[mx.array]]:
+        """Queue the next token, whether its logits were finite, and its log-probability and
+        the top ones when asked for."""
+        # The token was sampled from vocab_size logits: no range check (and no host sync).
+        logits = model(token.reshape(1, 1), cache=caches, check_ids=False)[:, -1, :]
         next_token = sampler(logits)
+        finite = mx.isfinite(logits).all()  # read with the token: no extra wait
         scores = []
         if logprobs or top_logprobs:
             scores.append(log_probabilities(logits, next_token))
@@ -207,17 +243,23 @@ def _stream(model, prompt_ids: list[int], tokenizer, max_tokens: int, sampler: S
             all_logprobs = step_logits - mx.logsumexp(step_logits)
             top = mx.argpartition(-all_logprobs, top_logprobs - 1)[:top_logprobs]
             scores += [top, all_logprobs[top]]
-        mx.async_eval([next_token, *sampler.state, *prompt_cache.state, *scores])
-        return next_token, scores
+        mx.async_eval([next_token, finite, *sampler.state, *prompt_cache.state, *scores])
+        return next_token, finite, scores
 
-    token, scores = step(mx.array([rest[-1]], dtype=mx.uint32))
+    token, finite, scores = step(mx.array([rest[-1]], dtype=mx.uint32))
     prompt_cache.add_tokens(rest[-1:])
-    detokenizer = tokenizer.detokenizer()
+    detokenizer = tokenizer.detokenizer() if tokenizer is not None else None
     first_token_time = None
     for count in range(1, max_tokens + 1):
         if count < max_tokens:  # queue the next step before reading this token
-            next_token, next_scores = step(token)
+            next_token, next_finite, next_scores = step(token)
         token_id = _read_token(token)
+        if not finite.item():
+            raise NonFiniteLogitsError(
+                f"the model's logits are not finite (NaN or inf) for generated token {count} "
+                f"(position {len(prompt_ids) + count - 1}); generation stopped rather than "
+                "sample from them. The weights are broken (e.g. an MXFP4 scale byte 255, "
+                "which is NaN) or the computation overflowed")
         if first_token_time is None:
             first_token_time = time.perf_counter()
         if count < max_tokens:
@@ -265,7 +307,7 @@ def _stream(model, prompt_ids: list[int], tokenizer, max_tokens: int, sampler: S
                               reused_prompt_tokens=reused if count == 1 else None)
         if finish_reason is not None:
             return
-        token, scores = next_token, next_scores
+        token, finite, scores = next_token, next_finite, next_scores
 
 
 def _read_token(token: mx.array) -> int:
@@ -309,18 +351,40 @@ class StopStrings:
 def _prompt_ids(prompt, tokenizer, vocab_size: int) -> list[int]:
     if isinstance(prompt, str):
         ids = tokenizer.encode(prompt, allow_special=True)
+        source = "the text prompt encodes to token id"
     else:
-        try:
-            ids = [int(t) for t in prompt]
-        except (TypeError, ValueError):
-            raise GenerationError("prompt must be a string or a sequence of token ids") from None
-        bad = [t for t in ids if not 0 <= t < vocab_size]
-        if bad:
-            raise GenerationError(f"prompt token id {bad[0]} is outside the model's vocabulary "
-                                  f"(0 .. {vocab_size - 1})")
+        ids = _token_ids(prompt, "prompt")
+        source = "prompt token id"
     if not ids:
         raise GenerationError("the prompt is empty: generation needs at least one token")
+    # On the host, before anything reaches the device: an id past the embedding table would
+    # read memory outside it.
+    bad = next((i for i, t in enumerate(ids) if not 0 <= t < vocab_size), None)
+    if bad is not None:
+        raise GenerationError(f"{source} {ids[bad]} (at position {bad}) is outside the model's "
+                              f"vocabulary (0 .. {vocab_size - 1})")
     return ids
+
+
+def _token_ids(values, name: str) -> list[int]:
+    """Token ids as Python ints: Python or NumPy integers, or a 1-D integer array. Floats,
+    strings and bools are refused rather than coerced ([1.5, 2] is not [1, 2])."""
+    if isinstance(values, (mx.array, np.ndarray)):
+        kind = values.dtype
+        integer = (mx.issubdtype(kind, mx.integer) if isinstance(values, mx.array)
+                   else np.issubdtype(kind, np.integer))
+        if values.ndim != 1 or not integer:
+            raise GenerationError(f"{name} must be a 1-D array of integer token ids, got "
+                                  f"{values.ndim}-D {str(kind).removeprefix('mlx.core.')}")
+        return [int(t) for t in values.tolist()]
+    if isinstance(values, (bytes, dict)) or not hasattr(values, "__iter__"):
+        raise GenerationError(f"{name} must be a string or a sequence of token ids, got "
+                              f"{type(values).__name__}")
+    ids = list(values)
+    for i, t in enumerate(ids):
+        if isinstance(t, (bool, np.bool_)) or not isinstance(t, (int, np.integer)):
+            raise GenerationError(f"{name}[{i}] must be an integer token id, got {t!r}")
+    return [int(t) for t in ids]
 
 
 def _sampling_options(sampling: SamplingOptions | None, **overrides) -> SamplingOptions:
@@ -329,10 +393,50 @@ def _sampling_options(sampling: SamplingOptions | None, **overrides) -> Sampling
     return dataclasses.replace(base, **given) if given else base
 
 
-def _stop_token_ids(stop_tokens: Sequence[int], config, tokenizer, ignore_eos: bool) -> set[int]:
-    ids = {int(t) for t in stop_tokens}
+def _stop_token_ids(stop_tokens, config, tokenizer, ignore_eos: bool) -> set[int]:
+    """Ids that end generation. `stop_tokens` holds ids or special-token names ("<|end|>")."""
+    if isinstance(stop_tokens, (str, int)):
+        stop_tokens = [stop_tokens]
+    ids = set()
+    for i, t in enumerate(_list(stop_tokens, "stop_tokens")):
+        if isinstance(t, str):
+            special = _special_ids(tokenizer)
+            if t not in special:
+                raise GenerationError(f"stop_tokens[{i}] {t!r} is not a special token (such as "
+                                      "'<|end|>'); use stop_strings to stop at text")
+            ids.add(special[t])
+        elif isinstance(t, (bool, np.bool_)) or not isinstance(t, (int, np.integer)) or t < 0:
+            raise GenerationError(f"stop_tokens[{i}] must be a token id (an integer >= 0) or a "
+                                  f"special-token name, got {t!r}")
+        else:
+            ids.add(int(t))
     if not ignore_eos:
         eos = config.eos_token_id
         ids.update(() if eos is None else (eos,) if isinstance(eos, int) else eos)
-        ids.update(getattr(tokenizer, "eos_token_ids", ()))
+        ids.update(tokenizer.eos_token_ids if tokenizer is not None else _harmony_eos_ids())
     return ids
+
+
+def _list(values, name: str) -> list:
+    if isinstance(values, (bytes, dict)) or not hasattr(values, "__iter__"):
+        raise GenerationError(f"{name} must be a list, got {type(values).__name__}")
+    return list(values)
+
+
+def _special_ids(tokenizer) -> dict[str, int]:
+    return tokenizer.special_ids if tokenizer is not None else _harmony_special_ids()
+
+
+@functools.cache
+def _harmony_special_ids() -> dict[str, int]:
+    """o200k_harmony's special tokens from tiktoken's definition, without the vocabulary."""
+    from .tokenizer import o200k_harmony_definition
+
+    return dict(o200k_harmony_definition()["special_tokens"])
+
+
+def _harmony_eos_ids() -> tuple[int, ...]:
+    """What `Tokenizer.eos_token_ids` gives, without the vocabulary."""
+    from .tokenizer import EOS_TOKEN_NAMES
+
+    return tuple(_harmony_special_ids()[name] for name in EOS_TOKEN_NAMES)

@@ -31,6 +31,7 @@ import numpy as np
 
 from .config import MXFP4_BLOCK, ModelConfig
 from .errors import CheckpointError, ConfigError
+from .mxfp4 import SCALE_NAN
 
 HF, ORIGINAL = "hf", "original"
 INDEX_FILE = "model.safetensors.index.json"
@@ -450,6 +451,11 @@ class Checkpoint:
         `experts` (a contiguous range, expert tensors only) selects those experts, rows of
         the leading axis, and reads only their bytes, at once: a slice of MLX's lazy array
         would read the whole tensor when evaluated.
+
+        MXFP4 scales are the exception to laziness: they are read here (1/17 of the MXFP4
+        bytes, kept as they are by the model) and a scale byte 255, E8M0's NaN, raises
+        `CheckpointError` naming the tensor: its 32 weights would be NaN, and so every logit.
+        (With `experts`, the index in the message counts from the first expert read.)
         """
         tensor, rows = self._source(name)
         if experts is not None:
@@ -459,6 +465,8 @@ class Checkpoint:
             array = self._file_arrays(tensor.file)[tensor.name]
         if rows is not None:
             array = array[rows]
+        if name.endswith(".scales"):
+            _refuse_nan_scales(tensor, array)
         dtype = _as_mx_dtype(dtype)
         if dtype is not None and mx.issubdtype(array.dtype, mx.floating):
             array = array.astype(dtype)
@@ -476,6 +484,20 @@ class Checkpoint:
             except (RuntimeError, ValueError, OSError) as e:
                 raise CheckpointError(f"MLX cannot open {file}: {e}") from None
         return self._arrays[file]
+
+
+def _refuse_nan_scales(tensor: StoredTensor, scales: mx.array) -> None:
+    # 255 is the largest byte: one max reduction (no temporary array) finds any; the common
+    # case ends here (scripts/measure_scale_scan.py).
+    if mx.max(scales).item() != SCALE_NAN:
+        return
+    nan = scales == SCALE_NAN
+    count = int(nan.sum().item())
+    first = tuple(int(i) for i in np.argwhere(np.array(nan))[0])
+    raise CheckpointError(
+        f"{tensor.file}: tensor {tensor.name!r} holds the MXFP4 scale byte {SCALE_NAN} (E8M0's "
+        f"NaN) in {count} block(s), the first at index {list(first)}: those weights are NaN "
+        "and the model's logits would be too; the checkpoint is corrupt")
 
 
 def is_expert_tensor(name: str) -> bool:

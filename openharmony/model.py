@@ -25,7 +25,7 @@ import numpy as np
 
 from .cache import make_caches
 from .config import MXFP4_BLOCK, ModelConfig
-from .errors import CheckpointError, ConfigError
+from .errors import CheckpointError, ConfigError, InputError
 from . import loader, native
 from .linear import Linear
 from .moe import MLP
@@ -190,12 +190,30 @@ class Model(nn.Module):
         else:
             self.lm_head = Linear(config.hidden_size, config.vocab_size, bias=False)
 
-    def __call__(self, tokens: mx.array, cache: list | None = None) -> mx.array:
-        """tokens [B, T] int -> float32 logits [B, T, vocab]; `cache` is extended in place."""
-        assert tokens.ndim == 2, f"tokens must be [batch, time], got shape {tokens.shape}"
+    def __call__(self, tokens: mx.array, cache: list | None = None, *,
+                 check_ids: bool = True) -> mx.array:
+        """tokens [B, T] int -> float32 logits [B, T, vocab]; `cache` is extended in place.
+
+        Token ids outside [0, vocab_size) raise `InputError` (the embedding lookup would read
+        outside its table). That check reads the ids back to the host, so callers feeding
+        ids sampled on the device from this model's logits (decoding) pass check_ids=False.
+        """
+        if not isinstance(tokens, mx.array) or tokens.ndim != 2 or not mx.issubdtype(
+                tokens.dtype, mx.integer):
+            shape = getattr(tokens, "shape", None)
+            raise InputError(f"tokens must be an integer mx.array of shape [batch, time], got "
+                             f"{type(tokens).__name__} {getattr(tokens, 'dtype', '')} {shape}")
+        if check_ids and tokens.size:
+            low, high = mx.stack([tokens.min(), tokens.max()]).tolist()
+            if low < 0 or high >= self.config.vocab_size:
+                raise InputError(f"token id {high if high >= self.config.vocab_size else low} "
+                                 f"is outside the model's vocabulary "
+                                 f"(0 .. {self.config.vocab_size - 1})")
         if cache is None:
             cache = self.make_cache()  # a forward from position 0, keeping nothing
-        assert len(cache) == len(self.layers), (len(cache), len(self.layers))
+        if len(cache) != len(self.layers):
+            raise InputError(f"cache has {len(cache)} layer caches for {len(self.layers)} "
+                             "layers (make it with model.make_cache())")
         # The table stays in its (narrower) stored dtype; only the gathered rows are cast.
         x = self.embed_tokens(tokens).astype(self.dtype)
         for layer, layer_cache in zip(self.layers, cache):

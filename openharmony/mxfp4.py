@@ -76,11 +76,26 @@ class MXFP4Error(OpenHarmonyError, ValueError):
     """MXFP4 data (or data to encode) with the wrong shape or dtype."""
 
 
+def _as_mx(x, name: str) -> mx.array:
+    """`x` as an mx.array: NumPy arrays are accepted (and copied); anything else is refused,
+    so a dtype message never compares a NumPy dtype with an MLX one of the same name."""
+    if isinstance(x, mx.array):
+        return x
+    if isinstance(x, np.ndarray):
+        try:
+            return mx.array(x)
+        except (TypeError, ValueError) as e:
+            raise MXFP4Error(f"{name}: NumPy {x.dtype} has no MLX equivalent ({e})") from None
+    raise MXFP4Error(f"{name} must be an mx.array (or a NumPy array), got {type(x).__name__}")
+
+
 def encode(x: mx.array) -> tuple[mx.array, mx.array]:
     """Quantize `x` [..., K] (K a multiple of 32) to `blocks` [..., K/32, 16], `scales` [..., K/32].
 
-    Floating inputs are converted to float32 first (exact for float16 and bfloat16).
+    Floating inputs are converted to float32 first (exact for float16 and bfloat16). NumPy
+    arrays are accepted, here and in `decode`, `to_mlx` and `from_mlx`.
     """
+    x = _as_mx(x, "x")
     if x.ndim == 0 or x.shape[-1] % BLOCK_SIZE:
         raise MXFP4Error(f"MXFP4 encode needs a last dimension that is a multiple of "
                          f"{BLOCK_SIZE}, got shape {tuple(x.shape)}")
@@ -120,8 +135,9 @@ def encode(x: mx.array) -> tuple[mx.array, mx.array]:
 
 
 def decode(blocks: mx.array, scales: mx.array, dtype: mx.Dtype = mx.float32) -> mx.array:
-    """Dequantize (`blocks` [..., G, 16], `scales` [..., G]) to `dtype` [..., G*32]."""
-    _check_storage(blocks, scales)
+    """Dequantize (`blocks` [..., G, 16], `scales` [..., G]) to `dtype` [..., G*32]; mx or
+    NumPy arrays."""
+    blocks, scales = _check_storage(blocks, scales)
     *lead, groups, _ = blocks.shape
     # Two bytes (four codes) per table lookup: one gather of 1/4 of the elements and one
     # multiply is the cheapest dequantization MLX's ops give; it runs 2.4x faster on the CPU
@@ -156,13 +172,14 @@ def to_mlx(blocks: mx.array, scales: mx.array) -> tuple[mx.array, mx.array]:
 
     A reshape and a view of the same bytes: no value is copied (for a contiguous `blocks`).
     """
-    _check_storage(blocks, scales)
+    blocks, scales = _check_storage(blocks, scales)
     *lead, groups, _ = blocks.shape
     return blocks.reshape(*lead, groups * BYTES_PER_BLOCK).view(mx.uint32), scales
 
 
 def from_mlx(w: mx.array, scales: mx.array) -> tuple[mx.array, mx.array]:
     """The inverse of `to_mlx`: (uint32 [..., G*4], scales [..., G]) -> (blocks, scales)."""
+    w, scales = _as_mx(w, "w"), _as_mx(scales, "scales")
     if w.dtype != mx.uint32 or w.ndim == 0:
         raise MXFP4Error(f"MLX mxfp4 weights must be a uint32 array, got {w.dtype} with shape "
                          f"{tuple(w.shape)}")
@@ -181,7 +198,8 @@ def from_mlx(w: mx.array, scales: mx.array) -> tuple[mx.array, mx.array]:
     return blocks, scales
 
 
-def _check_storage(blocks: mx.array, scales: mx.array) -> None:
+def _check_storage(blocks, scales) -> tuple[mx.array, mx.array]:
+    blocks, scales = _as_mx(blocks, "blocks"), _as_mx(scales, "scales")
     if blocks.dtype != mx.uint8 or scales.dtype != mx.uint8:
         raise MXFP4Error(f"MXFP4 blocks and scales must be uint8, got {blocks.dtype} and "
                          f"{scales.dtype}")
@@ -191,6 +209,7 @@ def _check_storage(blocks: mx.array, scales: mx.array) -> None:
     if tuple(scales.shape) != tuple(blocks.shape[:-1]):
         raise MXFP4Error(f"MXFP4 scales must have shape {tuple(blocks.shape[:-1])} for blocks "
                          f"{tuple(blocks.shape)}, got {tuple(scales.shape)}")
+    return blocks, scales
 
 
 def _exp2(n: mx.array) -> mx.array:

@@ -41,7 +41,11 @@ class SamplingError(OpenHarmonyError, ValueError):
 
 
 def _number(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        # The type too: a NumPy float32 prints like a float but is not one.
+        raise SamplingError(f"{name} must be a finite number (a Python int or float), got "
+                            f"{value!r} of type {type(value).__name__}", param=name)
+    if not math.isfinite(value):
         raise SamplingError(f"{name} must be a finite number, got {value!r}", param=name)
     return float(value)
 
@@ -60,7 +64,8 @@ class OptionRange:
     def check(self, name: str, value) -> None:
         if self.integer:
             if isinstance(value, bool) or not isinstance(value, int):
-                raise SamplingError(f"{name} must be an integer, got {value!r}", param=name)
+                raise SamplingError(f"{name} must be an integer, got {value!r} of type "
+                                    f"{type(value).__name__}", param=name)
         else:
             value = _number(name, value)
         too_low = self.low is not None and (value <= self.low if self.low_open

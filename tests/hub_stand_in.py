@@ -27,11 +27,15 @@ COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
 class HubStandIn:
     def __init__(self, repo_id: str, files: dict[str, bytes], *,
-                 drop_after: dict[str, int] | None = None, fail_once: set[str] | None = None):
+                 drop_after: dict[str, int] | None = None, fail_once: set[str] | None = None,
+                 stall: set[str] | None = None):
         self.repo_id = repo_id
         self.files = files
         self.drop_after = dict(drop_after or {})
         self.fail_once = set(fail_once or ())
+        # Files whose body stops halfway until the stand-in closes (a download in flight).
+        self.stall = set(stall or ())
+        self._closing = threading.Event()
         self.requests: list[tuple[str, str, dict[str, str]]] = []
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
@@ -49,6 +53,7 @@ class HubStandIn:
         return self
 
     def __exit__(self, *exc) -> None:
+        self._closing.set()
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=5)
@@ -123,6 +128,12 @@ class HubStandIn:
             h.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
         h.end_headers()
         if head:
+            return
+        if name in self.stall:
+            h.wfile.write(body[: len(body) // 2])
+            h.wfile.flush()
+            self._closing.wait(timeout=120)
+            h.close_connection = True
             return
         if drop is not None:
             h.wfile.write(body[:drop])

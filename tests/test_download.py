@@ -7,6 +7,8 @@ contents on 127.0.0.1; huggingface-hub is pointed at it with HF_ENDPOINT.
 from __future__ import annotations
 
 import os
+import signal
+import time
 import subprocess
 import sys
 from pathlib import Path
@@ -220,3 +222,47 @@ def test_environment_variables_in_a_fresh_process(tmp_path):
         assert cached.returncode == 0, cached.stderr
         assert cached.stdout.strip() == str(snapshot(cache))
         assert len(server.requests) == seen
+
+
+def test_ctrl_c_stops_at_once_keeps_complete_files_and_says_how_to_resume(tmp_path):
+    """A real SIGINT while a shard is in flight (the stand-in stalls it halfway): the process
+    ends at once instead of waiting for the shard, the complete files stay, the partial one
+    does not, and the same command then completes the download."""
+    cache = tmp_path / "hub-cache"
+    files = repo_files()
+    with HubStandIn(REPO, files, stall={SHARD}) as server:
+        env = {"HF_ENDPOINT": server.url, "HF_HUB_CACHE": str(cache),
+               "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+        base = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+        process = subprocess.Popen([sys.executable, "-m", "openharmony", "download", REPO],
+                                   env={**base, "NO_PROXY": "127.0.0.1", **env},
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            config = snapshot(cache) / "config.json"
+            deadline = time.monotonic() + 60
+            while not (server.gets(SHARD) and config.exists()) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert server.gets(SHARD) and config.exists(), "the download never got going"
+            time.sleep(0.5)  # the shard's first half is being written
+            process.send_signal(signal.SIGINT)
+            interrupted = time.monotonic()
+            _, stderr = process.communicate(timeout=20)
+            stopped_after = time.monotonic() - interrupted
+        finally:
+            if process.poll() is None:
+                process.kill()
+    assert process.returncode == 130, stderr
+    assert stopped_after < 10  # the stalled shard would have held it for 120 s
+    assert stderr.strip().splitlines()[-1] == ("interrupted: the files already complete are "
+                                               "kept; run the same command again to fetch the "
+                                               "rest")
+    assert config.read_bytes() == files["config.json"]  # complete files are kept
+    assert not (snapshot(cache) / SHARD).exists()
+    assert not list(cache.rglob("*.incomplete"))  # nothing partial is left behind
+
+    with HubStandIn(REPO, files) as server:
+        resumed = _cli_subprocess({"HF_ENDPOINT": server.url, "HF_HUB_CACHE": str(cache),
+                                   "HF_HUB_DISABLE_PROGRESS_BARS": "1"}, "download", REPO)
+        assert resumed.returncode == 0, resumed.stderr
+        assert not server.gets("config.json")  # kept, not fetched again
+    assert local_files(snapshot(cache)) == {name: files[name] for name in HF_LAYOUT}

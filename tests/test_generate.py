@@ -93,8 +93,8 @@ class Steered:
     def make_cache(self):
         return self.model.make_cache()
 
-    def __call__(self, tokens, cache=None):
-        logits = self.model(tokens, cache)
+    def __call__(self, tokens, cache=None, **kwargs):
+        logits = self.model(tokens, cache, **kwargs)
         self.calls.append(tokens.shape[1])
         index = cache[0].offset - self.prompt_length  # the generated token these logits pick
         if 0 <= index < len(self.script):
@@ -299,10 +299,10 @@ def test_next_step_is_queued_before_a_token_is_read(model, tokenizer, monkeypatc
     steered = Steered(model, prompt_length=10)
     real_call, real_read = Steered.__call__, generate_module._read_token
 
-    def call(self, tokens, cache=None):
+    def call(self, tokens, cache=None, **kwargs):
         if self.calls:  # after the one prefill call
             events.append(("step", len(self.calls)))
-        return real_call(self, tokens, cache)
+        return real_call(self, tokens, cache, **kwargs)
 
     def read(token):
         events.append(("read", sum(kind == "read" for kind, _ in events) + 1))
@@ -388,6 +388,11 @@ def test_context_overflow_is_a_clear_error(model, tokenizer):
     ([1, 2], {"max_tokens": 0}, "max_tokens"),
     ([1, 2], {"prefill_chunk": 0}, "prefill_chunk"),
     ([1, 2], {"stop_strings": [""]}, "stop strings"),
+    ([1, 2], {"max_tokens": 2.0}, "max_tokens must be a positive integer, got 2.0"),
+    ([1, 2], {"sampling": {"temperature": 0}}, "sampling must be a SamplingOptions, got dict"),
+    ([1, 2], {"ignore_eos": "yes"}, "ignore_eos must be True or False, got 'yes'"),
+    ([1, 2], {"logprobs": 1}, "logprobs must be True or False, got 1"),
+    ([1, 2], {"prompt_cache": []}, "prompt_cache must be a PromptCache, got list"),
 ])
 def test_invalid_requests(model, tokenizer, prompt, kwargs, fragment):
     with pytest.raises(GenerationError, match=fragment) as info:
@@ -431,3 +436,125 @@ def test_default_tokenizer_comes_from_the_environment(vocab_model, tokenizer, mo
     result = generate(vocab_model, "Hello", max_tokens=3, temperature=0, ignore_eos=True)
     assert result.tokens == greedy(vocab_model, tokenizer.encode("Hello"), tokenizer, 3).tokens
     assert result.text == tokenizer.decode(result.tokens)
+
+
+# -- bad input, named; NaN logits; no vocabulary for token in, token out (issue 13) ---------
+
+
+@pytest.mark.parametrize("prompt, fragment", [
+    ([1.5, 2], "prompt[0] must be an integer token id, got 1.5"),
+    ([2.0, 2], "prompt[0] must be an integer token id, got 2.0"),
+    (["7", 2], "prompt[0] must be an integer token id, got '7'"),
+    ([1, True], "prompt[1] must be an integer token id, got True"),
+    ([[1, 2]], "prompt[0] must be an integer token id, got [1, 2]"),
+    (np.array([1.0, 2.0]), "prompt must be a 1-D array of integer token ids, got 1-D float64"),
+    (mx.array([[1, 2]]), "prompt must be a 1-D array of integer token ids, got 2-D int32"),
+    (7, "prompt must be a string or a sequence of token ids, got int"),
+    ([1, -1], "prompt token id -1 (at position 1) is outside the model's vocabulary"),
+    ([1, 1024], "prompt token id 1024 (at position 1) is outside the model's vocabulary "
+                "(0 .. 1023)"),
+])
+def test_prompt_ids_of_the_wrong_type_or_range_are_refused(model, tokenizer, prompt, fragment):
+    with pytest.raises(GenerationError) as raised:
+        stream_generate(model, prompt, tokenizer=tokenizer)
+    assert fragment in str(raised.value)
+
+
+def test_numpy_and_mlx_integer_prompts_are_the_ids_they_hold(model, tokenizer):
+    prompt = random_prompt(6, seed=11)
+    expected = greedy(model, prompt, tokenizer, 3).tokens
+    for given in ([np.int64(t) for t in prompt], np.array(prompt, np.int32),
+                  mx.array(prompt, dtype=mx.uint32)):
+        assert greedy(model, given, tokenizer, 3).tokens == expected
+
+
+def test_text_prompt_beyond_a_small_vocabulary_is_refused(model, tokenizer):
+    text = "some text"
+    ids = tokenizer.encode(text)  # o200k ids, most beyond the tiny model's 1024 rows
+    position = next(i for i, t in enumerate(ids) if t >= 1024)
+    with pytest.raises(GenerationError) as raised:
+        generate(model, text, tokenizer=tokenizer)
+    assert (f"the text prompt encodes to token id {ids[position]} (at position {position}) is "
+            "outside the model's vocabulary (0 .. 1023)") in str(raised.value)
+
+
+def test_stop_tokens_take_special_token_names(vocab_model, tokenizer):
+    prompt = tokenizer.encode("Hi")
+    end = tokenizer.special_ids["<|end|>"]
+    script = tokenizer.encode(" there") + [end, 5, 6]
+    for stop in (["<|end|>"], "<|end|>", [end], [np.int64(end)]):
+        result = generate(Steered(vocab_model, len(prompt), script), prompt, tokenizer=tokenizer,
+                          max_tokens=5, temperature=0, stop_tokens=stop)
+        assert (result.tokens[-1], result.finish_reason) == (end, "stop_token"), stop
+        assert result.text == " there"
+
+
+@pytest.mark.parametrize("stop, fragment", [
+    (["<|nope|>"], "stop_tokens[0] '<|nope|>' is not a special token"),
+    ([3, "end"], "stop_tokens[1] 'end' is not a special token"),
+    ([1.5], "stop_tokens[0] must be a token id (an integer >= 0) or a special-token name, "
+            "got 1.5"),
+    ([-3], "stop_tokens[0] must be a token id"),
+    (None, "stop_tokens must be a list, got NoneType"),
+])
+def test_bad_stop_tokens_are_named(model, tokenizer, stop, fragment):
+    with pytest.raises(GenerationError) as raised:
+        stream_generate(model, [1, 2], tokenizer=tokenizer, stop_tokens=stop)
+    assert fragment in str(raised.value)
+
+
+class NaNLogitsAt(Steered):
+    """The real model, whose logits for generated token `at` (1-based) hold one NaN."""
+
+    def __init__(self, model, prompt_length, at, value=float("nan")):
+        super().__init__(model, prompt_length)
+        self.at, self.value = at, value
+
+    def __call__(self, tokens, cache=None, **kwargs):
+        logits = self.model(tokens, cache, **kwargs)
+        if cache[0].offset - self.prompt_length == self.at - 1:
+            poison = np.zeros(self.config.vocab_size, np.float32)
+            poison[7] = self.value
+            logits = logits + mx.array(poison)
+        return logits
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+@pytest.mark.parametrize("temperature", [0, 1.0])
+def test_non_finite_logits_stop_generation_with_a_clear_error(model, tokenizer, value,
+                                                              temperature):
+    prompt = random_prompt(5, seed=12)
+    stream = stream_generate(NaNLogitsAt(model, len(prompt), at=3, value=value), prompt,
+                             tokenizer=tokenizer, max_tokens=10, temperature=temperature,
+                             ignore_eos=True)
+    expected = greedy(model, prompt, tokenizer, 2).tokens
+    got = [next(stream).token, next(stream).token]  # tokens 1 and 2 are sound
+    if temperature == 0:
+        assert got == expected
+    with pytest.raises(generate_module.NonFiniteLogitsError,
+                       match=r"not finite \(NaN or inf\) for generated token 3 \(position 7\)"):
+        next(stream)
+
+
+def test_token_in_token_out_needs_no_vocabulary(model, tokenizer, monkeypatch):
+    import openharmony.tokenizer as tokenizer_module
+    from openharmony.tokenizer import MISSING_VOCAB_HELP
+
+    def offline(*args, **kwargs):
+        raise OpenHarmonyError(MISSING_VOCAB_HELP)
+
+    monkeypatch.setattr(tokenizer_module, "load_tokenizer", offline)
+    prompt = random_prompt(8, seed=13)
+    expected = greedy(model, prompt, tokenizer, 4)
+    result = generate(model, prompt, max_tokens=4, temperature=0, ignore_eos=True,
+                      detokenize=False)
+    assert result.tokens == expected.tokens and result.text == ""
+    chunks = list(stream_generate(model, prompt, max_tokens=2, temperature=0,
+                                  stop_tokens=["<|end|>"], detokenize=False))
+    assert [c.text for c in chunks] == ["", ""]
+    # eos ids come from tiktoken's definition of o200k_harmony, as the tokenizer gives them.
+    assert generate_module._harmony_eos_ids() == tokenizer.eos_token_ids
+    with pytest.raises(GenerationError, match="detokenize=False needs no vocabulary"):
+        generate(model, prompt, max_tokens=2)  # text wanted: the vocabulary is needed
+    with pytest.raises(OpenHarmonyError, match="vocabulary is not available"):
+        generate(model, "text", max_tokens=2)

@@ -528,3 +528,35 @@ def test_byte_range_is_the_tensor_and_read_ahead_stops_on_exit(tiny_checkpoint):
         read_ahead.reached(0)
     # Leaving the block joins the thread even though it was never allowed past group 1.
     assert not read_ahead._thread.is_alive()
+
+
+# -- NaN MXFP4 scales (issue 13) --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("layout", ["hf", "original"])
+def test_a_nan_scale_is_refused_at_load_naming_the_tensor(tmp_path, tiny_checkpoint,
+                                                          tiny_original_checkpoint, layout):
+    from safetensors.torch import load_file, save_file
+
+    from openharmony.load import load_model
+
+    source = tiny_checkpoint if layout == "hf" else tiny_original_checkpoint
+    folder = tmp_path / "nan-scale"
+    shutil.copytree(source, folder)
+    file = folder / ("model.safetensors" if layout == "hf" else "original/model.safetensors")
+    name = ("model.layers.1.mlp.experts.down_proj_scales" if layout == "hf"
+            else "block.1.mlp.mlp2_weight.scales")
+    tensors = load_file(file)
+    assert not (tensors[name] == 255).any()
+    tensors[name][3, 5, 1] = 255  # E8M0's NaN (OCP MX v1.0)
+    tensors[name][6, 0, 0] = 255
+    save_file(tensors, file, metadata={"format": "pt"})
+
+    checkpoint = open_checkpoint(folder)  # headers only: opening still works
+    with pytest.raises(CheckpointError) as raised:
+        load_model(folder)
+    message = str(raised.value)
+    assert str(file) in message and repr(name) in message
+    assert "scale byte 255" in message and "2 block(s)" in message and "[3, 5, 1]" in message
+    # The other tensors are unaffected.
+    assert checkpoint.get("layers.0.mlp.experts.down_proj.scales").dtype == mx.uint8

@@ -529,3 +529,25 @@ def test_quantized_lm_head_is_the_mxfp4_rounding_of_the_head(cases):
     assert max_diff(logits, expected) <= 1e-4
     top1 = np.mean(np.array(logits).argmax(-1) == case.reference.argmax(-1))
     assert top1 >= 0.75, top1  # measured 0.80 (0.68-0.80 over the three configs)
+
+
+# -- bad input to Model.__call__ (issue 13): an error, never a read outside the table -------
+
+
+@pytest.mark.parametrize("tokens, fragment", [
+    (mx.array([[1, 1024]]), "token id 1024 is outside the model's vocabulary (0 .. 1023)"),
+    (mx.array([[-1, 3]]), "token id -1 is outside the model's vocabulary"),
+    (mx.array([[2 ** 31 - 1]]), "token id 2147483647 is outside"),
+    (mx.array([[1.0, 2.0]]), "tokens must be an integer mx.array of shape [batch, time]"),
+    (mx.array([1, 2]), "tokens must be an integer mx.array of shape [batch, time]"),
+    ([[1, 2]], "tokens must be an integer mx.array of shape [batch, time], got list"),
+])
+def test_model_call_refuses_bad_tokens(tiny_checkpoint, tokens, fragment):
+    from openharmony.errors import InputError
+
+    model = load_model(tiny_checkpoint, mx.float32)  # vocabulary 1024, 2 layers
+    with pytest.raises(InputError) as raised:
+        model(tokens)
+    assert isinstance(raised.value, ValueError) and fragment in str(raised.value)
+    with pytest.raises(InputError, match="cache has 1 layer caches for 2 layers"):
+        model(mx.array([[1, 2]]), cache=[KVCache()])

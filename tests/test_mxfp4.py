@@ -473,3 +473,39 @@ def test_decode_and_to_mlx_reject_bad_storage(blocks_shape, blocks_dtype, scales
 def test_from_mlx_rejects_mismatched_arrays(w_shape, w_dtype, scales_shape, scales_dtype, message):
     with pytest.raises(OpenHarmonyError, match=message):
         from_mlx(mx.zeros(w_shape, w_dtype), mx.zeros(scales_shape, scales_dtype))
+
+
+# -- NumPy input (issue 13): accepted, or a message that says what is expected -------------
+
+
+def test_numpy_arrays_are_accepted_everywhere():
+    x = np.random.default_rng(5).normal(size=(3, 64)).astype(np.float32)
+    blocks, scales = reference_encode(x)  # NumPy, from the scalar spec encoder
+    got_blocks, got_scales = encode(x)
+    assert np.array_equal(np.array(got_blocks), blocks)
+    assert np.array_equal(np.array(got_scales), scales)
+    expected = np.array([[SPEC_E2M1[(b >> s) & 0xF] * 2.0 ** (int(scales[r, g]) - 127)
+                          for g in range(2) for b in blocks[r, g] for s in (0, 4)]
+                         for r in range(3)], np.float32)
+    assert np.array_equal(np.array(decode(blocks, scales)), expected)
+    w, w_scales = to_mlx(blocks, scales)
+    back_blocks, back_scales = from_mlx(np.array(w), np.array(w_scales))
+    assert np.array_equal(np.array(back_blocks), blocks)
+    assert np.array_equal(np.array(back_scales), scales)
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: decode(np.zeros((1, 16), np.int8), np.zeros(1, np.uint8)),
+     "blocks and scales must be uint8, got mlx.core.int8 and mlx.core.uint8"),
+    (lambda: decode([[0] * 16], [0]), "blocks must be an mx.array (or a NumPy array), got list"),
+    (lambda: to_mlx(mx.zeros((1, 16), mx.uint8), (0,)),
+     "scales must be an mx.array (or a NumPy array), got tuple"),
+    (lambda: from_mlx(np.zeros((1, 4), np.uint8), np.zeros(1, np.uint8)),
+     "MLX mxfp4 weights must be a uint32 array, got mlx.core.uint8"),
+    (lambda: encode("0.5"), "x must be an mx.array (or a NumPy array), got str"),
+    (lambda: encode(np.zeros((1, 32), np.int32)), "floating-point array, got mlx.core.int32"),
+])
+def test_bad_input_messages_say_what_is_expected(call, message):
+    with pytest.raises(OpenHarmonyError) as raised:
+        call()
+    assert message in str(raised.value)

@@ -162,3 +162,21 @@ def test_invalid_seed(seed):
 def test_boundary_values_are_valid():
     SamplingOptions(temperature=0, top_p=1.0, top_k=0, min_p=1.0, repetition_penalty=0.5,
                     presence_penalty=-2, frequency_penalty=2)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"temperature": float("nan")}, "temperature must be a finite number, got nan"),
+    ({"top_p": float("inf")}, "top_p must be a finite number, got inf"),
+    ({"min_p": float("-inf")}, "min_p must be a finite number, got -inf"),
+    ({"repetition_penalty": float("nan")}, "repetition_penalty must be a finite number"),
+    ({"presence_penalty": float("nan")}, "presence_penalty must be a finite number, got nan"),
+    ({"frequency_penalty": float("inf")}, "frequency_penalty must be a finite number"),
+    # A NumPy scalar prints like a number: the message says why it is refused.
+    ({"temperature": np.float32(0.5)}, "temperature must be a finite number (a Python int or "
+                                       "float), got np.float32(0.5) of type float32"),
+    ({"top_k": np.int64(5)}, "top_k must be an integer, got np.int64(5) of type int64"),
+])
+def test_non_finite_and_wrongly_typed_options_say_so(kwargs, message):
+    with pytest.raises(SamplingError) as raised:
+        SamplingOptions(**kwargs)
+    assert message in str(raised.value)
