@@ -26,7 +26,8 @@ import numpy as np
 from .cache import make_caches
 from .config import MXFP4_BLOCK, ModelConfig
 from .errors import CheckpointError, ConfigError, InputError
-from . import loader
+from . import loader, native
+from .linear import Linear
 from .moe import MLP
 from .parallel import ExpertShard
 from .mxfp4 import to_mlx
@@ -107,10 +108,10 @@ class Attention(nn.Module):
         super().__init__()
         hidden, self.head_dim = config.hidden_size, config.head_dim
         self.n_heads, self.n_kv_heads = config.num_attention_heads, config.num_key_value_heads
-        self.q_proj = nn.Linear(hidden, self.n_heads * self.head_dim, bias=True)
-        self.k_proj = nn.Linear(hidden, self.n_kv_heads * self.head_dim, bias=True)
-        self.v_proj = nn.Linear(hidden, self.n_kv_heads * self.head_dim, bias=True)
-        self.o_proj = nn.Linear(self.n_heads * self.head_dim, hidden, bias=True)
+        self.q_proj = Linear(hidden, self.n_heads * self.head_dim, bias=True)
+        self.k_proj = Linear(hidden, self.n_kv_heads * self.head_dim, bias=True)
+        self.v_proj = Linear(hidden, self.n_kv_heads * self.head_dim, bias=True)
+        self.o_proj = Linear(self.n_heads * self.head_dim, hidden, bias=True)
         self.sinks = mx.zeros((self.n_heads,))
         self.window = config.sliding_window if config.is_sliding(layer) else None
 
@@ -182,7 +183,7 @@ class Model(nn.Module):
             self.lm_head = nn.QuantizedLinear(config.hidden_size, config.vocab_size, bias=False,
                                               group_size=MXFP4_BLOCK, bits=4, mode="mxfp4")
         else:
-            self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+            self.lm_head = Linear(config.hidden_size, config.vocab_size, bias=False)
 
     def __call__(self, tokens: mx.array, cache: list | None = None, *,
                  check_ids: bool = True) -> mx.array:
@@ -230,8 +231,9 @@ class Model(nn.Module):
         Checks every name and shape against the config, turns MXFP4 blocks into MLX's packed
         uint32 form (a view, no copy), and holds every other tensor in
         `dense_weight_dtype(name, stored, compute dtype)`: norms and the router in float32, the
-        embedding table in its stored dtype when that is no wider than the compute dtype,
-        everything else in the compute dtype.
+        embedding table in its stored dtype when that is no wider than the compute dtype, the
+        bfloat16 `Linear` weights as stored when the native kernels run them, everything else
+        in the compute dtype.
         """
         expected = engine_shapes(self.config)
         if self.local_experts is not None:  # this rank's share of the experts only
@@ -289,7 +291,17 @@ def dense_weight_dtype(name: str, stored: mx.Dtype, dtype: mx.Dtype) -> mx.Dtype
         # Only gathered rows are ever cast, exactly; in float32 mode this halves the table
         # (1.16 GB on gpt-oss).
         return stored
+    if stored == mx.bfloat16 and _native_dense(name) and native.use_native():
+        # The native kernel multiplies bfloat16 weights with float32 activations in float32
+        # (openharmony/linear.py): the same products from half the bytes (1.16 GB less for
+        # the lm_head alone).
+        return stored
     return dtype
+
+
+def _native_dense(name: str) -> bool:
+    """The `Linear` weights: attention projections and the lm_head."""
+    return (".self_attn." in name and name.endswith("_proj.weight")) or name == "lm_head.weight"
 
 
 def _kept_in_float32(name: str) -> bool:

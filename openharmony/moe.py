@@ -4,13 +4,15 @@
     y = sum_j weights[:, j] * expert_{indices[:, j]}(x)
     expert(x) = down(swiglu(gate_up(x)))              # MXFP4 weights, float biases
 
-`Experts.__call__` is the one dispatch point for the expert matmuls: decode gathers each
-token's k experts through `mx.gather_qmm(mode="mxfp4")`; prefill sorts the (token, expert)
-pairs by expert, and on the CPU multiplies the experts with many rows densely after decoding
-them once (`prefill_dequantizes_experts`, the backend switch). Under expert parallelism
-(openharmony/parallel) `Experts` holds one rank's share of the experts and `MLP` hands it to
-the layer's `ExpertShard`, which feeds it the pairs routed to those experts and sums the
-ranks' results.
+`MXFP4SwitchLinear.__call__` is the one dispatch point for the expert matmuls: on the CPU
+with the native kernels built (`native.use_native()`, the backend switch), openharmony's own
+MXFP4 kernel, which groups rows by expert and dequantizes tiles once for prefill; otherwise
+`mx.gather_qmm(mode="mxfp4")`. Decode gathers each token's k experts directly; prefill sorts
+the (token, expert) pairs by expert, and on the CPU without the native kernels multiplies the
+experts with many rows densely after decoding them once (`prefill_dequantizes_experts`).
+Under expert parallelism (openharmony/parallel) `Experts` holds one rank's share of the
+experts and `MLP` hands it to the layer's `ExpertShard`, which feeds it the pairs routed to
+those experts and sums the ranks' results.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
+from . import native
 from .config import MXFP4_BLOCK, ModelConfig
 from .mxfp4 import decode, from_mlx
 
@@ -35,8 +38,8 @@ DEQUANTIZE_MIN_ROWS = 16
 
 
 def prefill_dequantizes_experts() -> bool:
-    """The one backend switch of the model: dense prefill experts on the CPU only."""
-    return mx.default_device() == mx.cpu
+    """Dense prefill experts on the CPU when the native kernels (which do better) are off."""
+    return mx.default_device() == mx.cpu and not native.use_native()
 
 
 class Router(nn.Module):
@@ -69,6 +72,11 @@ class MXFP4SwitchLinear(nn.Module):
 
     def __call__(self, x: mx.array, expert: mx.array, sorted_indices: bool) -> mx.array:
         """x [..., 1, in] and expert ids [...] -> [..., 1, out]: row r goes through expert[r]."""
+        if native.use_native():
+            rows = mx.broadcast_to(x, (*expert.shape, 1, x.shape[-1])).reshape(-1, x.shape[-1])
+            y = native.gather_mxfp4_matmul(rows, self.weight, self.scales, expert.reshape(-1))
+            y = y.reshape(*expert.shape, 1, -1).astype(x.dtype)
+            return y + mx.expand_dims(self.bias[expert], -2)
         y = mx.gather_qmm(x, self.weight, self.scales, None, rhs_indices=expert, transpose=True,
                           group_size=MXFP4_BLOCK, bits=4, mode="mxfp4",
                           sorted_indices=sorted_indices)

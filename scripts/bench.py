@@ -51,12 +51,15 @@ LOCK_ABOVE_BYTES = 1 << 30
 # Prompt ids are drawn below the special tokens, like ordinary text.
 ORDINARY_TOKENS = 199998
 
-ENGINES = ("openharmony", "mlx-lm")
+# "openharmony" runs as users get it (the native CPU kernels where they are built);
+# "openharmony-mlx" is the same engine on MLX's own kernels (OPENHARMONY_KERNELS=mlx).
+ENGINES = ("openharmony", "openharmony-mlx", "mlx-lm")
+KERNELS_SETTING = {"openharmony": "auto", "openharmony-mlx": "mlx"}
 DTYPES = ("float32", "bfloat16")
 CONFIGS = tuple(f"{engine}/{dtype}" for engine in ENGINES for dtype in DTYPES)
 # Each engine's own default on this CPU: openharmony computes in float32 on the CPU
 # (model.default_dtype), mlx-lm runs the checkpoint's bfloat16 as loaded.
-DEFAULT_DTYPE = {"openharmony": "float32", "mlx-lm": "bfloat16"}
+DEFAULT_DTYPE = {"openharmony": "float32", "openharmony-mlx": "float32", "mlx-lm": "bfloat16"}
 RUN_FIELDS = ("load_s", "prefill_tok_s", "decode_tok_s", "vm_hwm_bytes", "mlx_peak_bytes")
 
 
@@ -224,6 +227,16 @@ def blas_in_use() -> str:
     return "mkl" if "libmkl_rt" in Path("/proc/self/maps").read_text() else "mlx"
 
 
+def kernels_in_use(engine: str) -> str:
+    """"native" when openharmony's own CPU kernels ran the experts and dense layers, else
+    "mlx" (MLX's kernels)."""
+    if engine not in KERNELS_SETTING:
+        return "mlx"
+    from openharmony import native
+
+    return "native" if native.use_native() else "mlx"
+
+
 def measure(engine: str, dtype: str, path: Path, prompt_tokens: int,
             decode_tokens: int) -> dict:
     """Load, prefill and decode once in this process; the run's figures.
@@ -233,7 +246,8 @@ def measure(engine: str, dtype: str, path: Path, prompt_tokens: int,
     mlx-lm runs on the BLAS MLX ships with. Imports are not load time (mlx-lm's pulls in
     transformers, a second or two).
     """
-    if engine == "openharmony":
+    if engine in KERNELS_SETTING:
+        os.environ["OPENHARMONY_KERNELS"] = KERNELS_SETTING[engine]
         import openharmony  # noqa: F401  before mlx, as openharmony.blas needs
         import openharmony.generate  # noqa: F401
         import openharmony.load  # noqa: F401
@@ -245,12 +259,12 @@ def measure(engine: str, dtype: str, path: Path, prompt_tokens: int,
     vocab_size = json.loads((path / "config.json").read_text())["vocab_size"]
     prompt = prompt_ids(prompt_tokens, vocab_size)
     start = time.perf_counter()
-    model = (_load_openharmony if engine == "openharmony" else _load_mlx_lm)(path, dtype)
+    model = (_load_openharmony if engine in KERNELS_SETTING else _load_mlx_lm)(path, dtype)
     load_s = time.perf_counter() - start
     # openharmony's generate resets MLX's peak when it starts: keep the load's.
     load_peak = mx.get_peak_memory()
 
-    decode = _decode_openharmony if engine == "openharmony" else _decode_mlx_lm
+    decode = _decode_openharmony if engine in KERNELS_SETTING else _decode_mlx_lm
     tokens, times = [], []
     token_stream = decode(model, prompt, decode_tokens)  # nothing computed yet
     start = time.perf_counter()
@@ -259,7 +273,8 @@ def measure(engine: str, dtype: str, path: Path, prompt_tokens: int,
         tokens.append(token)
     assert len(tokens) == decode_tokens, (engine, len(tokens))
     return {
-        "engine": engine, "dtype": dtype, "blas": blas_in_use(), "prompt_tokens": prompt_tokens,
+        "engine": engine, "dtype": dtype, "blas": blas_in_use(), "kernels": kernels_in_use(engine),
+        "prompt_tokens": prompt_tokens,
         "decode_tokens": decode_tokens,
         "load_s": load_s,
         "prefill_tok_s": prompt_tokens / (times[0] - start),
@@ -336,9 +351,14 @@ def summarize(runs: list[dict], ceilings: dict[str, float], bandwidth: float,
             entry = {field: median([r[field] for r in mine]) for field in RUN_FIELDS}
             entry["prompt_tokens"] = mine[0]["prompt_tokens"]
             entry["blas"] = sorted({r.get("blas", "unrecorded") for r in mine})
+            entry["kernels"] = sorted({r.get("kernels", "mlx") for r in mine})
             entry["runs"] = len(mine)
             entry["default"] = DEFAULT_DTYPE[engine] == dtype
-            entry["ceiling_share"] = ratio(entry["decode_tok_s"], ceilings[dtype])
+            # The native kernels read the bf16 dense weights as stored even in float32 mode.
+            entry["ceiling_basis"] = ("stored dense" if entry["kernels"] == ["native"]
+                                      and "stored dense" in ceilings else dtype)
+            entry["ceiling_share"] = ratio(entry["decode_tok_s"],
+                                           ceilings[entry["ceiling_basis"]])
             results[f"{engine}/{dtype}"] = entry
     comparisons = {}
     for dtype in DTYPES:
@@ -349,6 +369,10 @@ def summarize(runs: list[dict], ceilings: dict[str, float], bandwidth: float,
     theirs = results.get(f"mlx-lm/{DEFAULT_DTYPE['mlx-lm']}")
     if ours and theirs:
         comparisons["defaults: openharmony/float32 vs mlx-lm/bfloat16"] = _ratios(ours, theirs)
+    for dtype in DTYPES:  # the native kernels against MLX's, the same engine otherwise
+        ours, theirs = results.get(f"openharmony/{dtype}"), results.get(f"openharmony-mlx/{dtype}")
+        if ours and theirs:
+            comparisons[f"openharmony/{dtype} vs openharmony-mlx/{dtype}"] = _ratios(ours, theirs)
     same = _same_tokens(runs)
     return {"settings": settings, "bandwidth_bytes_s": bandwidth, "decode_step_bytes": step_bytes,
             "ceiling_decode_tok_s": ceilings, "results": results, "ratios": comparisons,
@@ -386,19 +410,19 @@ def format_table(summary: dict) -> str:
                          f"ceiling {summary['ceiling_decode_tok_s'][d]:.2f} tok/s"
                          for d in summary["ceiling_decode_tok_s"]),
              "",
-             "| engine | dtype | BLAS | runs | load s | prompt | prefill tok/s | decode tok/s "
-             "| VmHWM GB | MLX peak GB | decode / ceiling |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| engine | dtype | kernels | BLAS | runs | load s | prompt | prefill tok/s "
+             "| decode tok/s | VmHWM GB | MLX peak GB | decode / ceiling |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for key, r in summary["results"].items():
         engine, dtype = key.split("/")
         lines.append(
             f"| {engine} | {dtype}{' (default)' if r['default'] else ''} "
-            f"| {'/'.join(r['blas'])} | {r['runs']} "
+            f"| {'/'.join(r.get('kernels', ['mlx']))} | {'/'.join(r['blas'])} | {r['runs']} "
             f"| {r['load_s']:.1f} | {r['prompt_tokens']} | {r['prefill_tok_s']:.2f} "
             f"| {_num(r['decode_tok_s'], '.3f')} "
             f"| {r['vm_hwm_bytes'] / gb:.2f} | {r['mlx_peak_bytes'] / gb:.2f} "
             f"| {_num(r['ceiling_share'], '.1%')} |")
-    lines += ["", "| ours / mlx-lm | load time | prefill | prompts | decode | VmHWM |",
+    lines += ["", "| ours / theirs | load time | prefill | prompts | decode | VmHWM |",
               "| --- | --- | --- | --- | --- | --- |"]
     for name, r in summary["ratios"].items():
         lines.append(f"| {name} | {_num(r['load_s'], '.2f')} | {_num(r['prefill_tok_s'], '.2f')}"
@@ -450,7 +474,9 @@ def benchmark(args) -> dict:
     # The ceiling at the mean context while decoding.
     contexts = {d: prompt_tokens_for(d, args) + args.decode_tokens // 2 for d in DTYPES}
     step_bytes = {"bfloat16": decode_step_bytes(path, contexts["bfloat16"], None),
-                  "float32": decode_step_bytes(path, contexts["float32"], 4)}
+                  "float32": decode_step_bytes(path, contexts["float32"], 4),
+                  # float32 compute on the native kernels: dense weights as stored (bf16).
+                  "stored dense": decode_step_bytes(path, contexts["float32"], None)}
     ceilings = {d: bandwidth / b["total"] for d, b in step_bytes.items()}
     configs = [tuple(c.split("/")) for c in args.configs]
     runs = reused_runs(args.reuse, args.configs, path, args) if args.reuse else []
@@ -656,9 +682,10 @@ def parse_args(argv=None):
     p.add_argument("--layers", type=int,
                    help="truncate the 20b shapes to this many layers (a quick look)")
     p.add_argument("--configs", nargs="+", choices=CONFIGS,
-                   default=["openharmony/float32", "mlx-lm/bfloat16", "mlx-lm/float32"],
+                   default=["openharmony/float32", "openharmony-mlx/float32", "mlx-lm/bfloat16",
+                            "mlx-lm/float32"],
                    help="engine/dtype pairs to measure (default: each engine's default dtype "
-                        "and float32)")
+                        "and float32; openharmony on its native kernels and on MLX's)")
     p.add_argument("--prompt-tokens", type=int, default=512,
                    help="prompt length of the float32 runs (prefill is measured on it)")
     p.add_argument("--bf16-prompt-tokens", type=int, default=16,

@@ -33,6 +33,10 @@ if [ "${SKIP_INSTALL:-0}" != 1 ]; then
     fi
     "$VENV/bin/python" -m pip install -qq -e ".$EXTRAS"
 fi
+# The native CPU kernels, built against the installed MLX (skipped, with a message, where
+# there is no compiler or cmake; openharmony then runs on MLX's kernels).
+"$VENV/bin/python" -m openharmony.native.build --quiet || \
+    echo "the native kernels did not build; running on MLX's kernels" >&2
 
 if [ -d "$MODEL" ]; then
     MODEL_DIR=$MODEL

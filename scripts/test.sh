@@ -17,4 +17,9 @@ if command -v npm >/dev/null && [ ! -x .codex-cli/node_modules/.bin/codex ]; the
     npm install --silent --no-audit --no-fund --prefix .codex-cli @openai/codex \
         || echo "warning: could not install Codex CLI; its test will be skipped" >&2
 fi
+# The native CPU kernels against the installed MLX (rebuilt when MLX or csrc/ changes; skipped
+# with a message where there is no compiler or cmake). Where they do not build the suite runs
+# on MLX's kernels and skips their tests; CI sets OPENHARMONY_REQUIRE_NATIVE=1 to fail instead.
+.venv/bin/python -m openharmony.native.build || \
+    echo "test.sh: the native kernels did not build; their tests will be skipped" >&2
 exec .venv/bin/python -m pytest "$@"

@@ -26,6 +26,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
+from openharmony import native
+
 from hub_stand_in import HubStandIn
 from openharmony.cli import _ReplyPrinter, app, checkpoint_summary
 from openharmony.errors import OpenHarmonyError
@@ -266,8 +268,13 @@ def expected_info(folder: Path, dtype_bytes: int, context: int) -> dict[str, int
                 else:
                     count = numel
                     float32 = name.endswith("norm.weight") or ".router." in name
-                    # The embedding table stays as stored (bf16): only gathered rows are cast.
-                    held = 2 if "embed_tokens" in name else dtype_bytes
+                    # The embedding table stays as stored (bf16): only gathered rows are cast;
+                    # so do the attention projections and lm_head on the native kernels,
+                    # which multiply bf16 weights with float32 activations.
+                    dense = (".self_attn." in name and name.endswith("_proj.weight")
+                             or name == "lm_head.weight")
+                    as_stored = "embed_tokens" in name or (dense and native.use_native())
+                    held = 2 if as_stored else dtype_bytes
                     weights += numel * (4 if float32 else held)
                 total += count
                 experts += count if ".experts." in name else 0

@@ -6,6 +6,10 @@ configs differ in head counts, kv heads, experts, top-k, window, swiglu_limit an
 their sequences are six sliding windows long, so the window boundary, YaRN at many positions
 and the clamp of the SwiGLU are all exercised. `test_deliberate_bugs_are_caught` shows that
 the parity bound catches the classic porting bugs.
+
+Every test that uses `cases` runs twice: on openharmony's native CPU kernels
+(OPENHARMONY_KERNELS=native, skipped where the extension is not built) and on MLX's own
+(OPENHARMONY_KERNELS=mlx), each with its own loaded models.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import pytest
 
 import openharmony.model as model_module
 import openharmony.moe as moe_module
+from openharmony import native
 from openharmony.cache import KVCache
 from openharmony.config import FULL, SLIDING, ModelConfig, YarnScaling
 from openharmony.errors import CheckpointError, ConfigError
@@ -81,12 +86,22 @@ class Case:
     model: Model  # the engine in float32
 
 
-@pytest.fixture(scope="module")
-def cases(tmp_path_factory):
-    """name -> Case, each built (checkpoint, reference logits, model) once per module."""
-    built: dict[str, Case] = {}
+@pytest.fixture(scope="module", params=["native", "mlx"])
+def kernels(request):
+    """OPENHARMONY_KERNELS for the tests that use it: each kernel path in turn."""
+    if request.param == "native" and not native.available:
+        pytest.skip(f"native kernels unavailable: {native.unavailable_reason}")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(native.ENV_VAR, request.param)
+        yield request.param
 
-    def get(name: str) -> Case:
+
+@pytest.fixture(scope="module")
+def references(tmp_path_factory):
+    """name -> (path, tokens, transformers' logits), built once per module for both paths."""
+    built: dict[str, tuple[Path, np.ndarray, np.ndarray]] = {}
+
+    def get(name: str):
         if name not in built:
             config, rope_spelling = CONFIGS[name]
             # Only the first config is expressible in OpenAI's layout (sliding on even layers).
@@ -95,8 +110,22 @@ def cases(tmp_path_factory):
                                            layout=layout, rope_spelling=rope_spelling)
             length = WINDOWS_PER_SEQUENCE * config.sliding_window
             tokens = np.random.default_rng(11).integers(0, config.vocab_size, (BATCH, length))
-            reference = reference_logits(load_reference(path), tokens)
-            built[name] = Case(config, path, tokens, reference, load_model(path, mx.float32))
+            built[name] = path, tokens, reference_logits(load_reference(path), tokens)
+        return built[name]
+
+    return get
+
+
+@pytest.fixture(scope="module")
+def cases(kernels, references):
+    """name -> Case, the model loaded once per module and kernel path."""
+    built: dict[str, Case] = {}
+
+    def get(name: str) -> Case:
+        if name not in built:
+            path, tokens, reference = references(name)
+            built[name] = Case(CONFIGS[name][0], path, tokens, reference,
+                               load_model(path, mx.float32))
         return built[name]
 
     return get
@@ -395,13 +424,44 @@ def test_checkpoint_of_another_config_is_rejected(cases):
         Model(other).sanitize(weights)
 
 
-def test_float32_model_keeps_the_embedding_table_as_stored(cases):
+def test_float32_model_keeps_the_embedding_table_as_stored(cases, kernels):
     # Exact (the gathered bf16 rows are widened, as the whole table would be): the float32
-    # parity tests above run with this layout; it halves the table's memory.
+    # parity tests above run with this layout; it halves the table's memory. With the native
+    # kernels the dense layers' bf16 weights stay as stored too (the kernel widens them).
     model = cases("gqa-yarn").model
+    dense = mx.bfloat16 if kernels == "native" else mx.float32
     assert model.embed_tokens.weight.dtype == mx.bfloat16
-    assert model.lm_head.weight.dtype == mx.float32
-    assert model.layers[0].self_attn.q_proj.weight.dtype == mx.float32
+    assert model.lm_head.weight.dtype == dense
+    assert model.layers[0].self_attn.q_proj.weight.dtype == dense
+    assert model.layers[0].self_attn.o_proj.weight.dtype == dense
+
+
+@pytest.mark.parametrize("tokens", ["prefill", "decode"])
+def test_native_kernels_run_every_matmul_they_serve(cases, kernels, monkeypatch, tokens):
+    """On the native path the experts and dense layers go through the native kernels (and
+    only there), and the logits still match transformers'."""
+    if kernels != "native":
+        pytest.skip("the native path only")
+    calls = {"gather_mxfp4_matmul": 0, "bf16_matmul": 0}
+    for name in calls:
+        def counted(*args, _name=name, _kernel=getattr(native, name), **kwargs):
+            calls[_name] += 1
+            return _kernel(*args, **kwargs)
+        monkeypatch.setattr(native, name, counted)
+    monkeypatch.setattr(mx, "gather_qmm", None)  # MLX's expert kernel must not be reached
+    case = cases("gqa-yarn")
+    layers = case.config.num_hidden_layers
+    if tokens == "prefill":
+        logits = case.model(mx.array(case.tokens))
+        assert max_diff(logits, case.reference) <= TOLERANCE
+    else:
+        cache = case.model.make_cache()
+        steps = [case.model(mx.array(case.tokens[:, t:t + 1]), cache) for t in range(3)]
+        assert max_diff(mx.concatenate(steps, axis=1), case.reference[:, :3]) <= TOLERANCE
+    forwards = 1 if tokens == "prefill" else 3
+    # Per layer: gate_up and down; q, k, v, o; plus the lm_head.
+    assert calls == {"gather_mxfp4_matmul": 2 * layers * forwards,
+                     "bf16_matmul": (4 * layers + 1) * forwards}
 
 
 def _load_overhead(path: Path, load) -> tuple[int, int]:

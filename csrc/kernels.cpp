@@ -1,0 +1,183 @@
+// Work planning for the matmuls: which rows share a decoded weight, how the output is cut into
+// items for the thread pool, and when a weight tile is dequantized once and reused (prefill).
+#include "kernels.h"
+
+#include <algorithm>
+#include <limits>
+#include <stdexcept>
+
+#include "thread_pool.h"
+
+namespace openharmony {
+
+namespace {
+
+// Rows of the output (weight rows) per work item when the weights are decoded on the fly: a
+// few tens of microseconds of work, so hundreds of items per matmul balance the cores.
+constexpr int64_t kChunk = 64;
+// With at least this many activation rows on one weight, a tile of kTileN weight rows is
+// dequantized to float32 once (into a per-thread buffer that stays in L2) and multiplied with
+// every row in blocks of kTileRows, instead of decoding each block again for each 4 rows.
+constexpr int64_t kTileMinRows = 8;
+constexpr int64_t kTileN = 32;
+constexpr int64_t kTileRows = 64;
+constexpr int kRowsPerCall = 4;
+
+bool cpu_has(const char* feature) {
+#if defined(__x86_64__) || defined(_M_X64)
+  __builtin_cpu_init();
+  if (std::string(feature) == "avx512") return __builtin_cpu_supports("avx512f");
+  if (std::string(feature) == "avx2")
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#endif
+  (void)feature;
+  return false;
+}
+
+const IsaKernels* kernels_for(const std::string& name) {
+  if (name == "portable") return portable_kernels();
+  if (name == "avx2" && cpu_has("avx2")) return avx2_kernels();
+  if (name == "avx512" && cpu_has("avx512")) return avx512_kernels();
+  return nullptr;
+}
+
+std::vector<float>& tile_buffer() {
+  thread_local std::vector<float> buffer;
+  return buffer;
+}
+
+// One unit of work: output columns [n0, n1) for `count` rows of `rows` (indices into x/y),
+// all multiplied with the same weight matrix (one expert).
+struct Item {
+  int64_t weight;
+  const int64_t* rows;
+  int64_t count;
+  int64_t n0, n1;
+  bool tiled;  // dequantize [n0, n1) once into a float32 tile, or decode per call
+};
+
+// Cuts the rows on one weight into items: tiles when there are many rows, chunks otherwise.
+void plan(std::vector<Item>& items, int64_t weight, const int64_t* rows, int64_t count,
+          int64_t N) {
+  if (count >= kTileMinRows) {
+    for (int64_t m = 0; m < count; m += kTileRows)
+      for (int64_t n = 0; n < N; n += kTileN)
+        items.push_back({weight, rows + m, std::min(kTileRows, count - m), n,
+                         std::min(N, n + kTileN), true});
+  } else {
+    for (int64_t m = 0; m < count; m += kRowsPerCall)
+      for (int64_t n = 0; n < N; n += kChunk)
+        items.push_back({weight, rows + m, std::min<int64_t>(kRowsPerCall, count - m), n,
+                         std::min(N, n + kChunk), false});
+  }
+}
+
+// Runs `items`: `dot` decodes on the fly, `dequantize` fills a float32 tile for f32_dot.
+template <typename Dot, typename Dequantize>
+void run(const IsaKernels& isa, const std::vector<Item>& items, const float* x, float* y,
+         int64_t N, int64_t K, Dot dot, Dequantize dequantize) {
+  ThreadPool::global().parallel_for(int64_t(items.size()), [&](int64_t i) {
+    const Item& item = items[i];
+    const float* xr[kRowsPerCall];
+    float* yr[kRowsPerCall];
+    if (!item.tiled) {
+      for (int r = 0; r < item.count; ++r) {
+        xr[r] = x + item.rows[r] * K;
+        yr[r] = y + item.rows[r] * N + item.n0;
+      }
+      dot(item, xr, yr);
+      return;
+    }
+    std::vector<float>& tile = tile_buffer();
+    tile.resize(size_t(kTileN * K));
+    dequantize(item, tile.data());
+    for (int64_t m = 0; m < item.count; m += kRowsPerCall) {
+      const int rows = int(std::min<int64_t>(kRowsPerCall, item.count - m));
+      for (int r = 0; r < rows; ++r) {
+        xr[r] = x + item.rows[m + r] * K;
+        yr[r] = y + item.rows[m + r] * N + item.n0;
+      }
+      isa.f32_dot(xr, rows, tile.data(), K, item.n1 - item.n0, yr);
+    }
+  });
+}
+
+}  // namespace
+
+std::vector<std::string> supported_isas() {
+  std::vector<std::string> names;
+  for (const char* name : {"avx512", "avx2", "portable"})
+    if (kernels_for(name)) names.push_back(name);
+  return names;
+}
+
+const IsaKernels& select_isa(const std::string& name) {
+  const IsaKernels* isa = kernels_for(name == "auto" ? supported_isas().front() : name);
+  if (!isa) {
+    std::string choices;
+    for (const auto& n : supported_isas()) choices += (choices.empty() ? "" : ", ") + n;
+    throw std::invalid_argument("isa '" + name + "' is not available on this CPU or build; "
+                                "choose auto or one of: " + choices);
+  }
+  return *isa;
+}
+
+int thread_count() { return ThreadPool::global().size(); }
+
+void run_gather_mxfp4_matmul(const IsaKernels& isa, const float* x, const uint8_t* w,
+                         const uint8_t* scales, const uint32_t* experts, float* y, int64_t R,
+                         int64_t E, int64_t N, int64_t K) {
+  // Activations in block-split order (isa.h), once per call.
+  std::vector<float> split(static_cast<size_t>(R * K));
+  for (int64_t r = 0; r < R; ++r)
+    for (int64_t g = 0; g < K / kBlock; ++g)
+      for (int i = 0; i < kBlock / 2; ++i) {
+        const float* src = x + r * K + g * kBlock;
+        float* dst = split.data() + r * K + g * kBlock;
+        dst[i] = src[2 * i];
+        dst[kBlock / 2 + i] = src[2 * i + 1];
+      }
+  // Rows grouped by expert (a stable counting sort), so each expert's weights are read once.
+  std::vector<int64_t> begin(static_cast<size_t>(E + 1), 0), order(static_cast<size_t>(R));
+  for (int64_t r = 0; r < R; ++r) {
+    if (experts[r] < E) {
+      ++begin[experts[r] + 1];
+    } else {
+      std::fill(y + r * N, y + (r + 1) * N, std::numeric_limits<float>::quiet_NaN());
+    }
+  }
+  for (int64_t e = 0; e < E; ++e) begin[e + 1] += begin[e];
+  std::vector<int64_t> next(begin.begin(), begin.end() - 1);
+  for (int64_t r = 0; r < R; ++r)
+    if (experts[r] < E) order[size_t(next[experts[r]]++)] = r;
+
+  std::vector<Item> items;
+  for (int64_t e = 0; e < E; ++e)
+    if (begin[e + 1] > begin[e]) plan(items, e, order.data() + begin[e], begin[e + 1] - begin[e], N);
+
+  const int64_t code_bytes = N * (K / 2), scale_bytes = N * (K / kBlock);
+  run(isa, items, split.data(), y, N, K,
+      [&](const Item& item, const float* const* xr, float* const* yr) {
+        isa.mxfp4_dot(xr, int(item.count), w + item.weight * code_bytes,
+                      scales + item.weight * scale_bytes, K, item.n0, item.n1, yr);
+      },
+      [&](const Item& item, float* tile) {
+        isa.mxfp4_dequantize(w + item.weight * code_bytes, scales + item.weight * scale_bytes,
+                             K, item.n0, item.n1, tile);
+      });
+}
+
+void run_bf16_matmul(const IsaKernels& isa, const float* x, const uint16_t* w, float* y, int64_t R,
+                 int64_t N, int64_t K) {
+  std::vector<int64_t> rows(static_cast<size_t>(R));
+  for (int64_t r = 0; r < R; ++r) rows[r] = r;
+  std::vector<Item> items;
+  plan(items, 0, rows.data(), R, N);
+  run(isa, items, x, y, N, K,
+      [&](const Item& item, const float* const* xr, float* const* yr) {
+        isa.bf16_dot(xr, int(item.count), w, K, item.n0, item.n1, yr);
+      },
+      [&](const Item& item, float* tile) { isa.bf16_widen(w, K, item.n0, item.n1, tile); });
+}
+
+}  // namespace openharmony

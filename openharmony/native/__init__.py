@@ -1,0 +1,115 @@
+"""openharmony's own CPU kernels (csrc/, an MLX C++ extension) and the one backend switch.
+
+The kernels are MLX primitives with a CPU implementation, so they are nodes of MLX's lazy
+graph like `mx.gather_qmm`:
+
+* `gather_mxfp4_matmul(x, w, scales, experts)`: row r of x times MXFP4 expert `experts[r]`
+  (MLX's packed uint32 weights and uint8 E8M0 scales, as `mxfp4.to_mlx` gives them),
+  transposed; the semantics of `mx.gather_qmm(..., transpose=True, mode="mxfp4")`. Rows on the
+  same expert share each decoded block; with many rows (prefill) a tile of the expert is
+  dequantized once and multiplied densely.
+* `bf16_matmul(x, w)`: float32 activations times bfloat16 weights [N, K] transposed, for the
+  dense layers, whose weights can then stay bfloat16 in memory.
+
+Both accumulate in float32 and return float32. They run on a thread pool of their own (one
+thread per usable core, `OPENHARMONY_THREADS` to change it) with AVX-512, AVX2 or portable
+code chosen at run time; `isa=` (or `OPENHARMONY_NATIVE_ISA`) forces one, `isas()` lists what
+this CPU runs.
+
+`use_native()` is the switch the model asks: `OPENHARMONY_KERNELS=auto` (default) uses these
+kernels when the default device is the CPU and the extension is built for the installed MLX,
+and MLX's own kernels otherwise (Metal, CUDA, or one warning when the extension is missing);
+`native` insists (an error where it cannot), `mlx` never uses them. Build the extension with
+`python -m openharmony.native.build` (scripts/test.sh and scripts/download_and_run.sh do).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import mlx.core as mx
+
+from ..errors import OpenHarmonyError
+
+ENV_VAR = "OPENHARMONY_KERNELS"
+CHOICES = ("auto", "native", "mlx")
+ISA_ENV_VAR = "OPENHARMONY_NATIVE_ISA"
+
+
+class NativeKernelsError(OpenHarmonyError):
+    """The native kernels were asked for (OPENHARMONY_KERNELS=native) but cannot be used."""
+
+
+def _load():
+    """The compiled module, or None and why it cannot be used."""
+    try:
+        from . import _kernels
+    except ImportError as error:
+        return None, (f"the native kernels are not built ({error}); build them with "
+                      "`python -m openharmony.native.build`")
+    installed = mx.__version__.split(".dev")[0]
+    if _kernels.mlx_version != installed:
+        return None, (f"the native kernels were built for mlx {_kernels.mlx_version} but mlx "
+                      f"{installed} is installed; rebuild them with "
+                      "`python -m openharmony.native.build`")
+    return _kernels, None
+
+
+_kernels, unavailable_reason = _load()
+available = _kernels is not None
+_warned = False
+
+
+def kernels_choice() -> str:
+    choice = os.environ.get(ENV_VAR, "auto").strip().lower() or "auto"
+    if choice not in CHOICES:
+        raise NativeKernelsError(f"{ENV_VAR} must be one of {', '.join(CHOICES)}, got {choice!r}")
+    return choice
+
+
+def use_native() -> bool:
+    """Whether the model's expert and dense matmuls run on these kernels now (the switch)."""
+    global _warned
+    choice = kernels_choice()
+    if choice == "mlx" or mx.default_device() != mx.cpu:
+        return False  # MLX's own kernels: asked for, or a GPU, where they are the fast ones
+    if available:
+        return True
+    if choice == "native":
+        raise NativeKernelsError(f"{ENV_VAR}=native, but {unavailable_reason}")
+    if not _warned:
+        _warned = True
+        warnings.warn(f"{unavailable_reason}; running on MLX's kernels (slower on the CPU)",
+                      stacklevel=2)
+    return False
+
+
+def isas() -> list[str]:
+    """The instruction sets the kernels can use on this CPU, fastest first."""
+    return list(_module().isas())
+
+
+def threads() -> int:
+    return _module().threads()
+
+
+def gather_mxfp4_matmul(x: mx.array, w: mx.array, scales: mx.array, experts: mx.array,
+                        isa: str | None = None) -> mx.array:
+    """x [R, K], w uint32 [E, N, K/8], scales uint8 [E, N, K/32], experts [R] -> float32 [R, N]."""
+    return _module().gather_mxfp4_matmul(x, w, scales, experts, _isa(isa))
+
+
+def bf16_matmul(x: mx.array, w: mx.array, isa: str | None = None) -> mx.array:
+    """x [R, K] times bfloat16 w [N, K] transposed -> float32 [R, N]."""
+    return _module().bf16_matmul(x, w, _isa(isa))
+
+
+def _isa(isa: str | None) -> str:
+    return isa or os.environ.get(ISA_ENV_VAR, "auto").strip().lower() or "auto"
+
+
+def _module():
+    if _kernels is None:
+        raise NativeKernelsError(unavailable_reason)
+    return _kernels
