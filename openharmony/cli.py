@@ -177,6 +177,18 @@ Verbose = Annotated[bool, typer.Option("--verbose", "-v",
                                        help="Print timing statistics to stderr at the end.")]
 
 
+def _kv_bits(value: int | None) -> int | None:
+    if value is not None and value not in (4, 8):  # cache.quantized.BITS, before any loading
+        raise typer.BadParameter(f"must be 4 or 8, got {value}")
+    return value
+
+
+KVBits = Annotated[Optional[int], typer.Option(
+    "--kv-bits", callback=_kv_bits,
+    help="Store the full-attention layers' keys and values quantized to 8 (or 4) bits "
+         "(docs/cache.md). Default: float, as computed.")]
+
+
 def _sampling(temperature, top_p, top_k, min_p, repetition_penalty, presence_penalty,
               frequency_penalty) -> SamplingOptions:
     return SamplingOptions(temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
@@ -279,10 +291,12 @@ def generate(
     system: System = None,
     developer: Developer = None,
     dtype: DTypeOption = None,
+    kv_bits: KVBits = None,
     show_reasoning: ShowReasoning = False,
     verbose: Verbose = False,
 ) -> None:
     """Stream a completion of PROMPT to stdout."""
+    from .cache import PromptCache
     from .generate import stream_generate
 
     prompt = _read_prompt(_one_of("PROMPT", prompt, "--prompt", prompt_option))
@@ -296,11 +310,11 @@ def generate(
                                                    system=system, developer=developer))
         conversation.add_user(prompt)
         stats = _chat_turn(loaded, tokenizer, conversation, sampling, max_tokens, seed,
-                           show_reasoning, None)
+                           show_reasoning, PromptCache(loaded, kv_bits=kv_bits))
     else:
         stats = None
         for chunk in stream_generate(loaded, prompt, tokenizer=tokenizer, sampling=sampling,
-                                     max_tokens=max_tokens, seed=seed):
+                                     max_tokens=max_tokens, seed=seed, kv_bits=kv_bits):
             _write(chunk.text)
             stats = chunk.stats or stats
         _write("\n")
@@ -370,6 +384,7 @@ def chat(
     system: System = None,
     developer: Developer = None,
     dtype: DTypeOption = None,
+    kv_bits: KVBits = None,
     show_reasoning: ShowReasoning = False,
     verbose: Verbose = False,
 ) -> None:
@@ -387,7 +402,7 @@ def chat(
     options = ChatOptions(reasoning_effort=reasoning_effort.value, system=system,
                           developer=developer)
     conversation = Chat(tokenizer, options)
-    prompt_cache = PromptCache(loaded)
+    prompt_cache = PromptCache(loaded, kv_bits=kv_bits)
     try:
         import readline  # noqa: F401 - line editing and history for input()
     except ImportError:  # not on every platform
@@ -402,7 +417,7 @@ def chat(
             continue
         if message == "/reset":
             conversation = Chat(tokenizer, options)
-            prompt_cache = PromptCache(loaded)
+            prompt_cache = PromptCache(loaded, kv_bits=kv_bits)
             typer.echo("(new conversation)", err=True)
             continue
         before_turn = list(conversation.messages)

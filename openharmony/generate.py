@@ -123,6 +123,8 @@ def stream_generate(
     logprobs: bool = False,
     top_logprobs: int = 0,
     detokenize: bool = True,
+    kv_bits: int | None = None,
+    kv_dtype=None,
 ) -> Iterator[GenerationChunk]:
     """Yield one `GenerationChunk` per generated token.
 
@@ -137,6 +139,8 @@ def stream_generate(
     distribution, with their log-probabilities. `detokenize=False`: chunks carry no text, for
     callers that decode the tokens themselves (the harmony parser of a chat turn), so that no
     token is decoded twice.
+    `kv_bits` (4 or 8) / `kv_dtype`: the KV cache's storage (`Model.make_cache`, docs/cache.md);
+    with a `prompt_cache`, they must be the options it was made with (or left out).
     """
     if tokenizer is None:
         from .tokenizer import load_tokenizer
@@ -164,10 +168,16 @@ def stream_generate(
     stop_matcher = StopStrings(stop_strings)
     if stop_strings and not detokenize:
         raise GenerationError("stop_strings need the text: they cannot go with detokenize=False")
+    cache_options = {name: value for name, value in
+                     (("kv_bits", kv_bits), ("kv_dtype", kv_dtype)) if value is not None}
     if prompt_cache is None:
-        prompt_cache = PromptCache(model)
+        prompt_cache = PromptCache(model, **cache_options)  # bad kv options raise here
     elif prompt_cache.model is not model:
         raise GenerationError("prompt_cache was made for another model")
+    elif any(prompt_cache.cache_options.get(name) != value
+             for name, value in cache_options.items()):
+        raise GenerationError(f"prompt_cache was made with cache options "
+                              f"{prompt_cache.cache_options}, not {cache_options}")
     sampler = Sampler(options, config.vocab_size, prompt_tokens=prompt_ids, seed=seed)
     # Bad input raises here, at the call; the work starts with the first `next()`.
     return _stream(model, prompt_ids, tokenizer, max_tokens, sampler, stop_ids, stop_matcher,

@@ -132,14 +132,9 @@ class Attention(nn.Module):
         v = self.v_proj(x).reshape(B, T, self.n_kv_heads, D).transpose(0, 2, 1, 3)
 
         q, k = self.rope(q, cache.offset), self.rope(k, cache.offset)
-        k, v = cache.update_and_fetch(k, v)
-        mask = cache.make_mask(T, self.window)
-        assert k.shape[:2] == (B, self.n_kv_heads) and k.shape[3] == D, k.shape
-
-        # GQA without tiling k/v: the kernel maps q head h to kv head h // (n_heads/n_kv_heads).
-        # The sink is a per-head logit appended to the softmax, unscaled and never masked.
-        out = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.scale, mask=mask,
-                                                   sinks=self.sinks)
+        # The cache stores k and v and computes the attention (openharmony/cache/base.py): GQA,
+        # the sink logit per head in the softmax, the window, in whatever form it holds them.
+        out = cache.attend(q, k, v, scale=self.scale, sinks=self.sinks, window=self.window)
         return self.o_proj(out.transpose(0, 2, 1, 3).reshape(B, T, self.n_heads * D))
 
 
@@ -191,9 +186,13 @@ class Model(nn.Module):
             x = layer(x, layer_cache)
         return self.lm_head(self.norm(x)).astype(mx.float32)
 
-    def make_cache(self) -> list:
-        """One cache per layer (rotating on sliding-window layers), extended by each call."""
-        return make_caches(self.config)
+    def make_cache(self, **options) -> list:
+        """One cache per layer (rotating on sliding-window layers), extended by each call.
+
+        `options` are `openharmony.cache.make_caches`'s: `kv_bits=8` (or 4) quantizes the
+        full-attention layers' keys and values, `kv_dtype` stores the float ones narrower, ...
+        """
+        return make_caches(self.config, **options)
 
     # -- weights --------------------------------------------------------------------------
 

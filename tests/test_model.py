@@ -228,10 +228,10 @@ def _swap_nibbles(blocks: mx.array) -> mx.array:
 def _bug_window_off_by_one(monkeypatch):  # W + 1 keys, as shipped ports did
     def caches(config):
         return [KVCache() for _ in range(config.num_hidden_layers)]
-    make_mask = KVCache.make_mask
+    mask = KVCache._mask
     monkeypatch.setattr(model_module, "make_caches", caches)
-    monkeypatch.setattr(KVCache, "make_mask",
-                        lambda self, n, window: make_mask(self, n, window and window + 1))
+    monkeypatch.setattr(KVCache, "_mask",
+                        lambda self, n, window: mask(self, n, window and window + 1))
 
 
 def _bug_yarn_range_rounded(monkeypatch):  # as mlx-lm

@@ -1,0 +1,93 @@
+"""The cache protocol the model relies on, and the masks every cache builds.
+
+A per-layer cache owns that layer's attention: one call stores the new keys and values and
+computes the attention of the new queries over everything they may see, with the mask built
+from the cache's own state in the same call. There is no call-order contract between fetching
+keys and building a mask, and a cache whose keys are not plain float arrays (quantized) can
+compute attention its own way while the sink logit still joins the softmax unquantized.
+
+`Cache` (every cache class in this package implements it):
+
+* `offset`: the position of the next token (the number of positions processed so far when the
+  cache started at 0). The model rotates the new queries and keys by it. A batched cache with
+  one offset per row could make this an `mx.array` of B offsets, which `mx.fast.rope` accepts.
+* `attend(queries, keys, values, *, scale, sinks, window) -> [B, n_heads, T, head_dim]`:
+  `queries` `[B, n_heads, T, D]`, `keys`/`values` `[B, n_kv_heads, T, D]` of the T new
+  positions `offset .. offset+T-1` (already rotated); appends them, advances `offset` by T and
+  returns softmax([q.k * scale over the visible keys, sink]) @ v, where query head h uses kv
+  head h // (n_heads / n_kv_heads), `sinks` `[n_heads]` is one logit per head added to the
+  softmax (unscaled, never masked) and dropped after it, and a query at position t sees keys
+  t-window+1 .. t (`window=None`: 0 .. t).
+* `can_trim_to(n)` / `trim_to(n)`: go back to the state after the first `n` positions, when
+  that is exact (the prefix reuse of `PromptCache`).
+* `copy()`: an independent cache in the same state (O(1): MLX arrays are values).
+* `nbytes`: the bytes of the arrays the cache holds (allocated buffers, spare capacity
+  included). `state`: those arrays, to evaluate.
+* `bounded`: True when the cache forgets old positions (a sliding window): `PromptCache`
+  snapshots those, as trimming cannot bring old positions back.
+
+A `Storage` is how a cache holds keys and values: `encode(x)` turns new keys or values
+`[B, H, T, D]` into a tuple of arrays that all have the positions on axis 2 (the caches slice,
+gather and write them along that axis, whatever they are), and `attention(queries, keys, values,
+*, scale, sinks, mask)` computes attention over such tuples with a mask as `attention_mask`
+gives it. `FloatStorage` (kv.py) and `QuantizedStorage` (quantized.py) are the two.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, Union
+
+import mlx.core as mx
+
+# What a storage's attention accepts as a mask: None (every key visible), "causal" (query i of
+# T sees keys 0 .. S-T+i, aligned to the last key, as mx.fast.scaled_dot_product_attention
+# reads it), or a bool array [T, S], True where attention is allowed.
+Mask = Union[None, str, mx.array]
+
+
+class Cache(Protocol):
+    offset: int
+    bounded: bool
+
+    def attend(self, queries: mx.array, keys: mx.array, values: mx.array, *, scale: float,
+               sinks: mx.array, window: int | None) -> mx.array: ...
+
+    def can_trim_to(self, n: int) -> bool: ...
+
+    def trim_to(self, n: int) -> None: ...
+
+    def copy(self) -> "Cache": ...
+
+    @property
+    def nbytes(self) -> int: ...
+
+    @property
+    def state(self) -> list[mx.array]: ...
+
+
+class Storage(Protocol):
+    def encode(self, x: mx.array) -> tuple[mx.array, ...]: ...
+
+    def attention(self, queries: mx.array, keys: tuple[mx.array, ...],
+                  values: tuple[mx.array, ...], *, scale: float, sinks: mx.array,
+                  mask: Mask) -> mx.array: ...
+
+
+def attention_mask(query_positions: mx.array, key_positions: mx.array,
+                   window: int | None) -> mx.array:
+    """Causal (and, with `window`, sliding-window) mask: [T] queries x [S] keys -> bool [T, S]."""
+    q = query_positions[:, None]
+    k = key_positions[None, :]
+    allowed = k <= q
+    if window is not None:
+        allowed = allowed & (k > q - window)
+    return allowed
+
+
+def explicit_mask(mask: Mask, num_queries: int, num_keys: int) -> mx.array | None:
+    """`mask` as None or a bool array [T, S] ("causal" spelled out)."""
+    if isinstance(mask, str):
+        assert mask == "causal", mask
+        return attention_mask(mx.arange(num_keys - num_queries, num_keys), mx.arange(num_keys),
+                              None)
+    return mask
