@@ -270,6 +270,11 @@ class Decoding:
         self._detokenizer = self.tokenizer.detokenizer()
 
     @property
+    def queued(self) -> int:
+        """Tokens sampled and not read yet (0, 1, or 2 while pipelined)."""
+        return len(self._queued)
+
+    @property
     def needs_step(self) -> bool:
         """Whether another token is wanted after the ones already sampled."""
         return (self.finish_reason is None

@@ -439,7 +439,7 @@ def test_concurrent_requests_get_their_own_answers(servers):
 
 
 def test_disconnect_stops_generation_and_a_full_queue_gets_429(servers):
-    server = servers("endless", max_queue=1)
+    server = servers("endless", max_queue=1, max_batch=1)  # one runs, one waits
     client = server.client()
     with client.responses.stream(model="bigram", input="Go", max_output_tokens=100000,
                                  temperature=0) as stream:

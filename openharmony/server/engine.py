@@ -1,9 +1,16 @@
-"""The generation thread: requests run one at a time, from a bounded queue, each on the prompt
-cache that already holds the longest prefix of its prompt.
+"""The generation thread: concurrent requests decode as one batch (continuous batching), each
+on the prompt cache that already holds the longest prefix of its prompt.
 
-Why one thread: MLX evaluates one graph at a time on a device, and a chat turn is a tight loop
-of small steps, so concurrent Python threads would only interleave them. Requests wait in a
-FIFO queue of `max_queue`; when it is full, `submit` raises `QueueFull` (the app answers 429).
+Why one thread: MLX evaluates one graph at a time on a device, so concurrent Python threads
+would only interleave their steps. Instead the thread keeps up to `max_batch` requests
+running and steps all of them with one forward of the model per token (openharmony/batch.py),
+so the streams share each read of the weights. A request joins between two steps: its prompt
+is prefilled alone on its own prompt cache, then its next step is in the batch. It leaves
+between two steps when its turn ends (a stop token, a stop string, max_tokens) or its client
+went away; the others go on. Each row samples with its own options, seed, stops and logprobs:
+the per-token code is `openharmony.generate.Decoding` and `ChatTurn.feed`, as for a request
+decoded alone. Requests beyond the batch wait in a FIFO queue of `max_queue`; when it is full,
+`submit` raises `QueueFull` (the app answers 429).
 
 The pool of `PromptCache`s is what makes multi-turn conversations and agent loops cheap: the
 next request of a conversation starts with the previous prompt and reply, so the cache that
@@ -14,7 +21,7 @@ least recently used cache is dropped first.
 
 Events cross from the generation thread to the request's event loop through
 `loop.call_soon_threadsafe`; a request whose client went away sets `cancelled`, and the
-thread stops its generation before the next token.
+thread drops its row before the next step.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
+from .. import batch
 from ..cache import PromptCache
 from ..chat import ChatTurn
 from ..errors import OpenHarmonyError
@@ -117,15 +125,30 @@ class Job:
             self.cancelled = True
 
 
+@dataclass(eq=False)
+class Row:
+    """A running request of the batch: its job, its chat turn, the prompt cache it holds."""
+
+    job: Job
+    turn: ChatTurn
+    cache: PromptCache
+
+
 class Engine:
-    """Runs chat turns for the server on one thread; see the module docstring."""
+    """Runs chat turns for the server on one thread, batched; see the module docstring.
+
+    `max_batch=1` runs the turns one after another."""
 
     def __init__(self, model, tokenizer, *, max_queue: int = 16,
-                 max_cache_bytes: int = 4 * 10**9):
+                 max_cache_bytes: int = 4 * 10**9, max_batch: int = 8):
+        if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
+            raise ValueError(f"max_batch must be a positive integer, got {max_batch!r}")
         self.model = model
         self.tokenizer = tokenizer
+        self.max_batch = max_batch
         self.pool = CachePool(model, max_cache_bytes)
         self.generated_tokens = 0  # by all turns so far, stopped ones included
+        self.largest_batch = 0  # the most rows one step has run (for tests and logs)
         self._jobs: queue.Queue[Job | None] = queue.Queue(maxsize=max_queue)
         self._thread = threading.Thread(target=self._run, name="openharmony-generation",
                                         daemon=True)
@@ -141,7 +164,7 @@ class Engine:
         return job
 
     def close(self) -> None:
-        """Stop the thread after the turn it is running (callers cancel their jobs first)."""
+        """Stop the thread after the turns it is running (callers cancel their jobs first)."""
         while True:
             try:  # waiting jobs will not run: tell their requests
                 job = self._jobs.get_nowait()
@@ -153,33 +176,84 @@ class Engine:
         self._thread.join(timeout=30)
 
     def _run(self) -> None:
+        rows: list[Row] = []
+        closing = False
         while True:
-            job = self._jobs.get()
-            if job is None:
-                return
-            if not job.cancelled:
-                self._run_job(job)
+            while not closing and len(rows) < self.max_batch:  # join between steps
+                try:
+                    job = self._jobs.get(block=not rows)  # idle: wait for a request
+                except queue.Empty:
+                    break
+                if job is None:
+                    closing = True
+                elif not job.cancelled:
+                    row = self._start(job)
+                    if row is not None:
+                        rows.append(row)
+            if not rows:
+                if closing:
+                    return
+                continue
+            rows = self._step(rows)
 
-    def _run_job(self, job: Job) -> None:
+    def _start(self, job: Job) -> Row | None:
+        """The job's turn, its prompt prefilled alone; None when it failed (error posted)."""
         cache = self.pool.take(job.prompt)
-        events = turn = None
         try:
             turn = ChatTurn(self.model, self.tokenizer, job.prompt, prompt_cache=cache,
                             **job.turn_options)
-            events = iter(turn)
-            for event in events:
-                if job.cancelled:
-                    break
-                job.post("event", event)
-            else:
-                job.post("done", turn)
-        except OpenHarmonyError as error:  # e.g. a reply that breaks the harmony format
-            job.post("error", error)
-        except Exception as error:  # a bug: logged here, a generic error for the client
-            log.exception("generation failed")
-            job.post("error", error)
-        finally:
-            if events is not None:
-                events.close()  # a stopped turn's generation ends here, its cache consistent
-                self.generated_tokens += len(turn.tokens)
+            turn.decoding.prefill()
+        except Exception as error:
+            self._fail(job, error)
             self.pool.put(cache)
+            return None
+        return Row(job, turn, cache)
+
+    def _step(self, rows: list[Row]) -> list[Row]:
+        """One batched step of the rows; returns those still running.
+
+        Pipelined as `stream_decoding`: the step that feeds each row's last sampled token is
+        queued before that token is read, so the device computes while the host parses
+        tokens and posts events. A new row has no token to read until its first step ran."""
+        running = []
+        for row in rows:
+            if row.job.cancelled:  # its caches hold exactly the tokens read so far
+                self._finish(row)
+            else:
+                running.append(row)
+        stepped = [row for row in running if row.turn.decoding.needs_step]
+        if stepped:
+            try:
+                batch.step(self.model, [row.turn.decoding for row in stepped])
+            except Exception as error:  # a bug: every row of the step fails
+                for row in running:
+                    self._fail(row.job, error)
+                    self._finish(row)
+                return []
+            self.largest_batch = max(self.largest_batch, len(stepped))
+        kept = []
+        for row in running:
+            decoding = row.turn.decoding
+            if decoding.queued > 1 or (decoding.queued and row not in stepped):
+                try:
+                    for event in row.turn.feed(decoding.read()):
+                        row.job.post("event", event)
+                except Exception as error:  # e.g. a reply that breaks the harmony format
+                    self._fail(row.job, error)
+                    self._finish(row)
+                    continue
+                if row.turn.finish_reason is not None:
+                    row.job.post("done", row.turn)
+                    self._finish(row)
+                    continue
+            kept.append(row)
+        return kept
+
+    def _fail(self, job: Job, error: Exception) -> None:
+        if not isinstance(error, OpenHarmonyError):  # a bug: logged, a generic error for the client
+            log.exception("generation failed", exc_info=error)
+        job.post("error", error)
+
+    def _finish(self, row: Row) -> None:
+        self.generated_tokens += len(row.turn.tokens)
+        self.pool.put(row.cache)
