@@ -1,6 +1,10 @@
 """Batched decoding: one forward of the model steps several requests, each on its own caches.
 
-    step(model, [decoding_a, decoding_b, ...])   # queues one token for each (nothing is read)
+    batch = Batch(model)
+    batch.join(decoding)                  # prefilled alone, then in the next step
+    for decoding, chunk in batch.step():  # one forward for all; the tokens read back
+        ...                               # a finished decoding has left the batch
+    batch.leave(decoding)                 # e.g. its client went away
 
 Why: decoding is bound by reading the weights, and a forward over B rows reads each weight
 once, not B times (on MLX's CPU backend this holds for the dense layers, attention
@@ -26,7 +30,7 @@ from typing import Sequence
 
 import mlx.core as mx
 
-from .generate import Decoding
+from .generate import Decoding, GenerationChunk
 
 
 class BatchCache:
@@ -72,3 +76,48 @@ def step(model, decodings: Sequence[Decoding]) -> None:
         pending += decoding.sample(logits[i:i + 1])
         pending += decoding.prompt_cache.state
     mx.async_eval(pending)
+
+
+class Batch:
+    """Decodings stepped together, joining and leaving between steps (continuous batching).
+
+    Pipelined as `stream_decoding`: each `step` queues the forward that feeds every row's last
+    sampled token before reading that token back, so the device computes while the caller
+    parses tokens and posts events. A row that just joined has nothing to read until its first
+    step ran. A row that leaves keeps consistent caches: they hold exactly the tokens read.
+    """
+
+    def __init__(self, model) -> None:
+        self.model = model
+        self.rows: list[Decoding] = []
+        self.largest = 0  # the most rows one forward has run
+
+    def join(self, decoding: Decoding) -> None:
+        """Prefill the decoding's prompt alone (on its own prompt cache); it is in the next
+        step. Raises what the prefill raises, the batch unchanged."""
+        decoding.prefill()
+        self.rows.append(decoding)
+
+    def leave(self, decoding: Decoding) -> None:
+        if decoding in self.rows:
+            self.rows.remove(decoding)
+
+    def step(self) -> list[tuple[Decoding, GenerationChunk]]:
+        """One batched forward of the rows that want another token, then the tokens that are
+        ready, read back: (decoding, chunk) pairs. A row whose chunk has a finish_reason has
+        left the batch."""
+        stepped = [d for d in self.rows if d.needs_step]
+        if stepped:
+            step(self.model, stepped)
+            self.largest = max(self.largest, len(stepped))
+        ready = []
+        for decoding in list(self.rows):
+            if decoding.queued > 1 or (decoding.queued and decoding not in stepped):
+                chunk = decoding.read()
+                ready.append((decoding, chunk))
+                if chunk.finish_reason is not None:
+                    self.rows.remove(decoding)
+        return ready
+
+    def __len__(self) -> int:
+        return len(self.rows)

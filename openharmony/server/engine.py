@@ -148,7 +148,8 @@ class Engine:
         self.max_batch = max_batch
         self.pool = CachePool(model, max_cache_bytes)
         self.generated_tokens = 0  # by all turns so far, stopped ones included
-        self.largest_batch = 0  # the most rows one step has run (for tests and logs)
+        self.batch = batch.Batch(model)
+        self._rows: dict = {}  # Decoding -> Row, the requests in the batch
         self._jobs: queue.Queue[Job | None] = queue.Queue(maxsize=max_queue)
         self._thread = threading.Thread(target=self._run, name="openharmony-generation",
                                         daemon=True)
@@ -176,78 +177,61 @@ class Engine:
         self._thread.join(timeout=30)
 
     def _run(self) -> None:
-        rows: list[Row] = []
         closing = False
         while True:
-            while not closing and len(rows) < self.max_batch:  # join between steps
+            while not closing and len(self._rows) < self.max_batch:  # join between steps
                 try:
-                    job = self._jobs.get(block=not rows)  # idle: wait for a request
+                    job = self._jobs.get(block=not self._rows)  # idle: wait for a request
                 except queue.Empty:
                     break
                 if job is None:
                     closing = True
                 elif not job.cancelled:
-                    row = self._start(job)
-                    if row is not None:
-                        rows.append(row)
-            if not rows:
+                    self._start(job)
+            if not self._rows:
                 if closing:
                     return
                 continue
-            rows = self._step(rows)
+            self._step()
 
-    def _start(self, job: Job) -> Row | None:
-        """The job's turn, its prompt prefilled alone; None when it failed (error posted)."""
+    def _start(self, job: Job) -> None:
+        """The job's turn joins the batch, its prompt prefilled alone (or its error posted)."""
         cache = self.pool.take(job.prompt)
         try:
             turn = ChatTurn(self.model, self.tokenizer, job.prompt, prompt_cache=cache,
                             **job.turn_options)
-            turn.decoding.prefill()
+            self.batch.join(turn.decoding)
         except Exception as error:
             self._fail(job, error)
             self.pool.put(cache)
-            return None
-        return Row(job, turn, cache)
+            return
+        self._rows[turn.decoding] = Row(job, turn, cache)
 
-    def _step(self, rows: list[Row]) -> list[Row]:
-        """One batched step of the rows; returns those still running.
-
-        Pipelined as `stream_decoding`: the step that feeds each row's last sampled token is
-        queued before that token is read, so the device computes while the host parses
-        tokens and posts events. A new row has no token to read until its first step ran."""
-        running = []
-        for row in rows:
-            if row.job.cancelled:  # its caches hold exactly the tokens read so far
+    def _step(self) -> None:
+        """Drop the rows whose client went away, step the rest, post the events of each token
+        read; rows whose turn ended leave."""
+        for row in list(self._rows.values()):
+            if row.job.cancelled:
                 self._finish(row)
-            else:
-                running.append(row)
-        stepped = [row for row in running if row.turn.decoding.needs_step]
-        if stepped:
+        try:
+            ready = self.batch.step()
+        except Exception as error:  # a bug: every row of the step fails
+            for row in list(self._rows.values()):
+                self._fail(row.job, error)
+                self._finish(row)
+            return
+        for decoding, chunk in ready:
+            row = self._rows[decoding]
             try:
-                batch.step(self.model, [row.turn.decoding for row in stepped])
-            except Exception as error:  # a bug: every row of the step fails
-                for row in running:
-                    self._fail(row.job, error)
-                    self._finish(row)
-                return []
-            self.largest_batch = max(self.largest_batch, len(stepped))
-        kept = []
-        for row in running:
-            decoding = row.turn.decoding
-            if decoding.queued > 1 or (decoding.queued and row not in stepped):
-                try:
-                    for event in row.turn.feed(decoding.read()):
-                        row.job.post("event", event)
-                except Exception as error:  # e.g. a reply that breaks the harmony format
-                    self._fail(row.job, error)
-                    self._finish(row)
-                    continue
-                if row.turn.finish_reason is not None:
-                    row.job.post("done", row.turn)
-                    self._finish(row)
-                    continue
-            kept.append(row)
-        return kept
+                for event in row.turn.feed(chunk):
+                    row.job.post("event", event)
+            except Exception as error:  # e.g. a reply that breaks the harmony format
+                self._fail(row.job, error)
+                self._finish(row)
+                continue
+            if row.turn.finish_reason is not None:  # also a stop string the decoding
+                row.job.post("done", row.turn)      # does not know of
+                self._finish(row)
 
     def _fail(self, job: Job, error: Exception) -> None:
         if not isinstance(error, OpenHarmonyError):  # a bug: logged, a generic error for the client
@@ -255,5 +239,8 @@ class Engine:
         job.post("error", error)
 
     def _finish(self, row: Row) -> None:
+        """The row leaves the batch; its prompt cache (consistent) goes back to the pool."""
+        self.batch.leave(row.turn.decoding)
+        del self._rows[row.turn.decoding]
         self.generated_tokens += len(row.turn.tokens)
         self.pool.put(row.cache)
