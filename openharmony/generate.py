@@ -20,6 +20,9 @@ How a call runs:
   string ends it with "stop_string": the text ends right before the stop string (which is not
   part of it), while `tokens` ends with the token that completed it. Otherwise "length" after
   `max_tokens` tokens.
+* One request's per-token logic (sampling, log-probabilities, stops, text, stats) is
+  `Decoding`: `stream_generate` steps one alone, the server's batch (openharmony/batch.py)
+  steps several with one forward per token.
 * Text: streamed through the tokenizer's UTF-8-safe detokenizer (a character split across
   tokens comes out whole) and held back while it could be the start of a stop string, so the
   text deltas concatenate to exactly the final text.
@@ -240,7 +243,8 @@ class Decoding:
         self.model, self.prompt_ids, self.tokenizer = model, prompt_ids, tokenizer
         self.max_tokens, self.sampler, self.stop_ids = max_tokens, sampler, stop_ids
         self.stop_matcher, self.prompt_cache = stop_matcher, prompt_cache
-        self.prefill_chunk, self.logprobs, self.top_logprobs = prefill_chunk, logprobs, top_logprobs
+        self.prefill_chunk = prefill_chunk
+        self.logprobs, self.top_logprobs = logprobs, top_logprobs
         self.detokenize = detokenize
         self.generated = 0  # tokens read so far
         self.finish_reason: str | None = None

@@ -234,7 +234,7 @@ class Engine:
                 self._finish(row)
 
     def _fail(self, job: Job, error: Exception) -> None:
-        if not isinstance(error, OpenHarmonyError):  # a bug: logged, a generic error for the client
+        if not isinstance(error, OpenHarmonyError):  # a bug: logged, the client told in general
             log.exception("generation failed", exc_info=error)
         job.post("error", error)
 
