@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import enum
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -30,7 +31,7 @@ from typer.core import TyperGroup
 
 from .chat import REASONING, TEXT, TOOL_CALL
 from .download import DEFAULT_MODEL, download_model, resolve_model
-from .errors import OpenHarmonyError
+from .errors import DistributedError, OpenHarmonyError
 from .memory import checkpoint_summary
 from .sampling import SamplingOptions, option_range
 
@@ -43,6 +44,9 @@ class _Settings:
 
     debug = False
     vocab: str | None = None
+    rank = 0  # under mlx.launch: this process's rank; only rank 0 reads input and prints
+    group = None  # the distributed group (docs/distributed.md), once joined
+    joined = False
 
 
 settings = _Settings()
@@ -53,7 +57,7 @@ class OneLineErrors(TyperGroup):
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True,
              **extra):
-        settings.debug = False
+        settings.debug, settings.rank, settings.group, settings.joined = False, 0, None, False
         try:
             result = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except typer.TyperException as e:  # typer's bad flags and arguments
@@ -72,6 +76,9 @@ class OneLineErrors(TyperGroup):
 
     @staticmethod
     def _fail(message: str, code: int, standalone_mode: bool):
+        if settings.rank:  # the other ranks print their errors only (_only_rank0_prints)
+            sys.stderr = sys.__stderr__
+            message = f"rank {settings.rank}: {message}"
         # Messages from libraries may span lines; the contract is one line.
         typer.echo("error: " + " ".join(message.split()), err=True)
         if standalone_mode:
@@ -198,18 +205,48 @@ def _sampling(temperature, top_p, top_k, min_p, repetition_penalty, presence_pen
 
 
 def _load(model: str, dtype: DType | None):
-    """The tokenizer (first: a missing vocabulary fails fast) and the model."""
+    """The tokenizer (first: a missing vocabulary fails fast) and the model.
+
+    Under mlx.launch the group is joined before anything can fail, so that a rank that fails
+    leaves it (the others' next collective notices) rather than never joining it.
+    """
     from .tokenizer import load_tokenizer
 
+    group = _group()
     tokenizer = load_tokenizer(settings.vocab)
     folder = resolve_model(model)
     from .load import load_model
 
-    loaded = load_model(folder, dtype.value if dtype is not None else None)
+    loaded = load_model(folder, dtype.value if dtype is not None else None, group=group)
+    if group is not None and group.rank() != 0:
+        _only_rank0_prints(group.rank())
     if loaded.config.vocab_size < tokenizer.n_vocab:
         raise OpenHarmonyError(f"the model's vocabulary ({loaded.config.vocab_size} tokens) is "
                                f"smaller than the tokenizer's ({tokenizer.n_vocab})")
     return tokenizer, loaded
+
+
+def _group():
+    """The distributed group when started by mlx.launch (joined on first use), else None."""
+    if not settings.joined:
+        from .parallel import init_group
+
+        settings.group, settings.joined = init_group(), True
+    return settings.group
+
+
+def _only_rank0_prints(rank: int) -> None:
+    """On ranks other than 0: no output but errors (which `OneLineErrors` prints)."""
+    settings.rank = rank
+    sys.stdout = sys.stderr = open(os.devnull, "w")
+
+
+def _read_input(group) -> str | None:
+    """The next chat line: rank 0 reads it, every rank gets it."""
+    from .parallel import broadcast_text
+
+    line = _read_line(">>> ") if settings.rank == 0 else None
+    return line if group is None else broadcast_text(line, group)
 
 
 def _write(text: str, dim: bool = False) -> None:
@@ -299,7 +336,14 @@ def generate(
     from .cache import PromptCache
     from .generate import stream_generate
 
-    prompt = _read_prompt(_one_of("PROMPT", prompt, "--prompt", prompt_option))
+    prompt = _one_of("PROMPT", prompt, "--prompt", prompt_option)
+    group = _group()
+    if group is None or group.rank() == 0:  # under mlx.launch only rank 0 reads stdin
+        prompt = _read_prompt(prompt)
+    if group is not None:
+        from .parallel import broadcast_text
+
+        prompt = broadcast_text(prompt, group)
     tokenizer, loaded = _load(model, dtype)
     sampling = _sampling(temperature, top_p, top_k, min_p, repetition_penalty,
                          presence_penalty, frequency_penalty)
@@ -409,7 +453,7 @@ def chat(
         pass
     typer.echo(CHAT_HELP, err=True)
     while True:
-        line = _read_line(">>> ")
+        line = _read_input(loaded.group)
         if line is None or line.strip() in ("/exit", "/quit"):
             break
         message = line.strip()
@@ -428,7 +472,11 @@ def chat(
         except (KeyboardInterrupt, OpenHarmonyError) as e:
             # A stopped turn, or one that cannot run (too long for the context, an answer that
             # breaks the harmony format), is forgotten and the conversation goes on; the
-            # prompt cache drops what the next prompt no longer shares.
+            # prompt cache drops what the next prompt no longer shares. Across ranks Ctrl-C
+            # cannot stop them all at the same token, and a lost rank is lost: both end it.
+            if isinstance(e, DistributedError) or (
+                    loaded.group is not None and isinstance(e, KeyboardInterrupt)):
+                raise
             if settings.debug and not isinstance(e, KeyboardInterrupt):
                 raise
             conversation.messages[:] = before_turn
@@ -484,6 +532,10 @@ def serve(
     from .server.app import create_app
 
     tokenizer, loaded = _load(model, dtype)
+    if settings.rank:  # expert parallel: rank 0 serves, the others follow its turns
+        from .server.engine import follow
+
+        return follow(loaded, tokenizer, int(cache_gb * 1e9))
     model_id = model if not Path(model).expanduser().exists() else Path(model).name
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
     logging.getLogger("openharmony.server").setLevel(logging.INFO)  # one line per request

@@ -16,3 +16,7 @@ class ConfigError(OpenHarmonyError, ValueError):
 
 class CheckpointError(OpenHarmonyError):
     """A checkpoint that cannot be loaded as it is: missing, truncated, corrupt or mismatched."""
+
+
+class DistributedError(OpenHarmonyError):
+    """A distributed run that cannot go on: a rank died, left or cannot be reached."""

@@ -190,7 +190,8 @@ def make_decoding(
              for name, value in cache_options.items()):
         raise GenerationError(f"prompt_cache was made with cache options "
                               f"{prompt_cache.cache_options}, not {cache_options}")
-    sampler = Sampler(options, config.vocab_size, prompt_tokens=prompt_ids, seed=seed)
+    sampler = Sampler(options, config.vocab_size, prompt_tokens=prompt_ids, seed=seed,
+                      group=getattr(model, "group", None))
     return Decoding(model, prompt_ids, tokenizer, max_tokens, sampler, stop_ids, stop_matcher,
                     prompt_cache, prefill_chunk, logprobs, top_logprobs, detokenize)
 

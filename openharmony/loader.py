@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import mlx.core as mx
+import numpy as np
 
 from .config import MXFP4_BLOCK, ModelConfig
 from .errors import CheckpointError, ConfigError
@@ -399,11 +400,20 @@ class Checkpoint:
         """The engine names, in a fixed order (embedding, layers, final norm, head)."""
         return list(self._sources)
 
-    def byte_range(self, name: str) -> tuple[Path, int, int]:
+    def byte_range(self, name: str, experts: range | None = None) -> tuple[Path, int, int]:
         """(file, offset, length) of the stored bytes evaluating `name` reads (a sliced
-        original/ q, k or v reads its whole fused tensor)."""
+        original/ q, k or v reads its whole fused tensor); with `experts`, those of only
+        these experts of an expert tensor (see `get`)."""
         tensor, _ = self._source(name)
-        return tensor.file, tensor.offset, tensor.nbytes
+        if experts is None:
+            return tensor.file, tensor.offset, tensor.nbytes
+        if not is_expert_tensor(name):
+            raise ValueError(f"{name!r} is not an expert tensor: it has no experts to select")
+        if not (0 <= experts.start <= experts.stop <= tensor.shape[0] and experts.step == 1):
+            raise ValueError(f"experts {experts} are not a contiguous range of the "
+                             f"{tensor.shape[0]} experts of {name!r}")
+        row = tensor.nbytes // tensor.shape[0]
+        return tensor.file, tensor.offset + experts.start * row, len(experts) * row
 
     def _source(self, name: str) -> tuple[StoredTensor, slice | None]:
         if name not in self._sources:
@@ -434,10 +444,19 @@ class Checkpoint:
     def stored_name(self, name: str) -> str:
         return self._source(name)[0].name
 
-    def get(self, name: str, dtype: Any = None) -> mx.array:
-        """The tensor, lazy; `dtype` casts floating tensors only (MXFP4 stays uint8)."""
+    def get(self, name: str, dtype: Any = None, experts: range | None = None) -> mx.array:
+        """The tensor, lazy; `dtype` casts floating tensors only (MXFP4 stays uint8).
+
+        `experts` (a contiguous range, expert tensors only) selects those experts, rows of
+        the leading axis, and reads only their bytes, at once: a slice of MLX's lazy array
+        would read the whole tensor when evaluated.
+        """
         tensor, rows = self._source(name)
-        array = self._file_arrays(tensor.file)[tensor.name]
+        if experts is not None:
+            array = _read_bytes(*self.byte_range(name, experts), tensor.dtype,
+                                (len(experts), *tensor.shape[1:]))
+        else:
+            array = self._file_arrays(tensor.file)[tensor.name]
         if rows is not None:
             array = array[rows]
         dtype = _as_mx_dtype(dtype)
@@ -445,8 +464,10 @@ class Checkpoint:
             array = array.astype(dtype)
         return array
 
-    def weights(self, dtype: Any = None) -> dict[str, mx.array]:
-        return {name: self.get(name, dtype) for name in self.names()}
+    def weights(self, dtype: Any = None, experts: range | None = None) -> dict[str, mx.array]:
+        """Every tensor (`get`); with `experts`, only those experts of the expert tensors."""
+        return {name: self.get(name, dtype, experts if is_expert_tensor(name) else None)
+                for name in self.names()}
 
     def _file_arrays(self, file: Path) -> dict[str, mx.array]:
         if file not in self._arrays:
@@ -455,6 +476,35 @@ class Checkpoint:
             except (RuntimeError, ValueError, OSError) as e:
                 raise CheckpointError(f"MLX cannot open {file}: {e}") from None
         return self._arrays[file]
+
+
+def is_expert_tensor(name: str) -> bool:
+    """Whether an engine tensor has one row per expert (`layers.N.mlp.experts.*`)."""
+    return ".mlp.experts." in name
+
+
+# safetensors codes -> the numpy dtype holding their bits (bf16 is read as uint16 and viewed)
+_NUMPY_DTYPES = {"U8": np.uint8, "BF16": np.uint16, "F16": np.float16, "F32": np.float32}
+
+
+def _read_bytes(file: Path, offset: int, length: int, dtype: str,
+                shape: tuple[int, ...]) -> mx.array:
+    """`length` bytes at `offset` of `file` as an MLX array of a safetensors `dtype`."""
+    data = np.empty(length, np.uint8)
+    try:
+        with open(file, "rb", buffering=0) as f:
+            f.seek(offset)
+            view, done = memoryview(data), 0
+            while done < length:
+                n = f.readinto(view[done:])
+                if not n:
+                    raise CheckpointError(f"{file} ended after {offset + done} bytes, inside "
+                                          "a tensor")
+                done += n
+    except OSError as e:
+        raise CheckpointError(f"cannot read {file}: {e.strerror or e}") from None
+    array = mx.array(data.view(_NUMPY_DTYPES[dtype]).reshape(shape))
+    return array.view(mx.bfloat16) if dtype == "BF16" else array
 
 
 def open_checkpoint(path: str | Path) -> Checkpoint:

@@ -28,6 +28,7 @@ from .config import MXFP4_BLOCK, ModelConfig
 from .errors import CheckpointError, ConfigError
 from . import loader
 from .moe import MLP
+from .parallel import ExpertShard
 from .mxfp4 import to_mlx
 
 # Rows of the lm_head quantized at once when `quantized_lm_head` is asked for: mx.quantize
@@ -139,12 +140,12 @@ class Attention(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, config: ModelConfig, layer: int):
+    def __init__(self, config: ModelConfig, layer: int, shard: ExpertShard | None = None):
         super().__init__()
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.self_attn = Attention(config, layer)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.mlp = MLP(config)
+        self.mlp = MLP(config, shard)
 
     def __call__(self, x: mx.array, cache) -> mx.array:
         x = x + self.self_attn(self.input_layernorm(x), cache)
@@ -155,16 +156,25 @@ class Block(nn.Module):
 
 
 class Model(nn.Module):
-    """GPT-OSS. Parameter names are the loader's engine names (MXFP4 `blocks` -> `weight`)."""
+    """GPT-OSS. Parameter names are the loader's engine names (MXFP4 `blocks` -> `weight`).
+
+    With a distributed `group` of more than one rank this rank holds only its share of every
+    layer's experts (`self.local_experts`, a range; None when it holds them all) and each forward
+    sums the ranks' expert results (openharmony/parallel): every rank gets the full logits.
+    """
 
     def __init__(self, config: ModelConfig, dtype: mx.Dtype | str | None = None,
-                 quantized_lm_head: bool = False):
+                 quantized_lm_head: bool = False, group: mx.distributed.Group | None = None):
         super().__init__()
         self.config = config
         self.dtype = compute_dtype(dtype)
         self.quantized_lm_head = quantized_lm_head
+        self.group = group if group is not None and group.size() > 1 else None
+        shard = (ExpertShard(config.num_local_experts, self.group) if self.group is not None
+                 else None)
+        self.local_experts = shard.experts if shard is not None else None
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.layers = [Block(config, i) for i in range(config.num_hidden_layers)]
+        self.layers = [Block(config, i, shard) for i in range(config.num_hidden_layers)]
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         if quantized_lm_head:
             # Opt-in, changes the logits (docs/speed.md): MXFP4 reads 4.25 bits per weight
@@ -206,6 +216,9 @@ class Model(nn.Module):
         everything else in the compute dtype.
         """
         expected = engine_shapes(self.config)
+        if self.local_experts is not None:  # this rank's share of the experts only
+            expected.update({name: (len(self.local_experts), *shape[1:])
+                             for name, shape in expected.items() if loader.is_expert_tensor(name)})
         missing = sorted(set(expected) - set(weights))
         unexpected = sorted(set(weights) - set(expected))
         if missing or unexpected:

@@ -7,7 +7,10 @@
 `Experts.__call__` is the one dispatch point for the expert matmuls: decode gathers each
 token's k experts through `mx.gather_qmm(mode="mxfp4")`; prefill sorts the (token, expert)
 pairs by expert, and on the CPU multiplies the experts with many rows densely after decoding
-them once (`prefill_dequantizes_experts`, the backend switch).
+them once (`prefill_dequantizes_experts`, the backend switch). Under expert parallelism
+(openharmony/parallel) `Experts` holds one rank's share of the experts and `MLP` hands it to
+the layer's `ExpertShard`, which feeds it the pairs routed to those experts and sums the
+ranks' results.
 """
 
 from __future__ import annotations
@@ -78,9 +81,12 @@ class MXFP4SwitchLinear(nn.Module):
 
 
 class Experts(nn.Module):
-    def __init__(self, config: ModelConfig):
+    """`num_experts` experts (default: all of the config's), indexed from 0."""
+
+    def __init__(self, config: ModelConfig, num_experts: int | None = None):
         super().__init__()
-        E, H, I = config.num_local_experts, config.hidden_size, config.intermediate_size
+        E = config.num_local_experts if num_experts is None else num_experts
+        H, I = config.hidden_size, config.intermediate_size
         # gate_up rows stay interleaved as stored (row 2i: gate unit i, row 2i+1: up unit i):
         # one matmul for both halves, split by strided slices.
         self.gate_up_proj = MXFP4SwitchLinear(E, H, 2 * I)
@@ -140,13 +146,19 @@ class Experts(nn.Module):
 
 
 class MLP(nn.Module):
-    def __init__(self, config: ModelConfig):
+    """The router and the experts; with a `shard` (openharmony.parallel.ExpertShard), only
+    that rank's share of the experts, their results summed over the ranks."""
+
+    def __init__(self, config: ModelConfig, shard=None):
         super().__init__()
         self.router = Router(config)
-        self.experts = Experts(config)
+        self.shard = shard
+        self.experts = Experts(config, None if shard is None else len(shard.experts))
 
     def __call__(self, x: mx.array) -> mx.array:
         B, T, H = x.shape
         x = x.reshape(B * T, H)
         indices, weights = self.router(x)
+        if self.shard is not None:
+            return self.shard(self.experts, x, indices, weights).reshape(B, T, H)
         return self.experts(x, indices, weights).reshape(B, T, H)

@@ -27,6 +27,7 @@ from typing import Iterable
 import mlx.core as mx
 
 from .errors import OpenHarmonyError
+from .parallel import broadcast_from_rank0
 
 
 class SamplingError(OpenHarmonyError, ValueError):
@@ -180,12 +181,15 @@ class Sampler:
     """Picks tokens for one sequence; holds the random key and the penalties' token history.
 
     `sampler(logits [1, V]) -> tokens [1]` (lazy, uint32) records the token it returns, so the
-    penalties of the next call see it; nothing is read back to the host.
+    penalties of the next call see it; nothing is read back to the host. With a distributed
+    `group` the tokens are rank 0's on every rank (evaluated then: a collective).
     """
 
     def __init__(self, options: SamplingOptions, vocab_size: int,
-                 prompt_tokens: Iterable[int] = (), seed: int | None = None) -> None:
+                 prompt_tokens: Iterable[int] = (), seed: int | None = None,
+                 group: mx.distributed.Group | None = None) -> None:
         self.options = options
+        self.group = group
         if seed is None:
             seed = secrets.randbits(63)
         elif isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2 ** 64:
@@ -218,6 +222,10 @@ class Sampler:
         else:
             self._key, step_key = mx.random.split(self._key)
             tokens = mx.random.categorical(logits, axis=-1, key=step_key).astype(mx.uint32)
+        if self.group is not None:
+            # Expert parallel (openharmony/parallel): every rank takes rank 0's token, so ranks
+            # never diverge, whatever their seeds or (on different chips) their logits' rounding.
+            tokens = broadcast_from_rank0(tokens, self.group, "agreeing on the sampled token")
         if self._counts is not None:
             self._counts = self._counts.at[tokens].add(1)
         return tokens

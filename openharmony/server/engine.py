@@ -22,11 +22,20 @@ least recently used cache is dropped first.
 Events cross from the generation thread to the request's event loop through
 `loop.call_soon_threadsafe`; a request whose client went away sets `cancelled`, and the
 thread drops its row before the next step.
+
+Expert parallel (docs/distributed.md): only rank 0 serves, and it decodes one turn at a time
+(`max_batch` is 1): before each turn its generation thread broadcasts the turn (prompt and
+options) to the other ranks, which run `follow`: the same turns on the same cache pool, so
+every forward has all ranks. A cancelled turn then runs to its end (the others cannot know
+where rank 0 stopped); its events are dropped. (Batching there would need every step's joins
+and leaves broadcast as well; not done.)
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 import logging
 import queue
 import threading
@@ -37,6 +46,8 @@ from .. import batch
 from ..cache import PromptCache
 from ..chat import ChatTurn
 from ..errors import OpenHarmonyError
+from ..parallel import broadcast_text
+from ..sampling import SamplingOptions
 
 log = logging.getLogger("openharmony.server")
 
@@ -145,7 +156,8 @@ class Engine:
             raise ValueError(f"max_batch must be a positive integer, got {max_batch!r}")
         self.model = model
         self.tokenizer = tokenizer
-        self.max_batch = max_batch
+        self._group = getattr(model, "group", None)  # expert parallel: see the module docstring
+        self.max_batch = max_batch if self._group is None else 1
         self.pool = CachePool(model, max_cache_bytes)
         self.generated_tokens = 0  # by all turns so far, stopped ones included
         self.batch = batch.Batch(model)
@@ -175,6 +187,9 @@ class Engine:
                 job.post("error", OpenHarmonyError("the server is shutting down"))
         self._jobs.put(None)
         self._thread.join(timeout=30)
+        group = getattr(self.model, "group", None)
+        if group is not None and not self._thread.is_alive():
+            broadcast_text(None, group)  # the other ranks' `follow` returns
 
     def _run(self) -> None:
         closing = False
@@ -196,6 +211,8 @@ class Engine:
 
     def _start(self, job: Job) -> None:
         """The job's turn joins the batch, its prompt prefilled alone (or its error posted)."""
+        if self._group is not None:
+            broadcast_text(json.dumps(_turn_to_json(job.prompt, job.turn_options)), self._group)
         cache = self.pool.take(job.prompt)
         try:
             turn = ChatTurn(self.model, self.tokenizer, job.prompt, prompt_cache=cache,
@@ -211,7 +228,7 @@ class Engine:
         """Drop the rows whose client went away, step the rest, post the events of each token
         read; rows whose turn ended leave."""
         for row in list(self._rows.values()):
-            if row.job.cancelled:
+            if row.job.cancelled and self._group is None:  # distributed: runs to its end
                 self._finish(row)
         try:
             ready = self.batch.step()
@@ -224,7 +241,8 @@ class Engine:
             row = self._rows[decoding]
             try:
                 for event in row.turn.feed(chunk):
-                    row.job.post("event", event)
+                    if not row.job.cancelled:
+                        row.job.post("event", event)
             except Exception as error:  # e.g. a reply that breaks the harmony format
                 self._fail(row.job, error)
                 self._finish(row)
@@ -244,3 +262,34 @@ class Engine:
         del self._rows[row.turn.decoding]
         self.generated_tokens += len(row.turn.tokens)
         self.pool.put(row.cache)
+
+
+def _turn_to_json(prompt: list[int], options: dict[str, Any]) -> dict:
+    options = dict(options, stop=list(options.get("stop", ())))
+    sampling = options.get("sampling")
+    options["sampling"] = None if sampling is None else dataclasses.asdict(sampling)
+    return {"prompt": list(prompt), "options": options}
+
+
+def follow(model, tokenizer, max_cache_bytes: int) -> None:
+    """Ranks other than 0 of a distributed server: run the turns rank 0's engine announces,
+    in its order and on an identical cache pool, until it closes."""
+    pool = CachePool(model, max_cache_bytes)
+    while (text := broadcast_text(None, model.group)) is not None:
+        turn = json.loads(text)
+        options = turn["options"]
+        if options["sampling"] is not None:
+            options["sampling"] = SamplingOptions(**options["sampling"])
+        cache = pool.take(turn["prompt"])
+        events = None
+        try:
+            events = iter(ChatTurn(model, tokenizer, turn["prompt"], prompt_cache=cache,
+                                   **options))
+            for _ in events:
+                pass
+        except OpenHarmonyError:
+            pass  # rank 0 met the same error and reports it
+        finally:
+            if events is not None:
+                events.close()
+            pool.put(cache)
