@@ -23,18 +23,13 @@ under the shared lock, as above.
 from __future__ import annotations
 
 import argparse
+import ctypes
+import os
 import random
 import statistics
 import subprocess
+import sys
 import time
-
-import mlx.core as mx
-
-from openharmony.batch import Batch
-from openharmony.cache import PromptCache
-from openharmony.generate import make_decoding, stream_generate
-from openharmony.load import load_model
-from openharmony.tokenizer import load_tokenizer
 
 ORDINARY_TOKENS = 199998  # prompt ids below the special tokens, like ordinary text
 
@@ -47,6 +42,10 @@ def prompts(count: int, length: int, vocab: int, seed: int) -> list[list[int]]:
 
 def batched(model, tokenizer, prompt_ids: list[list[int]], tokens: int) -> float:
     """Total tokens/s of decoding every prompt together (the engine's batch, without HTTP)."""
+    from openharmony.batch import Batch
+    from openharmony.cache import PromptCache
+    from openharmony.generate import make_decoding
+
     batch = Batch(model)
     for p in prompt_ids:
         batch.join(make_decoding(model, p, tokenizer=tokenizer, max_tokens=tokens,
@@ -63,6 +62,8 @@ def batched(model, tokenizer, prompt_ids: list[list[int]], tokens: int) -> float
 
 
 def alone(model, tokenizer, prompt: list[int], tokens: int) -> float:
+    from openharmony.generate import stream_generate
+
     chunks = list(stream_generate(model, prompt, tokenizer=tokenizer, max_tokens=tokens,
                                   temperature=0, ignore_eos=True, detokenize=False))
     return chunks[-1].stats.generation_tokens_per_second
@@ -77,8 +78,21 @@ def main(argv=None) -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--dtype", default=None, help="the compute dtype (default: the engine's)")
     parser.add_argument("--vocab", default=None, help="a tiktoken vocabulary file")
+    parser.add_argument("--mkl", default=None, metavar="LIBMKL_RT",
+                        help="load this MKL runtime (libmkl_rt.so.3) before MLX, as "
+                             "OPENHARMONY_BLAS does for the [mkl] extra (openharmony/blas.py), "
+                             "for an MKL installed elsewhere; its folder must be on "
+                             "LD_LIBRARY_PATH")
     args = parser.parse_args(argv)
     clients = [int(c) for c in args.clients.split(",")]
+    assert "mlx.core" not in sys.modules  # the BLAS is chosen before MLX is loaded
+    if args.mkl:
+        ctypes.CDLL(args.mkl, mode=os.RTLD_GLOBAL | os.RTLD_NOW)
+    from openharmony import blas
+    from openharmony.load import load_model
+    from openharmony.tokenizer import load_tokenizer
+
+    blas_used = "MKL" if args.mkl or blas.active == "mkl" else "MLX's own (the wheel's)"
 
     tokenizer = load_tokenizer(args.vocab)
     start = time.perf_counter()
@@ -105,7 +119,7 @@ def main(argv=None) -> None:
     cpu = subprocess.run("lscpu | grep 'Model name'", shell=True, capture_output=True,
                          text=True).stdout.split(":")[-1].strip()
     print(f"\n{cpu}; {args.tokens} tokens per client after a {args.prompt_tokens}-token "
-          f"prompt, greedy; medians of {args.rounds} rounds")
+          f"prompt, greedy; {blas_used} BLAS; medians of {args.rounds} rounds")
     base = statistics.median(results["1 clients" if 1 in clients else "alone"])
     print(f"{'':<10} {'total tok/s':>12} {'per stream':>11} {'total vs 1':>11}")
     for name, values in results.items():
