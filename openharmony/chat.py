@@ -381,22 +381,28 @@ class ChatTurn:
     as far as it got (dropped if cut inside its header). Bad arguments raise here, before any
     work; a reply that breaks the harmony format raises OpenHarmonyError while iterating.
     Stopping the iteration early (closing it) leaves `prompt_cache` consistent.
+
+    Iterating decodes the turn alone. The server's batch instead steps `turn.decoding` (a
+    `openharmony.generate.Decoding`) with other requests' and hands each chunk to
+    `turn.feed`, until `turn.finish_reason` is set: the same code per token either way.
     """
 
     def __init__(self, model, tokenizer: Tokenizer, prompt: Sequence[int], *,
                  max_tokens: int, sampling=None, seed: int | None = None,
                  prompt_cache=None, logprobs: bool = False, top_logprobs: int = 0,
                  stop: Sequence[str] = ()):
-        from .generate import StopStrings, stream_generate
+        from .generate import StopStrings, make_decoding
 
         self.tokenizer = tokenizer
         self.prompt_tokens = len(prompt)
         self._stop = StopStrings(stop)
-        self._chunks = stream_generate(
+        self.decoding = make_decoding(
             model, prompt, tokenizer=tokenizer, max_tokens=max_tokens, sampling=sampling,
             seed=seed, stop_tokens=chat_stop_tokens(tokenizer), prompt_cache=prompt_cache,
             logprobs=logprobs, top_logprobs=top_logprobs, detokenize=False)
         self._parser = ChatStreamParser(tokenizer)
+        self._call_token = tokenizer.special_ids["<|call|>"]
+        self._last_text = None  # the latest event of text for the user (stop strings apply)
         self.tokens: list[int] = []  # the generated tokens
         self.reused_prompt_tokens = 0  # prompt tokens taken from the prompt cache
         self.messages: list[ParsedMessage] | None = None
@@ -404,48 +410,63 @@ class ChatTurn:
         self.stats = None  # GenerationStats, at the end (None after a stop string)
 
     def __iter__(self) -> Iterator[StreamEvent]:
-        call_token = self.tokenizer.special_ids["<|call|>"]
-        last_text = None  # the latest event of text for the user (stop strings apply to it)
-        for chunk in self._chunks:
-            if chunk.reused_prompt_tokens is not None:
-                self.reused_prompt_tokens = chunk.reused_prompt_tokens
-            self.tokens.append(chunk.token)
-            event = self._parser.feed(chunk.token, chunk.logprob, chunk.top_logprobs)
-            stopped = False
-            if (event is not None and last_text is not None
-                    and event.message_index != last_text.message_index):
-                yield from self._release_held(last_text)  # that message is complete
-            if event is not None and event.kind == TEXT and self._stop.stop_strings:
-                last_text = event
-                delta, stopped = self._stop.feed(event.delta, final=False)
-                event = dataclasses.replace(event, delta=delta)
-            if event is not None and event.delta:
-                yield event
-            if stopped:
-                self._chunks.close()  # frees the generation; the prompt cache stays valid
-                self.messages = self._cut_at_stop()
-                self.finish_reason = "stop"
-                return
-            if chunk.finish_reason is not None:
-                self.stats = chunk.stats
-                if chunk.finish_reason == "length":
-                    self.finish_reason = "length"
-                    try:
-                        self.messages = self._parser.finish()
-                    except OpenHarmonyError:  # cut inside a header: the complete messages
-                        self.messages = self._parser.messages
-                else:
-                    self.messages = self._parser.finish()
-                    self.finish_reason = "tool_calls" if chunk.token == call_token else "stop"
-                yield from self._release_held(last_text)
-                return
+        from .generate import stream_decoding  # looked up here: a test may wrap it
 
-    def _release_held(self, last_text: StreamEvent | None) -> Iterator[StreamEvent]:
+        chunks = stream_decoding(self.decoding)
+        try:
+            for chunk in chunks:
+                yield from self.feed(chunk)
+                if self.finish_reason is not None:
+                    return
+        finally:
+            chunks.close()  # frees the generation; the prompt cache stays valid
+
+    def feed(self, chunk) -> list[StreamEvent]:
+        """The events of one generated chunk; sets `finish_reason` (and `messages`, `stats`)
+        when the turn is over, after which nothing more may be fed."""
+        assert self.finish_reason is None, "the turn is over"
+        if chunk.reused_prompt_tokens is not None:
+            self.reused_prompt_tokens = chunk.reused_prompt_tokens
+        self.tokens.append(chunk.token)
+        events = []
+        event = self._parser.feed(chunk.token, chunk.logprob, chunk.top_logprobs)
+        stopped = False
+        last_text = self._last_text
+        if (event is not None and last_text is not None
+                and event.message_index != last_text.message_index):
+            events += self._release_held(last_text)  # that message is complete
+        if event is not None and event.kind == TEXT and self._stop.stop_strings:
+            self._last_text = event
+            delta, stopped = self._stop.feed(event.delta, final=False)
+            event = dataclasses.replace(event, delta=delta)
+        if event is not None and event.delta:
+            events.append(event)
+        if stopped:
+            self.messages = self._cut_at_stop()
+            self.finish_reason = "stop"
+            return events
+        if chunk.finish_reason is not None:
+            self.stats = chunk.stats
+            if chunk.finish_reason == "length":
+                self.finish_reason = "length"
+                try:
+                    self.messages = self._parser.finish()
+                except OpenHarmonyError:  # cut inside a header: the complete messages
+                    self.messages = self._parser.messages
+            else:
+                self.messages = self._parser.finish()
+                self.finish_reason = ("tool_calls" if chunk.token == self._call_token
+                                      else "stop")
+            events += self._release_held(self._last_text)
+        return events
+
+    def _release_held(self, last_text: StreamEvent | None) -> list[StreamEvent]:
         """The text held back while it could have begun a stop string, once its message ends."""
         held = self._stop.feed("", final=True)[0] if last_text is not None else ""
-        if held:
-            yield dataclasses.replace(last_text, delta=held, token=None, logprob=None,
-                                      top_logprobs=None)
+        if not held:
+            return []
+        return [dataclasses.replace(last_text, delta=held, token=None, logprob=None,
+                                    top_logprobs=None)]
 
     def _cut_at_stop(self) -> list[ParsedMessage]:
         """The messages so far; the one being written ends right before the stop string."""

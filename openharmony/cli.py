@@ -515,6 +515,8 @@ def serve(
     dtype: DTypeOption = None,
     max_queue: Annotated[int, typer.Option(min=1, help="Requests that may wait; more get "
                                                        "429.")] = 16,
+    max_batch: Annotated[int, typer.Option(min=1, help="Requests decoded together, one "
+                                                       "batched step per token.")] = 8,
     cache_gb: Annotated[float, typer.Option(min=0.0, help="Keys and values kept for prompt "
                                                           "reuse across requests, in GB.")
                         ] = 4.0,
@@ -541,7 +543,8 @@ def serve(
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
     logging.getLogger("openharmony.server").setLevel(logging.INFO)  # one line per request
     app_ = create_app(loaded, tokenizer, model_id, api_key=api_key, max_queue=max_queue,
-                      max_cache_bytes=int(cache_gb * 1e9), kv_bits=kv_bits)
+                      max_cache_bytes=int(cache_gb * 1e9), kv_bits=kv_bits,
+                      max_batch=max_batch)
     typer.echo(f"serving {model_id} on http://{host}:{port}/v1"
                + (" (API key required)" if api_key else ""), err=True)
     uvicorn.run(app_, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)

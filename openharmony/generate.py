@@ -20,6 +20,9 @@ How a call runs:
   string ends it with "stop_string": the text ends right before the stop string (which is not
   part of it), while `tokens` ends with the token that completed it. Otherwise "length" after
   `max_tokens` tokens.
+* One request's per-token logic (sampling, log-probabilities, stops, text, stats) is
+  `Decoding`: `stream_generate` steps one alone, the server's batch (openharmony/batch.py)
+  steps several with one forward per token.
 * Text: streamed through the tokenizer's UTF-8-safe detokenizer (a character split across
   tokens comes out whole) and held back while it could be the start of a stop string, so the
   text deltas concatenate to exactly the final text. Token in, token out: a token-id prompt
@@ -113,7 +116,15 @@ def generate(model, prompt: str | Sequence[int], **kwargs) -> GenerationResult:
                             logprobs=logprobs if kwargs.get("logprobs") else None)
 
 
-def stream_generate(
+def stream_generate(model, prompt: str | Sequence[int], **options) -> Iterator[GenerationChunk]:
+    """Yield one `GenerationChunk` per generated token; `options` are `make_decoding`'s.
+
+    Bad input raises here, at the call; the work starts with the first `next()`.
+    """
+    return stream_decoding(make_decoding(model, prompt, **options))
+
+
+def make_decoding(
     model,
     prompt: str | Sequence[int],
     *,
@@ -138,8 +149,9 @@ def stream_generate(
     detokenize: bool = True,
     kv_bits: int | None = None,
     kv_dtype=None,
-) -> Iterator[GenerationChunk]:
-    """Yield one `GenerationChunk` per generated token.
+) -> "Decoding":
+    """The checked decoding state of one request (what `stream_generate` steps alone, and the
+    server's batch steps with others).
 
     `prompt`: text (encoded with `tokenizer`, special tokens such as <|start|> allowed) or
     token ids (Python or NumPy integers, or a 1-D integer array). `tokenizer`: default
@@ -213,95 +225,169 @@ def stream_generate(
                               f"{prompt_cache.cache_options}, not {cache_options}")
     sampler = Sampler(options, config.vocab_size, prompt_tokens=prompt_ids, seed=seed,
                       group=getattr(model, "group", None))
-    # Bad input raises here, at the call; the work starts with the first `next()`.
-    return _stream(model, prompt_ids, tokenizer, max_tokens, sampler, stop_ids, stop_matcher,
-                   prompt_cache, prefill_chunk, logprobs, top_logprobs, detokenize)
+    return Decoding(model, prompt_ids, tokenizer, max_tokens, sampler, stop_ids, stop_matcher,
+                    prompt_cache, prefill_chunk, logprobs, top_logprobs, detokenize)
 
 
-def _stream(model, prompt_ids: list[int], tokenizer, max_tokens: int, sampler: Sampler,
-            stop_ids: set[int], stop_matcher: "StopStrings",
-            prompt_cache: PromptCache, prefill_chunk: int,
-            logprobs: bool, top_logprobs: int,
-            detokenize: bool) -> Iterator[GenerationChunk]:
+def stream_decoding(decoding: "Decoding") -> Iterator[GenerationChunk]:
+    """Decode one request alone: each step runs the model on its last token and samples the
+    next (pipelined: step i+1 is queued before token i is read back, see the module
+    docstring)."""
     mx.reset_peak_memory()
-    start_time = time.perf_counter()
-    reused = prompt_cache.reuse(prompt_ids)
-    caches = prompt_cache.caches
-    rest = prompt_ids[reused:]
+    decoding.prefill()
+    model = decoding.model
 
-    # Every prompt token but the last: only the caches are wanted, so only they are evaluated
-    # (the lm_head of these positions is never computed).
-    for begin in range(0, len(rest) - 1, prefill_chunk):
-        chunk = rest[begin:min(begin + prefill_chunk, len(rest) - 1)]
-        model(mx.array([chunk]), cache=caches)
-        mx.eval(prompt_cache.state)
-        prompt_cache.add_tokens(chunk)
-    prompt_cache.snapshot()
+    def step() -> None:
+        # The input was sampled from vocab_size logits: no range check (and no host sync).
+        logits = model(decoding.next_input.reshape(1, 1), cache=decoding.caches,
+                       check_ids=False)[:, -1, :]
+        mx.async_eval(decoding.sample(logits) + decoding.prompt_cache.state)
 
-    def step(token: mx.array) -> tuple[mx.array, mx.array, list[mx.array]]:
-        """Queue the next token, whether its logits were finite, and its log-probability and
-        the top ones when asked for."""
-        # The token was sampled from vocab_size logits: no range check (and no host sync).
-        logits = model(token.reshape(1, 1), cache=caches, check_ids=False)[:, -1, :]
-        next_token = sampler(logits)
+    step()
+    while True:
+        if decoding.needs_step:  # queue the next step before reading this token
+            step()
+        chunk = decoding.read()
+        yield chunk
+        if chunk.finish_reason is not None:
+            return
+
+
+class Decoding:
+    """One request's decoding state, stepped by `stream_generate` (alone) or by the server's
+    batch (with other requests' rows in one forward): the one implementation of what happens
+    per token.
+
+        decoding.prefill()                  # the prompt into its own prompt cache
+        while ...:
+            if decoding.needs_step:         # it wants another token after the queued ones
+                logits = <the model on decoding.next_input with decoding.caches>  # [1, V]
+                mx.async_eval(decoding.sample(logits) + <the caches' state>)
+            chunk = decoding.read()         # the oldest sampled token, read back: text,
+                                            # stops, stats; chunk.finish_reason at the end
+
+    `sample` queues a lazy token; `read` blocks on the oldest queued one. Between them the
+    caller may queue the next step first (pipelining), so up to two tokens are in flight.
+    A decoding that stops being stepped (finished, or its client left) leaves its prompt
+    cache consistent: the cache holds exactly the tokens `read` has recorded.
+    """
+
+    def __init__(self, model, prompt_ids: list[int], tokenizer, max_tokens: int,
+                 sampler: Sampler, stop_ids: set[int], stop_matcher: "StopStrings",
+                 prompt_cache: PromptCache, prefill_chunk: int, logprobs: bool,
+                 top_logprobs: int, detokenize: bool) -> None:
+        self.model, self.prompt_ids, self.tokenizer = model, prompt_ids, tokenizer
+        self.max_tokens, self.sampler, self.stop_ids = max_tokens, sampler, stop_ids
+        self.stop_matcher, self.prompt_cache = stop_matcher, prompt_cache
+        self.prefill_chunk = prefill_chunk
+        self.logprobs, self.top_logprobs = logprobs, top_logprobs
+        self.detokenize = detokenize
+        self.generated = 0  # tokens read so far
+        self.finish_reason: str | None = None
+        # Sampled tokens not read yet, oldest first: [token, finite, scores, fed to the caches].
+        self._queued: list[list] = []
+        self.next_input: mx.array | None = None  # the token the next step feeds [1]
+
+    @property
+    def caches(self) -> list:
+        return self.prompt_cache.caches
+
+    def prefill(self) -> None:
+        """Reuse the prompt cache's prefix and compute the rest of the prompt but its last
+        token (only the caches are wanted, so only they are evaluated: the lm_head of these
+        positions is never computed)."""
+        self._start_time = time.perf_counter()
+        self._first_token_time = None
+        self.reused = self.prompt_cache.reuse(self.prompt_ids)
+        rest = self.prompt_ids[self.reused:]
+        for begin in range(0, len(rest) - 1, self.prefill_chunk):
+            chunk = rest[begin:min(begin + self.prefill_chunk, len(rest) - 1)]
+            self.model(mx.array([chunk]), cache=self.caches)
+            mx.eval(self.prompt_cache.state)
+            self.prompt_cache.add_tokens(chunk)
+        self.prompt_cache.snapshot()
+        self.next_input = mx.array(rest[-1:], dtype=mx.uint32)
+        self._detokenizer = (self.tokenizer.detokenizer() if self.tokenizer is not None
+                             else None)
+
+    @property
+    def queued(self) -> int:
+        """Tokens sampled and not read yet (0, 1, or 2 while pipelined)."""
+        return len(self._queued)
+
+    @property
+    def needs_step(self) -> bool:
+        """Whether another token is wanted after the ones already sampled."""
+        return (self.finish_reason is None
+                and self.generated + len(self._queued) < self.max_tokens)
+
+    def sample(self, logits: mx.array) -> list[mx.array]:
+        """The model has just run `next_input` through `caches`; `logits` [1, V] are its
+        output. Queues the next token (lazy) and returns the arrays to evaluate (besides the
+        caches): the token, the sampler's state, the log-probabilities asked for."""
+        if self._queued:
+            self._queued[-1][3] = True  # the input was the last queued token
+        else:  # the first step: the input was the prompt's last token
+            self.prompt_cache.add_tokens(self.prompt_ids[-1:])
+        token = self.sampler(logits)
         finite = mx.isfinite(logits).all()  # read with the token: no extra wait
         scores = []
-        if logprobs or top_logprobs:
-            scores.append(log_probabilities(logits, next_token))
-        if top_logprobs:
+        if self.logprobs or self.top_logprobs:
+            scores.append(log_probabilities(logits, token))
+        if self.top_logprobs:
             step_logits = logits[0].astype(mx.float32)
             all_logprobs = step_logits - mx.logsumexp(step_logits)
-            top = mx.argpartition(-all_logprobs, top_logprobs - 1)[:top_logprobs]
+            top = mx.argpartition(-all_logprobs, self.top_logprobs - 1)[:self.top_logprobs]
             scores += [top, all_logprobs[top]]
-        mx.async_eval([next_token, finite, *sampler.state, *prompt_cache.state, *scores])
-        return next_token, finite, scores
+        self._queued.append([token, finite, scores, False])
+        self.next_input = token
+        return [token, finite, *self.sampler.state, *scores]
 
-    token, finite, scores = step(mx.array([rest[-1]], dtype=mx.uint32))
-    prompt_cache.add_tokens(rest[-1:])
-    detokenizer = tokenizer.detokenizer() if tokenizer is not None else None
-    first_token_time = None
-    for count in range(1, max_tokens + 1):
-        if count < max_tokens:  # queue the next step before reading this token
-            next_token, next_finite, next_scores = step(token)
+    def read(self) -> GenerationChunk:
+        """The oldest queued token, read back (the one place decoding blocks), as a chunk."""
+        token, finite, scores, fed = self._queued.pop(0)
         token_id = _read_token(token)
         if not finite.item():
             raise NonFiniteLogitsError(
-                f"the model's logits are not finite (NaN or inf) for generated token {count} "
-                f"(position {len(prompt_ids) + count - 1}); generation stopped rather than "
-                "sample from them. The weights are broken (e.g. an MXFP4 scale byte 255, "
-                "which is NaN) or the computation overflowed")
-        if first_token_time is None:
-            first_token_time = time.perf_counter()
-        if count < max_tokens:
-            prompt_cache.add_tokens([token_id])  # the step just queued feeds it to the caches
+                f"the model's logits are not finite (NaN or inf) for generated token "
+                f"{self.generated + 1} (position {len(self.prompt_ids) + self.generated}); "
+                "generation stopped rather than sample from them. The weights are broken (e.g. "
+                "an MXFP4 scale byte 255, which is NaN) or the computation overflowed")
+        if self._first_token_time is None:
+            self._first_token_time = time.perf_counter()
+        if fed:
+            self.prompt_cache.add_tokens([token_id])  # the step that fed it ran
+        self.generated += 1
+        count, max_tokens, detokenizer = self.generated, self.max_tokens, self._detokenizer
 
         finish_reason = None
-        if not detokenize:
+        if not self.detokenize:
             text = ""
-            if token_id in stop_ids:
+            if token_id in self.stop_ids:
                 finish_reason = "stop_token"
             elif count == max_tokens:
                 finish_reason = "length"
-        elif token_id in stop_ids:
+        elif token_id in self.stop_ids:
             finish_reason, text = "stop_token", detokenizer.finish()
         else:
             text = detokenizer.add(token_id)
             if count == max_tokens:
                 finish_reason, text = "length", text + detokenizer.finish()
-        text, stopped = stop_matcher.feed(text, final=finish_reason is not None)
+        text, stopped = self.stop_matcher.feed(text, final=finish_reason is not None)
         if stopped:
             finish_reason = "stop_string"
+        self.finish_reason = finish_reason
 
         stats = None
         if finish_reason is not None:
             end_time = time.perf_counter()
-            prompt_seconds = first_token_time - start_time
-            generation_seconds = end_time - first_token_time
+            prompt_seconds = self._first_token_time - self._start_time
+            generation_seconds = end_time - self._first_token_time
             stats = GenerationStats(
-                prompt_tokens=len(prompt_ids),
-                reused_prompt_tokens=reused,
+                prompt_tokens=len(self.prompt_ids),
+                reused_prompt_tokens=self.reused,
                 prompt_seconds=prompt_seconds,
-                prompt_tokens_per_second=(len(prompt_ids) - reused) / prompt_seconds,
+                prompt_tokens_per_second=(len(self.prompt_ids) - self.reused) / prompt_seconds,
                 generated_tokens=count,
                 generation_seconds=generation_seconds,
                 generation_tokens_per_second=((count - 1) / generation_seconds
@@ -310,14 +396,11 @@ def _stream(model, prompt_ids: list[int], tokenizer, max_tokens: int, sampler: S
             )
         logprob = scores[0].item() if scores else None
         top = None
-        if top_logprobs:
+        if self.top_logprobs:
             top = sorted(zip(scores[1].tolist(), scores[2].tolist()), key=lambda t: -t[1])
-        yield GenerationChunk(token=token_id, text=text, logprob=logprob, top_logprobs=top,
-                              finish_reason=finish_reason, stats=stats,
-                              reused_prompt_tokens=reused if count == 1 else None)
-        if finish_reason is not None:
-            return
-        token, finite, scores = next_token, next_finite, next_scores
+        return GenerationChunk(token=token_id, text=text, logprob=logprob, top_logprobs=top,
+                               finish_reason=finish_reason, stats=stats,
+                               reused_prompt_tokens=self.reused if count == 1 else None)
 
 
 def _read_token(token: mx.array) -> int:

@@ -188,7 +188,7 @@ def test_chat_ends_at_end_of_input(bigram_checkpoint):
 def test_ctrl_c_stops_the_answer_not_the_chat(bigram_checkpoint, monkeypatch):
     generate_module = importlib.import_module("openharmony.generate")  # not the exported function
 
-    real = generate_module.stream_generate
+    real = generate_module.stream_decoding
     calls = []
 
     def interrupted_once(*args, **kwargs):
@@ -200,7 +200,7 @@ def test_ctrl_c_stops_the_answer_not_the_chat(bigram_checkpoint, monkeypatch):
 
     fresh = run("chat", "-m", str(bigram_checkpoint), "--temperature", "0", "--verbose",
                 input="Hi!\n")
-    monkeypatch.setattr(generate_module, "stream_generate", interrupted_once)
+    monkeypatch.setattr(generate_module, "stream_decoding", interrupted_once)
     result = run("chat", "-m", str(bigram_checkpoint), "--temperature", "0", "--verbose",
                  input="Hi!\nHi!\n")
     assert result.exit_code == 0, result.output

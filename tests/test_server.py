@@ -439,7 +439,7 @@ def test_concurrent_requests_get_their_own_answers(servers):
 
 
 def test_disconnect_stops_generation_and_a_full_queue_gets_429(servers):
-    server = servers("endless", max_queue=1)
+    server = servers("endless", max_queue=1, max_batch=1)  # one runs, one waits
     client = server.client()
     with client.responses.stream(model="bigram", input="Go", max_output_tokens=100000,
                                  temperature=0) as stream:
@@ -457,6 +457,42 @@ def test_disconnect_stops_generation_and_a_full_queue_gets_429(servers):
             stream.close()  # the client goes away: its generation stops
             assert waiting.result(timeout=60).status == "incomplete"
     assert server.engine.generated_tokens < 5000  # far from the 100000 asked for
+
+
+def test_streams_share_a_batch_and_one_leaving_lets_the_others_go_on(servers):
+    """Two streams decode as one batch (max_batch=2); a third request waits in the queue, a
+    fourth gets 429; the first client leaves: its row stops, the second stream goes on to its
+    own end and the waiting request joins the batch in the freed row."""
+    server = servers("endless", max_batch=2, max_queue=1)
+    client = server.client()
+    before = server.engine.generated_tokens
+
+    def started(stream):
+        for event in stream:
+            if event.type == "response.output_text.delta":
+                return event.delta
+
+    with client.responses.stream(model="bigram", input="One", max_output_tokens=100000,
+                                 temperature=0) as first, \
+            client.responses.stream(model="bigram", input="Two", max_output_tokens=300,
+                                    temperature=0) as second:
+        assert started(first) == started(second) == " la"  # both are generating
+        with ThreadPoolExecutor(1) as pool:
+            waiting = pool.submit(client.responses.create, model="bigram", input="Three",
+                                  max_output_tokens=5, temperature=0)
+            time.sleep(0.3)
+            with pytest.raises(openai.RateLimitError):
+                client.responses.create(model="bigram", input="Four", temperature=0)
+            first.close()  # the first client goes away
+            events = list(second)
+            third = waiting.result(timeout=60)
+    assert server.engine.batch.largest == 2
+    done = events[-1].response
+    assert done.status == "incomplete" and done.usage.output_tokens == 300
+    assert done.output_text == " la" * (300 - 3)  # after <|channel|>final<|message|>
+    assert third.status == "incomplete" and third.output_text == " la" * 2
+    assert len(server.engine.batch) == 0
+    assert server.engine.generated_tokens - before < 10000  # the first stopped early
 
 
 def test_cache_pool_keeps_recent_conversations_within_its_bytes(tiny_checkpoint, tokenizer):

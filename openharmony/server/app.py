@@ -60,7 +60,8 @@ class ResponseStore:
 
 def create_app(model, tokenizer, model_id: str, *, api_key: str | None = None,
                max_queue: int = 16, max_cache_bytes: int = 4 * 10**9,
-               max_stored_responses: int = 256, kv_bits: int | None = None) -> Starlette:
+               max_stored_responses: int = 256, kv_bits: int | None = None,
+               max_batch: int = 8) -> Starlette:
     """The ASGI app serving `model`; its generation thread starts and stops with the app."""
     context = model.config.max_position_embeddings
     store = ResponseStore(max_stored_responses)
@@ -70,7 +71,7 @@ def create_app(model, tokenizer, model_id: str, *, api_key: str | None = None,
     async def lifespan(app):
         state["engine"] = app.state.engine = Engine(model, tokenizer, max_queue=max_queue,
                                                     max_cache_bytes=max_cache_bytes,
-                                                    kv_bits=kv_bits)
+                                                    kv_bits=kv_bits, max_batch=max_batch)
         try:
             yield
         finally:

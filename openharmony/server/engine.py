@@ -1,9 +1,16 @@
-"""The generation thread: requests run one at a time, from a bounded queue, each on the prompt
-cache that already holds the longest prefix of its prompt.
+"""The generation thread: concurrent requests decode as one batch (continuous batching), each
+on the prompt cache that already holds the longest prefix of its prompt.
 
-Why one thread: MLX evaluates one graph at a time on a device, and a chat turn is a tight loop
-of small steps, so concurrent Python threads would only interleave them. Requests wait in a
-FIFO queue of `max_queue`; when it is full, `submit` raises `QueueFull` (the app answers 429).
+Why one thread: MLX evaluates one graph at a time on a device, so concurrent Python threads
+would only interleave their steps. Instead the thread keeps up to `max_batch` requests
+running and steps all of them with one forward of the model per token (openharmony/batch.py),
+so the streams share each read of the weights. A request joins between two steps: its prompt
+is prefilled alone on its own prompt cache, then its next step is in the batch. It leaves
+between two steps when its turn ends (a stop token, a stop string, max_tokens) or its client
+went away; the others go on. Each row samples with its own options, seed, stops and logprobs:
+the per-token code is `openharmony.generate.Decoding` and `ChatTurn.feed`, as for a request
+decoded alone. Requests beyond the batch wait in a FIFO queue of `max_queue`; when it is full,
+`submit` raises `QueueFull` (the app answers 429).
 
 The pool of `PromptCache`s is what makes multi-turn conversations and agent loops cheap: the
 next request of a conversation starts with the previous prompt and reply, so the cache that
@@ -14,12 +21,14 @@ least recently used cache is dropped first.
 
 Events cross from the generation thread to the request's event loop through
 `loop.call_soon_threadsafe`; a request whose client went away sets `cancelled`, and the
-thread stops its generation before the next token.
+thread drops its row before the next step.
 
-Expert parallel (docs/distributed.md): only rank 0 serves. Before each turn its generation
-thread broadcasts the turn (prompt and options) to the other ranks, which run `follow`: the
-same turns on the same cache pool, so every forward has all ranks. A cancelled turn then
-runs to its end (the others cannot know where rank 0 stopped); its events are dropped.
+Expert parallel (docs/distributed.md): only rank 0 serves, and it decodes one turn at a time
+(`max_batch` is 1): before each turn its generation thread broadcasts the turn (prompt and
+options) to the other ranks, which run `follow`: the same turns on the same cache pool, so
+every forward has all ranks. A cancelled turn then runs to its end (the others cannot know
+where rank 0 stopped); its events are dropped. (Batching there would need every step's joins
+and leaves broadcast as well; not done.)
 """
 
 from __future__ import annotations
@@ -33,6 +42,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
+from .. import batch
 from ..cache import PromptCache
 from ..chat import ChatTurn
 from ..errors import OpenHarmonyError
@@ -128,15 +138,33 @@ class Job:
             self.cancelled = True
 
 
+@dataclass(eq=False)
+class Row:
+    """A running request of the batch: its job, its chat turn, the prompt cache it holds."""
+
+    job: Job
+    turn: ChatTurn
+    cache: PromptCache
+
+
 class Engine:
-    """Runs chat turns for the server on one thread; see the module docstring."""
+    """Runs chat turns for the server on one thread, batched; see the module docstring.
+
+    `max_batch=1` runs the turns one after another."""
 
     def __init__(self, model, tokenizer, *, max_queue: int = 16,
-                 max_cache_bytes: int = 4 * 10**9, kv_bits: int | None = None):
+                 max_cache_bytes: int = 4 * 10**9, kv_bits: int | None = None,
+                 max_batch: int = 8):
+        if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
+            raise ValueError(f"max_batch must be a positive integer, got {max_batch!r}")
         self.model = model
         self.tokenizer = tokenizer
+        self._group = getattr(model, "group", None)  # expert parallel: see the module docstring
+        self.max_batch = max_batch if self._group is None else 1
         self.pool = CachePool(model, max_cache_bytes, kv_bits=kv_bits)
         self.generated_tokens = 0  # by all turns so far, stopped ones included
+        self.batch = batch.Batch(model)
+        self._rows: dict = {}  # Decoding -> Row, the requests in the batch
         self._jobs: queue.Queue[Job | None] = queue.Queue(maxsize=max_queue)
         self._thread = threading.Thread(target=self._run, name="openharmony-generation",
                                         daemon=True)
@@ -152,7 +180,7 @@ class Engine:
         return job
 
     def close(self) -> None:
-        """Stop the thread after the turn it is running (callers cancel their jobs first)."""
+        """Stop the thread after the turns it is running (callers cancel their jobs first)."""
         while True:
             try:  # waiting jobs will not run: tell their requests
                 job = self._jobs.get_nowait()
@@ -167,41 +195,76 @@ class Engine:
             broadcast_text(None, group)  # the other ranks' `follow` returns
 
     def _run(self) -> None:
+        closing = False
         while True:
-            job = self._jobs.get()
-            if job is None:
-                return
-            if not job.cancelled:
-                self._run_job(job)
+            while not closing and len(self._rows) < self.max_batch:  # join between steps
+                try:
+                    job = self._jobs.get(block=not self._rows)  # idle: wait for a request
+                except queue.Empty:
+                    break
+                if job is None:
+                    closing = True
+                elif not job.cancelled:
+                    self._start(job)
+            if not self._rows:
+                if closing:
+                    return
+                continue
+            self._step()
 
-    def _run_job(self, job: Job) -> None:
-        group = getattr(self.model, "group", None)
-        if group is not None:
-            broadcast_text(json.dumps(_turn_to_json(job.prompt, job.turn_options)), group)
+    def _start(self, job: Job) -> None:
+        """The job's turn joins the batch, its prompt prefilled alone (or its error posted)."""
+        if self._group is not None:
+            broadcast_text(json.dumps(_turn_to_json(job.prompt, job.turn_options)), self._group)
         cache = self.pool.take(job.prompt)
-        events = turn = None
         try:
             turn = ChatTurn(self.model, self.tokenizer, job.prompt, prompt_cache=cache,
                             **job.turn_options)
-            events = iter(turn)
-            for event in events:
-                if job.cancelled:
-                    if group is None:
-                        break
-                    continue  # every rank must run the turn to its end
-                job.post("event", event)
-            else:
-                job.post("done", turn)
-        except OpenHarmonyError as error:  # e.g. a reply that breaks the harmony format
-            job.post("error", error)
-        except Exception as error:  # a bug: logged here, a generic error for the client
-            log.exception("generation failed")
-            job.post("error", error)
-        finally:
-            if events is not None:
-                events.close()  # a stopped turn's generation ends here, its cache consistent
-                self.generated_tokens += len(turn.tokens)
+            self.batch.join(turn.decoding)
+        except Exception as error:
+            self._fail(job, error)
             self.pool.put(cache)
+            return
+        self._rows[turn.decoding] = Row(job, turn, cache)
+
+    def _step(self) -> None:
+        """Drop the rows whose client went away, step the rest, post the events of each token
+        read; rows whose turn ended leave."""
+        for row in list(self._rows.values()):
+            if row.job.cancelled and self._group is None:  # distributed: runs to its end
+                self._finish(row)
+        try:
+            ready = self.batch.step()
+        except Exception as error:  # a bug: every row of the step fails
+            for row in list(self._rows.values()):
+                self._fail(row.job, error)
+                self._finish(row)
+            return
+        for decoding, chunk in ready:
+            row = self._rows[decoding]
+            try:
+                for event in row.turn.feed(chunk):
+                    if not row.job.cancelled:
+                        row.job.post("event", event)
+            except Exception as error:  # e.g. a reply that breaks the harmony format
+                self._fail(row.job, error)
+                self._finish(row)
+                continue
+            if row.turn.finish_reason is not None:  # also a stop string the decoding
+                row.job.post("done", row.turn)      # does not know of
+                self._finish(row)
+
+    def _fail(self, job: Job, error: Exception) -> None:
+        if not isinstance(error, OpenHarmonyError):  # a bug: logged, the client told in general
+            log.exception("generation failed", exc_info=error)
+        job.post("error", error)
+
+    def _finish(self, row: Row) -> None:
+        """The row leaves the batch; its prompt cache (consistent) goes back to the pool."""
+        self.batch.leave(row.turn.decoding)
+        del self._rows[row.turn.decoding]
+        self.generated_tokens += len(row.turn.tokens)
+        self.pool.put(row.cache)
 
 
 def _turn_to_json(prompt: list[int], options: dict[str, Any]) -> dict:
