@@ -6,9 +6,9 @@ blas.preload()  # before anything imports mlx: it picks the BLAS MLX's CPU matmu
 
 from .cache import PromptCache
 from .config import ModelConfig
-from .errors import CheckpointError, ConfigError, OpenHarmonyError
+from .errors import CheckpointError, ConfigError, DistributedError, InputError, OpenHarmonyError
 from .generate import (ContextLengthError, GenerationChunk, GenerationError, GenerationResult,
-                       GenerationStats, generate, stream_generate)
+                       GenerationStats, NonFiniteLogitsError, generate, stream_generate)
 from .load import load_model
 from .model import Model
 from .sampling import SamplingError, SamplingOptions
@@ -19,6 +19,7 @@ __all__ = [
     "generate", "stream_generate", "GenerationResult", "GenerationChunk", "GenerationStats",
     "SamplingOptions", "PromptCache", "load_tokenizer", "Tokenizer",
     "OpenHarmonyError", "ConfigError", "CheckpointError", "GenerationError",
-    "ContextLengthError", "SamplingError",
+    "ContextLengthError", "SamplingError", "InputError", "NonFiniteLogitsError",
+    "DistributedError",
 ]
 __version__ = "0.1.0"

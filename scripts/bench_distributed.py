@@ -51,22 +51,6 @@ def _loopback_tx_bytes() -> int:
     raise RuntimeError("no lo in /proc/net/dev")
 
 
-class _NoText:
-    """generate()'s tokenizer interface without a vocabulary (token ids in, no text out)."""
-
-    eos_token_ids = ()
-
-    class _Detokenizer:
-        def add(self, token):
-            return ""
-
-        def finish(self):
-            return ""
-
-    def detokenizer(self):
-        return self._Detokenizer()
-
-
 def run(checkpoint: Path, prompt_tokens: int, decode_tokens: int) -> None:
     """One rank (or the single process): load, prefill, decode; one JSON line per rank."""
     import openharmony  # noqa: F401  before mlx: it picks MLX's BLAS
@@ -82,8 +66,9 @@ def run(checkpoint: Path, prompt_tokens: int, decode_tokens: int) -> None:
     prompt = prompt_ids(prompt_tokens, model.config.vocab_size)
     shard = model.layers[0].mlp.shard
     sent_before, lo_before = (shard.bytes_sent if shard else 0), _loopback_tx_bytes()
-    result = generate(model, prompt, tokenizer=_NoText(), max_tokens=decode_tokens,
-                      temperature=0.0)
+    # Token ids in and out (no vocabulary needed); a fixed number of tokens for every engine.
+    result = generate(model, prompt, detokenize=False, ignore_eos=True,
+                      max_tokens=decode_tokens, temperature=0.0)
     tokens = prompt_tokens + len(result.tokens) - 1  # the last token is never fed back
     sent = (shard.bytes_sent if shard else 0) - sent_before
     print(json.dumps({

@@ -116,13 +116,12 @@ def test_reading_some_experts_equals_slicing_the_whole_tensor(layout, tiny_check
 # -- N ranks against one process and transformers ------------------------------------------
 
 def _single_process(checkpoint: Path) -> dict:
-    from parallel_worker import _NoTextTokenizer
     from openharmony import generate
 
     model = load_model(checkpoint, "float32")
     tokens = mx.array([PROMPT])
     return {"logits": np.array(model(tokens)),
-            "greedy": generate(model, PROMPT, tokenizer=_NoTextTokenizer(), max_tokens=8,
+            "greedy": generate(model, PROMPT, detokenize=False, max_tokens=8,
                                temperature=0).tokens}
 
 

@@ -25,6 +25,7 @@ and MLX's own kernels otherwise (Metal, CUDA, or one warning when the extension 
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import warnings
 
@@ -43,11 +44,16 @@ class NativeKernelsError(OpenHarmonyError):
 
 def _load():
     """The compiled module, or None and why it cannot be used."""
+    # Looked up first: importing a missing submodule from this half-imported package raises
+    # an ImportError that blames a circular import.
     try:
+        if importlib.util.find_spec(f"{__name__}._kernels") is None:
+            return None, ("the native kernels are not built; build them with "
+                          "`python -m openharmony.native.build`")
         from . import _kernels
     except ImportError as error:
-        return None, (f"the native kernels are not built ({error}); build them with "
-                      "`python -m openharmony.native.build`")
+        return None, (f"the native kernels are built but cannot be loaded ({error}); rebuild "
+                      "them with `python -m openharmony.native.build`")
     installed = mx.__version__.split(".dev")[0]
     if _kernels.mlx_version != installed:
         return None, (f"the native kernels were built for mlx {_kernels.mlx_version} but mlx "
