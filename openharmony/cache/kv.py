@@ -48,11 +48,37 @@ def _zeros_like_parts(parts: Parts, positions: int) -> Parts:
     return tuple(mx.zeros(p.shape[:2] + (positions,) + p.shape[3:], p.dtype) for p in parts)
 
 
-def _nbytes(*buffers: Parts | None) -> int:
-    return sum(p.nbytes for parts in buffers if parts is not None for p in parts)
+class _Buffers:
+    """What both layouts share: a storage, key and value buffers (None until the first
+    tokens), the first position `start` and the next one `offset`."""
+
+    def __init__(self, storage: Storage | None, start: int) -> None:
+        self.storage = storage if storage is not None else FloatStorage()
+        self.start = start
+        self.offset = start
+        self.keys: Parts | None = None
+        self.values: Parts | None = None
+
+    def _copy_buffers_to(self, twin: "_Buffers") -> None:
+        """Slicing gives new array objects (O(1): MLX arrays are values), so later slice
+        assignments into either cache do not show in the other."""
+        if self.keys is not None:
+            twin.keys = tuple(p[:] for p in self.keys)
+            twin.values = tuple(p[:] for p in self.values)
+        twin.offset = self.offset
+
+    @property
+    def nbytes(self) -> int:
+        return sum(p.nbytes for parts in (self.keys, self.values) if parts is not None
+                   for p in parts)
+
+    @property
+    def state(self) -> list[mx.array]:
+        """The arrays to evaluate to materialize the cache."""
+        return [] if self.keys is None else [*self.keys, *self.values]
 
 
-class KVCache:
+class KVCache(_Buffers):
     """Full attention: keeps every position from `start` on.
 
     The keys and values live in buffers that grow `step` positions at a time and are written
@@ -64,12 +90,8 @@ class KVCache:
     bounded = False
 
     def __init__(self, storage: Storage | None = None, step: int = 256, start: int = 0) -> None:
-        self.storage = storage if storage is not None else FloatStorage()
+        super().__init__(storage, start)  # buffer index i holds position start + i
         self.step = step
-        self.start = start
-        self.offset = start
-        self.keys: Parts | None = None  # buffer index i holds position start + i
-        self.values: Parts | None = None
 
     @property
     def capacity(self) -> int:
@@ -129,23 +151,11 @@ class KVCache:
         """An independent copy. O(1): the buffers are shared until either cache writes (MLX
         then copies the buffer being written, once)."""
         twin = KVCache(self.storage, self.step, self.start)
-        if self.keys is not None:
-            twin.keys = tuple(p[:] for p in self.keys)
-            twin.values = tuple(p[:] for p in self.values)
-        twin.offset = self.offset
+        self._copy_buffers_to(twin)
         return twin
 
-    @property
-    def nbytes(self) -> int:
-        return _nbytes(self.keys, self.values)
 
-    @property
-    def state(self) -> list[mx.array]:
-        """The arrays to evaluate to materialize the cache."""
-        return [] if self.keys is None else [*self.keys, *self.values]
-
-
-class RotatingKVCache:
+class RotatingKVCache(_Buffers):
     """Sliding-window attention: holds at most the last `window` positions.
 
     Position p lives in slot `p % window` of `window`-long buffers. Decoding one token writes
@@ -162,12 +172,8 @@ class RotatingKVCache:
     def __init__(self, window: int, storage: Storage | None = None, start: int = 0) -> None:
         if window < 1:
             raise ValueError(f"the sliding window must be at least 1, got {window}")
+        super().__init__(storage, start)
         self.window = window
-        self.storage = storage if storage is not None else FloatStorage()
-        self.start = start
-        self.offset = start
-        self.keys: Parts | None = None
-        self.values: Parts | None = None
         # Positions [_oldest, offset) are intact in the buffers; older slots were overwritten.
         self._oldest = start
 
@@ -238,16 +244,6 @@ class RotatingKVCache:
         """An independent copy (O(1): MLX arrays are values; slicing gives new array objects,
         so later slice assignments into either cache do not show in the other)."""
         twin = RotatingKVCache(self.window, self.storage, self.start)
-        if self.keys is not None:
-            twin.keys = tuple(p[:] for p in self.keys)
-            twin.values = tuple(p[:] for p in self.values)
-        twin.offset, twin._oldest = self.offset, self._oldest
+        self._copy_buffers_to(twin)
+        twin._oldest = self._oldest
         return twin
-
-    @property
-    def nbytes(self) -> int:
-        return _nbytes(self.keys, self.values)
-
-    @property
-    def state(self) -> list[mx.array]:
-        return [] if self.keys is None else [*self.keys, *self.values]
