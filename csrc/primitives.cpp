@@ -26,10 +26,18 @@ void require(bool ok, const std::string& message) {
 // The kernels always run on the CPU stream: they read the buffers the CPU sees.
 mx::Stream cpu_stream() { return mx::default_stream(mx::Device::cpu); }
 
-void check_contiguous(const std::vector<mx::array>& inputs, const char* op) {
+// What every eval_cpu does before its kernel: checks the inputs, allocates the output and
+// registers both with the CPU encoder, which then runs the kernel in stream order.
+mx::cpu::CommandEncoder& prepare_eval(const std::vector<mx::array>& inputs, mx::array& out,
+                                      const mx::Stream& stream, const char* op) {
   for (const auto& a : inputs)
     if (!a.flags().row_contiguous)
       throw std::runtime_error(std::string(op) + ": inputs must be row-contiguous");
+  out.set_data(mx::allocator::malloc(out.nbytes()));
+  auto& encoder = mx::cpu::get_command_encoder(stream);
+  for (const auto& a : inputs) encoder.set_input_array(a);
+  encoder.set_output_array(out);
+  return encoder;
 }
 
 }  // namespace
@@ -62,12 +70,8 @@ mx::array gather_mxfp4_matmul(const mx::array& x, const mx::array& w, const mx::
 
 void GatherMXFP4Matmul::eval_cpu(const std::vector<mx::array>& inputs,
                                  std::vector<mx::array>& outputs) {
-  check_contiguous(inputs, name());
   auto& out = outputs[0];
-  out.set_data(mx::allocator::malloc(out.nbytes()));
-  auto& encoder = mx::cpu::get_command_encoder(stream());
-  for (const auto& a : inputs) encoder.set_input_array(a);
-  encoder.set_output_array(out);
+  auto& encoder = prepare_eval(inputs, out, stream(), name());
   const auto& x = inputs[0];
   const auto& w = inputs[1];
   encoder.dispatch([x = x, w = w, scales = inputs[2], experts = inputs[3],
@@ -96,12 +100,8 @@ mx::array bf16_matmul(const mx::array& x, const mx::array& w, const std::string&
 }
 
 void BF16Matmul::eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) {
-  check_contiguous(inputs, name());
   auto& out = outputs[0];
-  out.set_data(mx::allocator::malloc(out.nbytes()));
-  auto& encoder = mx::cpu::get_command_encoder(stream());
-  for (const auto& a : inputs) encoder.set_input_array(a);
-  encoder.set_output_array(out);
+  auto& encoder = prepare_eval(inputs, out, stream(), name());
   encoder.dispatch([x = inputs[0], w = inputs[1], y = out.data<float>(),
                     isa = &select_isa(isa_)]() {
     run_bf16_matmul(*isa, x.data<float>(), reinterpret_cast<const uint16_t*>(w.data<mx::bfloat16_t>()),
