@@ -16,6 +16,10 @@ namespace openharmony {
 // without an interleave (kernels.cpp reorders each activation row once per call).
 constexpr int kBlock = 32;
 
+// Prefill's activation panels (kernels.cpp): up to kPanelRows activation rows stored k-major,
+// panel[k * kPanelRows + r] = x[r][k], zero for rows past the last.
+constexpr int kPanelRows = 16;
+
 struct IsaKernels {
   const char* name;
   // y[r][n - n0] = dot(x[r], W[n]) for r < rows (<= 4) and n in [n0, n1): W is MXFP4 with
@@ -32,6 +36,11 @@ struct IsaKernels {
   // y[r][j] = dot(x[r], w[j]) for r < rows (<= 4) and j < cols: w [cols, K] float32.
   void (*f32_dot)(const float* const* x, int rows, const float* w, int64_t K, int64_t cols,
                   float* const* y);
+  // y[r][j] = dot(x[r], w[j]) for r < m (<= kPanelRows) and j < cols, with the x rows given as
+  // a panel (above) and w [cols, K] float32: a broadcast-form kernel (no horizontal sums). May
+  // be nullptr: kernels.cpp then runs the tiles through f32_dot instead.
+  void (*panel_dot)(const float* panel, int m, const float* w, int64_t K, int64_t cols,
+                    float* const* y);
 };
 
 const IsaKernels* portable_kernels();

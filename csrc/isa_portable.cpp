@@ -71,8 +71,19 @@ void f32_dot(const float* const* x, int rows, const float* w, int64_t K, int64_t
   }
 }
 
+void panel_dot(const float* panel, int m, const float* w, int64_t K, int64_t cols,
+               float* const* y) {
+  for (int64_t j = 0; j < cols; ++j) {
+    for (int r = 0; r < m; ++r) {
+      float acc = 0.0f;
+      for (int64_t k = 0; k < K; ++k) acc += panel[k * kPanelRows + r] * w[j * K + k];
+      y[r][j] = acc;
+    }
+  }
+}
+
 const IsaKernels kKernels = {"portable", mxfp4_dot, bf16_dot, mxfp4_dequantize, bf16_widen,
-                             f32_dot};
+                             f32_dot, panel_dot};
 
 }  // namespace
 

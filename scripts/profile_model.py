@@ -60,7 +60,7 @@ def barriered_forward(model, tokens: mx.array, cache: list) -> tuple[dict[str, f
         parts[part] += seconds
         return out
 
-    x = add("embed", model.embed_tokens, tokens)
+    x = add("embed", lambda t: model.embed_tokens(t).astype(model.dtype), tokens)
     for layer, layer_cache in zip(model.layers, cache):
         n = add("norms+residual", layer.input_layernorm, x)
         a = add("attention", layer.self_attn, n, layer_cache)

@@ -1,8 +1,9 @@
 """The native CPU kernels (csrc/, openharmony.native) against MLX's ops and the OCP MX spec.
 
 Every kernel runs on every instruction-set path this CPU has (AVX-512, AVX2, portable), on
-shapes that are not multiples of the kernels' tiles (64-row chunks, 32-row tiles, 4-row
-groups, 16- and 8-lane vectors), with few rows per expert (decode: blocks decoded per row
+shapes that are not multiples of the kernels' tiles (64-row chunks, 32- and 24-row tiles,
+4-row groups, 16-row panels split into near-equal parts, 6- and 12-column kernels, 256-column
+pieces, 16- and 8-lane vectors), with few rows per expert (decode: blocks decoded per row
 group) and many (prefill: tiles dequantized once). The model's parity with transformers on
 both kernel paths is in tests/test_model.py.
 """
@@ -82,7 +83,8 @@ def test_gather_mxfp4_matmul_matches_gather_qmm_and_the_spec(isa, rows, K):
     codes, scales = random_mxfp4(rng, E, N, K)
     w, s = as_mlx(codes, scales)
     x = rng.standard_normal((rows, K)).astype(np.float32)
-    # 300 rows: some experts have >= 64 rows (tiles, several row blocks), 7 rows: some have 2+.
+    # 300 rows: some experts have > 64 rows (tiles, several row blocks or more panels than one
+    # item takes), 7 rows: some have 2+.
     experts = rng.integers(0, E, rows).astype(np.uint32)
 
     y = native.gather_mxfp4_matmul(mx.array(x), w, s, mx.array(experts), isa=isa)
@@ -172,7 +174,7 @@ def test_an_unknown_isa_is_refused_with_the_choices():
 
 
 @pytest.mark.parametrize("isa", ISAS)
-@pytest.mark.parametrize("rows", [1, 3, 5, 9, 130])
+@pytest.mark.parametrize("rows", [1, 3, 5, 8, 9, 130])  # 8: the 8-row panel kernel
 @pytest.mark.parametrize("K", [77, 555])  # tails after 16 and 8 lanes; 555: 256-column pieces
 def test_bf16_matmul_matches_mlx_and_float64(isa, rows, K):
     isa_or_skip(isa)
