@@ -50,8 +50,8 @@ ThreadPool& ThreadPool::global() {
   return *pool;
 }
 
-void ThreadPool::work(const std::function<void(int64_t)>* task) {
-  for (int64_t i; (i = next_.fetch_add(1)) < count_;) (*task)(i);
+void ThreadPool::work(const std::function<void(int64_t)>* task, int64_t count) {
+  for (int64_t i; (i = next_.fetch_add(1)) < count;) (*task)(i);
 }
 
 void ThreadPool::parallel_for(int64_t count, const std::function<void(int64_t)>& task) {
@@ -63,24 +63,32 @@ void ThreadPool::parallel_for(int64_t count, const std::function<void(int64_t)>&
   }
   {
     std::lock_guard<std::mutex> lock(mutex_);
+    task_ = &task;
     count_ = count;
     next_.store(0);
-    busy_.store(int(workers_.size()));
-    task_.store(&task);
+    left_.store(0);
+    joined_ = 0;
+    open_ = true;
     generation_.fetch_add(1);
   }
   wake_.notify_all();
-  work(&task);
-  // Wait for the workers to leave the job (each decrements busy_ once).
+  work(&task, count);
+  // Every item is claimed: close the job, then wait for the workers that joined it to finish
+  // theirs. No worker can join after this, so none touches `task` after we return.
+  int joined;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    open_ = false;
+    joined = joined_;
+  }
   auto start = std::chrono::steady_clock::now();
-  while (busy_.load() != 0) {
+  while (left_.load() != joined) {
     if (std::chrono::steady_clock::now() - start > kSpin) {
       std::unique_lock<std::mutex> lock(mutex_);
-      done_.wait(lock, [this] { return busy_.load() == 0; });
+      done_.wait(lock, [&] { return left_.load() == joined; });
       break;
     }
   }
-  task_.store(nullptr);
 }
 
 void ThreadPool::worker_loop() {
@@ -91,17 +99,24 @@ void ThreadPool::worker_loop() {
     while (generation_.load() == seen &&
            std::chrono::steady_clock::now() - start < kSpin) {
     }
+    const std::function<void(int64_t)>* task;
+    int64_t count;
     {
       std::unique_lock<std::mutex> lock(mutex_);
       wake_.wait(lock, [&] { return generation_.load() != seen; });
       seen = generation_.load();
       if (stop_) return;
+      if (!open_) continue;  // woke after the job was closed: nothing to do
+      ++joined_;
+      task = task_;
+      count = count_;
     }
-    work(task_.load());
+    work(task, count);
     {
       std::lock_guard<std::mutex> lock(mutex_);
-      if (busy_.fetch_sub(1) == 1) done_.notify_one();
+      left_.fetch_add(1);
     }
+    done_.notify_one();
   }
 }
 

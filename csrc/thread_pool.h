@@ -3,7 +3,11 @@
 // MLX's CPU backend runs one operation at a time on its stream thread, so this pool and the
 // BLAS (MKL) never compute at the same moment: neither oversubscribes the other. Workers spin
 // briefly after a job (the next kernel of a token usually follows within microseconds), then
-// sleep.
+// sleep. The caller works on its own job too, and once every item is claimed it closes the job
+// and waits only for the workers that joined it: a worker still asleep, or not yet scheduled on
+// a busy machine, is not waited for (it finds the job closed when it wakes). Waiting for every
+// worker made a 1x256 matmul cost 0.46 ms (median; 2.9 ms at the 90th percentile) on a loaded
+// 2-core machine, against 0.04 ms on one thread.
 #pragma once
 
 #include <atomic>
@@ -34,19 +38,21 @@ class ThreadPool {
   static ThreadPool& global();
 
  private:
-  void work(const std::function<void(int64_t)>* task);
+  void work(const std::function<void(int64_t)>* task, int64_t count);
   void worker_loop();
 
   std::vector<std::thread> workers_;
   std::mutex job_;  // held by the caller whose job the workers run
-  std::mutex mutex_;
+  std::mutex mutex_;  // guards open_, joined_, task_ and count_ against the caller's close
   std::condition_variable wake_;
   std::condition_variable done_;
   std::atomic<uint64_t> generation_{0};
-  std::atomic<const std::function<void(int64_t)>*> task_{nullptr};
-  std::atomic<int64_t> next_{0};
+  const std::function<void(int64_t)>* task_{nullptr};
   int64_t count_{0};
-  std::atomic<int> busy_{0};
+  bool open_{false};  // workers may still join the current job
+  int joined_{0};     // workers that joined it
+  std::atomic<int64_t> next_{0};
+  std::atomic<int> left_{0};  // joined workers that have finished their part
   bool stop_{false};
 };
 

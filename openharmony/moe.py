@@ -139,7 +139,11 @@ class Experts(nn.Module):
         """x [N, H], indices and routing weights [N, k] -> sum_j weights[:, j] * expert_j(x)."""
         N, k = indices.shape
         H = x.shape[-1]
-        if N * k >= SORT_THRESHOLD:
+        # The native kernel groups the rows by expert itself (a counting sort in C++), so on
+        # its path prefill skips the sort, the gather and the inverse permutation here; the
+        # sort serves gather_qmm and the dequantized experts of sorted_mlp.
+        sort = prefill_dequantizes_experts() or not native.use_native()
+        if N * k >= SORT_THRESHOLD and sort:
             # Prefill: sort the N*k (token, expert) pairs by expert so each expert's rows are
             # contiguous and run as one large matmul per expert (sorted_mlp).
             flat = indices.reshape(-1)
@@ -147,7 +151,7 @@ class Experts(nn.Module):
             y = self.sorted_mlp(x[order // k], flat[order])
             y = y[mx.argsort(order)].reshape(N, k, H)
         else:
-            # Decode: a handful of rows, each gathers its k experts directly.
+            # Decode (and the native kernels' prefill): each row gathers its k experts directly.
             y = self.mlp(x[:, None, None, :], indices, sorted_indices=False).reshape(N, k, H)
         # The down bias is already in y: it is added per expert, before the routing weight.
         return (y * weights[..., None].astype(y.dtype)).sum(axis=1)
