@@ -1,7 +1,6 @@
 // The Python module openharmony.native._kernels (see openharmony/native/__init__.py).
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
-#include <nanobind/stl/shared_ptr.h>
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/vector.h>
 
@@ -16,24 +15,37 @@ using openharmony::Mapping;
 using openharmony::MappedTensor;
 namespace mx = mlx::core;
 
+namespace {
+// What Python holds of a Mapping: a C++ shared_ptr inside a plain value. (nanobind's own
+// shared_ptr support would tie the pointer to the Python object, and the last release, which
+// can happen on MLX's stream thread when a kernel finishes, would then need the GIL, at exit
+// too.)
+struct MappingRef {
+  std::shared_ptr<const Mapping> mapping;
+};
+}  // namespace
+
 NB_MODULE(_kernels, m) {
   m.doc() = "openharmony's CPU kernels as MLX primitives, and checkpoint files mapped in place";
 
-  nb::class_<Mapping>(m, "Mapping", "A file mapped read-only and shared (map_file)")
-      .def_prop_ro("path", &Mapping::path)
-      .def_prop_ro("size", &Mapping::size)
-      .def_prop_ro("address", [](const Mapping& map) { return uintptr_t(map.data()); })
+  nb::class_<MappingRef>(m, "Mapping", "A file mapped read-only and shared (map_file)")
+      .def_prop_ro("path", [](const MappingRef& ref) { return ref.mapping->path(); })
+      .def_prop_ro("size", [](const MappingRef& ref) { return ref.mapping->size(); })
+      .def_prop_ro("address",
+                   [](const MappingRef& ref) { return uintptr_t(ref.mapping->data()); })
       .def(
           "tensor",
-          [](std::shared_ptr<Mapping> map, size_t offset, const std::vector<int>& shape,
+          [](const MappingRef& ref, size_t offset, const std::vector<int>& shape,
              mx::Dtype dtype) {
-            return MappedTensor(std::move(map), offset, mx::Shape(shape.begin(), shape.end()),
+            return MappedTensor(ref.mapping, offset, mx::Shape(shape.begin(), shape.end()),
                                 dtype);
           },
           "offset"_a, "shape"_a, "dtype"_a,
           "The tensor of `shape` and `dtype` whose bytes start at `offset` of the file");
-  m.def("map_file", [](const std::string& path) { return std::make_shared<Mapping>(path); },
-        "path"_a, "Map a whole file read-only and shared");
+  m.def(
+      "map_file",
+      [](const std::string& path) { return MappingRef{std::make_shared<const Mapping>(path)}; },
+      "path"_a, "Map a whole file read-only and shared");
 
   nb::class_<MappedTensor>(m, "MappedTensor",
                            "A tensor used in place from a mapped file (Mapping.tensor)")
@@ -48,8 +60,7 @@ NB_MODULE(_kernels, m) {
       .def_prop_ro("size", &MappedTensor::size)
       .def_prop_ro("offset", [](const MappedTensor& t) { return t.offset; })
       .def_prop_ro("address", [](const MappedTensor& t) { return uintptr_t(t.data()); })
-      .def_prop_ro("mapping",
-                   [](const MappedTensor& t) { return std::const_pointer_cast<Mapping>(t.mapping); })
+      .def_prop_ro("mapping", [](const MappedTensor& t) { return MappingRef{t.mapping}; })
       .def("rows", &MappedTensor::rows, "start"_a, "stop"_a,
            "Rows [start, stop) of the leading axis, still in place")
       .def("copy", &MappedTensor::copy, "The bytes as an MLX array in MLX's memory (a copy)")

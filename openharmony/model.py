@@ -227,20 +227,8 @@ class Model(nn.Module):
 
     def uses_in_place(self, name: str, stored: mx.Dtype) -> bool:
         """Whether the engine tensor `name`, stored as `stored`, is used in place from the
-        checkpoint's mapping (`Checkpoint.map`) rather than read into MLX's memory.
-
-        With the native kernels, every tensor they read as stored: the MXFP4 experts and the
-        bfloat16 embedding, attention projections and lm_head, 98% of the bytes. The rest
-        (norms, biases, sinks, router: ~50 MB on 20b) is read and converted as before.
-        """
-        if not native.use_native():
-            return False
-        if loader.is_expert_tensor(name) and name.endswith((".blocks", ".scales")):
-            return True
-        if name == "lm_head.weight" and self.quantized_lm_head:
-            return False
-        return (stored == mx.bfloat16 and (_native_dense(name) or name == "embed_tokens.weight")
-                and dense_weight_dtype(name, stored, self.dtype) == stored)
+        checkpoint's mapping (`Checkpoint.map`) rather than read into MLX's memory."""
+        return used_in_place(name, stored, self.dtype, self.quantized_lm_head)
 
     def sanitize(self, weights: dict) -> dict:
         """Engine-named tensors (the loader's names) -> this module's parameters.
@@ -307,6 +295,25 @@ def _quantize_mxfp4(weight: mx.array) -> tuple[mx.array, mx.array]:
                                   group_size=MXFP4_BLOCK, bits=4, mode="mxfp4"))
         mx.eval(chunks[-1])  # one chunk's temporaries at a time
     return (mx.concatenate([w for w, _ in chunks]), mx.concatenate([s for _, s in chunks]))
+
+
+def used_in_place(name: str, stored: mx.Dtype, dtype: mx.Dtype,
+                  quantized_lm_head: bool = False) -> bool:
+    """Whether a model of compute dtype `dtype` uses the engine tensor `name` (stored as
+    `stored`) in place from the checkpoint's mapping (`Model.uses_in_place`).
+
+    With the native kernels, every tensor they read as stored: the MXFP4 experts and the
+    bfloat16 embedding, attention projections and lm_head, 98% of the bytes. The rest (norms,
+    biases, sinks, router: ~50 MB on 20b) is read and converted into MLX's memory.
+    """
+    if not native.use_native():
+        return False
+    if loader.is_expert_tensor(name) and name.endswith((".blocks", ".scales")):
+        return True
+    if name == "lm_head.weight" and quantized_lm_head:
+        return False
+    return (stored == mx.bfloat16 and (_native_dense(name) or name == "embed_tokens.weight")
+            and dense_weight_dtype(name, stored, dtype) == stored)
 
 
 def dense_weight_dtype(name: str, stored: mx.Dtype, dtype: mx.Dtype) -> mx.Dtype:
