@@ -43,6 +43,15 @@ def memory_status() -> dict[str, int]:
     return {"anonymous_bytes": fields["Anonymous"], "rss_bytes": fields["Rss"]}
 
 
+def storage_read_bytes() -> int:
+    """Bytes this process made the kernel read from storage (page faults on the mapping
+    included): what did not come from the page cache."""
+    for line in Path("/proc/self/io").read_text().splitlines():
+        if line.startswith("read_bytes:"):
+            return int(line.split()[1])
+    raise RuntimeError("no read_bytes in /proc/self/io")
+
+
 def worker(mode: str, checkpoint: Path, decode_tokens: int) -> dict:
     """Load, then decode `decode_tokens` greedily after a short prompt, in this process."""
     import mlx.core as mx
@@ -58,6 +67,7 @@ def worker(mode: str, checkpoint: Path, decode_tokens: int) -> dict:
     load_s = time.perf_counter() - start
     after_load = memory_status()
     prompt = prompt_ids(PROMPT_TOKENS, model.config.vocab_size)
+    read_before = storage_read_bytes()
     times = []
     last = time.perf_counter()
     for chunk in stream_generate(model, prompt, tokenizer=tokenizer, max_tokens=decode_tokens,
@@ -70,6 +80,7 @@ def worker(mode: str, checkpoint: Path, decode_tokens: int) -> dict:
     return {"mode": mode, "load_s": load_s, **after_load,
             "first_token_s": times[0], "decode_tok_s": len(decode) / sum(decode),
             "vm_hwm_bytes": vm_hwm_bytes(), "mlx_peak_bytes": mx.get_peak_memory(),
+            "storage_read_per_token_bytes": (storage_read_bytes() - read_before) / len(times),
             "kv_bytes": kv_cache_bytes(model.config, model.dtype.size,
                                        PROMPT_TOKENS + decode_tokens)}
 
