@@ -1,6 +1,7 @@
 """Weights used in place from the mmap vs read into memory: load time, memory, two processes.
 
     python scripts/measure_in_place.py [CHECKPOINT] --decode 16 --rounds 2
+    python scripts/measure_in_place.py CHECKPOINT_LARGER_THAN_MEMORY --in-place-only --decode 8
 
 The targets of issue 10, on a checkpoint whose files are in the page cache (warm: the script
 reads them once first): `load_model` until the first token can be computed, anonymous
@@ -114,10 +115,17 @@ def main() -> None:
     parser.add_argument("checkpoint", type=Path, nargs="?", default=DEFAULT)
     parser.add_argument("--decode", type=int, default=16, help="tokens decoded per process")
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--in-place-only", action="store_true",
+                        help="only `in place`, one process (a checkpoint larger than memory: "
+                             "not warmed, since it cannot all be in the page cache)")
     parser.add_argument("--worker", choices=MODES, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         print(json.dumps(worker(args.worker, args.checkpoint, args.decode)))
+        return
+    if args.in_place_only:
+        with big_memory_lock(True):
+            print(json.dumps(result(start_worker("in place", args.checkpoint, args.decode))))
         return
     runs: dict[str, list[dict]] = {mode: [] for mode in MODES}
     with big_memory_lock(True):
