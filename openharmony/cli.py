@@ -637,6 +637,9 @@ def info(
                    f"({s['dtype']}) + KV cache {_gb(s['kv_cache_bytes'])} "
                    f"({s['context']} tokens)"),
     ]
+    if s["weight_bytes_in_place"]:
+        rows.append(("in place", f"{_gb(s['weight_bytes_in_place'])} of the weights used from "
+                                 "the checkpoint's files (page cache, shared between processes)"))
     width = max(len(label) for label, _ in rows)
     for label, value in rows:
         typer.echo(f"{label:<{width}}  {value}")

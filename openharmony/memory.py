@@ -31,15 +31,20 @@ def checkpoint_summary(checkpoint, dtype: str, context: int) -> dict[str, Any]:
     embedding table (a lookup) and count the experts at num_experts_per_tok / num_experts.
     Memory: dense weights as the model holds them for `dtype` (`model.dense_weight_dtype`),
     MXFP4 blocks and scales as stored, plus the KV cache for `context` positions (sliding
-    window layers hold at most `sliding_window` of them).
+    window layers hold at most `sliding_window` of them). Of the weights,
+    `weight_bytes_in_place` are used in place from the checkpoint's mapping (page cache,
+    shared by every process of the checkpoint; `model.used_in_place`), the rest is the
+    model's own memory.
     """
-    from .model import compute_dtype, dense_weight_dtype
+    from .model import compute_dtype, dense_weight_dtype, used_in_place
 
     c = checkpoint.config
     compute = compute_dtype(dtype)
-    total = experts = embedding = weight_bytes = 0
+    total = experts = embedding = weight_bytes = in_place_bytes = 0
     for name in checkpoint.names():
         shape = checkpoint.shape(name)
+        if used_in_place(name, checkpoint.dtype(name), compute):
+            in_place_bytes += checkpoint.nbytes(name)
         if name.endswith(".scales"):
             weight_bytes += checkpoint.nbytes(name)
             continue
@@ -80,6 +85,7 @@ def checkpoint_summary(checkpoint, dtype: str, context: int) -> dict[str, Any]:
         "dtype": dtype,
         "context": context,
         "weight_bytes": weight_bytes,
+        "weight_bytes_in_place": in_place_bytes,
         "kv_cache_bytes": kv_bytes,
         "memory_bytes": weight_bytes + kv_bytes,
     }
