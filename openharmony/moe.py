@@ -150,7 +150,7 @@ class Experts(nn.Module):
         # The native kernel groups the rows by expert itself (a counting sort in C++), so on
         # its path prefill skips the sort, the gather and the inverse permutation here; the
         # sort serves gather_qmm and the dequantized experts of sorted_mlp.
-        sort = prefill_dequantizes_experts() or not native.use_native()
+        sort = prefill_dequantizes_experts() or not self.gate_up_proj.runs_native
         if N * k >= SORT_THRESHOLD and sort:
             # Prefill: sort the N*k (token, expert) pairs by expert so each expert's rows are
             # contiguous and run as one large matmul per expert (sorted_mlp).
