@@ -14,18 +14,17 @@ from .config import ModelConfig
 
 
 def kv_cache_bytes(config: ModelConfig, dtype_size: int, context: int,
-                   kv_bits: int | None = None, sliding_dtype_size: int | None = None) -> int:
+                   kv_bits: int | None = None) -> int:
     """Bytes of the keys and values of `context` positions, in `dtype_size`-byte elements.
 
     Sliding-window layers hold at most `sliding_window` positions; full-attention layers all.
     `kv_bits`: the full-attention layers quantized as `make_caches(kv_bits=...)` stores them
-    (`kv_vector_bytes`); the sliding ones stay in `sliding_dtype_size`-byte floats (default
-    `dtype_size`).
+    (`kv_vector_bytes`); the sliding ones stay float.
     """
     sliding_layers = sum(config.is_sliding(i) for i in range(config.num_hidden_layers))
     full_layers = config.num_hidden_layers - sliding_layers
     full = kv_vector_bytes(config.head_dim, dtype_size, kv_bits)
-    sliding = config.head_dim * (sliding_dtype_size or dtype_size)
+    sliding = config.head_dim * dtype_size
     return 2 * config.num_key_value_heads * (
         full_layers * context * full
         + sliding_layers * min(context, config.sliding_window) * sliding)
@@ -70,15 +69,20 @@ def checkpoint_summary(checkpoint, dtype: str, context: int) -> dict[str, Any]:
     embedding table (a lookup) and count the experts at num_experts_per_tok / num_experts.
     Memory: dense weights as the model holds them for `dtype` (`model.dense_weight_dtype`),
     MXFP4 blocks and scales as stored, plus the KV cache for `context` positions (sliding
-    window layers hold at most `sliding_window` of them).
+    window layers hold at most `sliding_window` of them). Of the weights,
+    `weight_bytes_in_place` are used in place from the checkpoint's mapping (page cache,
+    shared by every process of the checkpoint; `model.used_in_place`), the rest is the
+    model's own memory.
     """
-    from .model import compute_dtype, dense_weight_dtype
+    from .model import compute_dtype, dense_weight_dtype, used_in_place
 
     c = checkpoint.config
     compute = compute_dtype(dtype)
-    total = experts = embedding = weight_bytes = 0
+    total = experts = embedding = weight_bytes = in_place_bytes = 0
     for name in checkpoint.names():
         shape = checkpoint.shape(name)
+        if used_in_place(name, checkpoint.dtype(name), compute):
+            in_place_bytes += checkpoint.nbytes(name)
         if name.endswith(".scales"):
             weight_bytes += checkpoint.nbytes(name)
             continue
@@ -119,6 +123,7 @@ def checkpoint_summary(checkpoint, dtype: str, context: int) -> dict[str, Any]:
         "dtype": dtype,
         "context": context,
         "weight_bytes": weight_bytes,
+        "weight_bytes_in_place": in_place_bytes,
         "kv_cache_bytes": kv_bytes,
         "kv_cache": kv_cache_variants(c, dtype, compute.size, context),
         "memory_bytes": weight_bytes + kv_bytes,

@@ -321,9 +321,12 @@ def test_info_takes_the_model_as_an_option_too(tiny_checkpoint):
 def test_info_text(tiny_checkpoint):
     result = run("info", str(tiny_checkpoint), "--dtype", "bfloat16")
     assert result.exit_code == 0, result.output
+    from openharmony import native
+
     labels = [line.split("  ")[0] for line in result.stdout.splitlines()]
     assert labels == ["checkpoint", "layers", "experts", "sizes", "attention", "max context",
-                      "parameters", "on disk", "memory", "KV cache"]
+                      "parameters", "on disk", "memory", "KV cache",
+                      *(["in place"] if native.use_native() else [])]
     assert "8 per layer, 4 per token" in result.stdout
     assert "(bfloat16)" in result.stdout and "(8192 tokens)" in result.stdout
 
@@ -627,9 +630,16 @@ def test_info_weight_memory_is_what_the_loaded_model_holds(tiny_checkpoint, dtyp
 
     result = run("info", str(tiny_checkpoint), "--json", "--dtype", dtype)
     assert result.exit_code == 0, result.output
+    from openharmony import native
+
     model = load_model(tiny_checkpoint, getattr(mx, dtype))
     held = sum(array.nbytes for _, array in tree_flatten(model.parameters()))
-    assert json.loads(result.stdout)["weight_bytes"] == held
+    in_place = sum(t.nbytes for _, module in model.named_modules() for t in module.values()
+                   if native.is_mapped(t))
+    summary = json.loads(result.stdout)
+    assert summary["weight_bytes"] == held + in_place
+    assert summary["weight_bytes_in_place"] == in_place
+    assert (in_place > 0) == native.use_native()
 
 
 def test_info_kv_cache_is_what_the_caches_hold(tiny_checkpoint):
