@@ -18,6 +18,7 @@ choice is where low precision hurts most); attention softmax is float32 inside
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -116,15 +117,29 @@ class Attention(nn.Module):
         self.window = config.sliding_window if config.is_sliding(layer) else None
 
         inv_freq, attention_factor = rope_inverse_frequencies(config)
-        # mx.fast.rope takes wavelengths (1 / inverse frequency).
-        self._rope_wavelengths = mx.array(1.0 / inv_freq, dtype=mx.float32)
+        self.rope_inverse_frequencies = inv_freq  # float64 NumPy [D/2]: a host value, not a weight
         # YaRN multiplies cos and sin by `attention_factor` for both q and k, which scales every
         # q.k score by its square: fold that into the softmax scale instead of rescaling q and k.
         self.scale = attention_factor ** 2 / math.sqrt(self.head_dim)
 
-    def rope(self, x: mx.array, offset: int) -> mx.array:
-        return mx.fast.rope(x, self.head_dim, traditional=False, base=None, scale=1.0,
-                            offset=offset, freqs=self._rope_wavelengths)
+    def rope(self, x: mx.array, offset: int | Sequence[int]) -> mx.array:
+        """Rotate x [B, H, T, D] for positions offset .. offset+T-1 (half-split pairs).
+
+        `offset` is the cache's position, a host int (a batch: one int per row). The angles
+        (position x inverse frequency) are computed in float64 on the host and only cos and
+        sin rounded to float32. In float32, as `mx.fast.rope` computes them, an angle near
+        1e5 rad is off by up to ~4e-3 (one float32 step at 1e5 is 7.8e-3), which moved the
+        logits by up to 4e-3 at position 100,000 (docs/cache.md); in float64 they are exact
+        at any position. The offset is already on the host, so this adds no device sync.
+        """
+        T = x.shape[2]
+        positions = np.asarray(offset, dtype=np.float64)[..., None] + np.arange(T)  # [(B,) T]
+        angles = positions[..., None] * self.rope_inverse_frequencies  # [(B,) T, D/2]
+        cos, sin = (mx.array(f(angles), dtype=x.dtype) for f in (np.cos, np.sin))
+        if angles.ndim == 3:  # one row of positions per batch row: broadcast over heads
+            cos, sin = cos[:, None], sin[:, None]
+        first, second = x[..., :self.head_dim // 2], x[..., self.head_dim // 2:]
+        return mx.concatenate([first * cos - second * sin, second * cos + first * sin], axis=-1)
 
     def __call__(self, x: mx.array, cache) -> mx.array:
         B, T, _ = x.shape
