@@ -388,7 +388,7 @@ def run_llama_cpp(engine: str, gguf: Path, binary: Path, prompt_tokens: int,
     command = llama_cpp.bench_command(binary, gguf, threads=threads(), prompt_tokens=lengths,
                                       decode_tokens=decode_tokens,
                                       repack=LLAMA_CPP_REPACK[engine])
-    with big_memory_lock(True):
+    with big_memory_lock(gguf.stat().st_size >= LOCK_ABOVE_BYTES):
         evict_from_page_cache(gguf)
         result = llama_cpp.run_bench(command)
     at = {str(n): result["prefill_tok_s_at"][n] for n in lengths}

@@ -139,21 +139,16 @@ def write_tokenizer(folder: Path, vocab_file: Path) -> None:
 
 
 def converter_input(checkpoint: Path, folder: Path, vocab_file: Path) -> Path:
-    """`folder`: the checkpoint's files as symlinks, plus a tokenizer (see the module's doc)."""
+    """`folder`: symlinks to the checkpoint's files, and a tokenizer written there if the
+    checkpoint has none (see the module's doc)."""
     folder.mkdir(parents=True, exist_ok=True)
     for file in checkpoint.iterdir():
-        if file.name.endswith((".json", ".safetensors")) and not file.name.startswith("tokenizer"):
+        if file.is_file():
             link = folder / file.name
-            if link.is_symlink() or link.exists():
-                link.unlink()
+            link.unlink(missing_ok=True)
             link.symlink_to(file.resolve())
-    if not (checkpoint / "tokenizer.json").exists():
+    if not (folder / "tokenizer.json").exists():
         write_tokenizer(folder, vocab_file)
-    else:
-        for name in ("tokenizer.json", "tokenizer_config.json"):
-            if (checkpoint / name).exists():
-                (folder / name).unlink(missing_ok=True)
-                (folder / name).symlink_to((checkpoint / name).resolve())
     return folder
 
 
@@ -172,7 +167,7 @@ def convert(tree: Path, checkpoint: Path, out: Path, vocab_file: Path) -> Path:
     env = dict(os.environ)
     env.pop("NO_LOCAL_GGUF", None)  # the converter then imports the gguf-py it vendors
     partial = out.with_name(out.name + ".partial")
-    subprocess.run([*convert_command(tree, work, partial)], check=True, env=env)
+    subprocess.run(convert_command(tree, work, partial), check=True, env=env)
     partial.replace(out)  # `out` exists only once complete
     shutil.rmtree(work)
     return out
