@@ -1,23 +1,107 @@
 // The Python module openharmony.native._kernels (see openharmony/native/__init__.py).
 #include <nanobind/nanobind.h>
+#include <nanobind/ndarray.h>
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/vector.h>
 
 #include "kernels.h"
+#include "mapping.h"
 #include "mlx/version.h"
 #include "primitives.h"
 
 namespace nb = nanobind;
 using namespace nb::literals;
+using openharmony::Mapping;
+using openharmony::MappedTensor;
+namespace mx = mlx::core;
+
+namespace {
+// What Python holds of a Mapping: a C++ shared_ptr inside a plain value. (nanobind's own
+// shared_ptr support would tie the pointer to the Python object, and the last release, which
+// can happen on MLX's stream thread when a kernel finishes, would then need the GIL, at exit
+// too.)
+struct MappingRef {
+  std::shared_ptr<const Mapping> mapping;
+};
+}  // namespace
 
 NB_MODULE(_kernels, m) {
-  m.doc() = "openharmony's CPU kernels as MLX primitives";
-  m.def("gather_mxfp4_matmul", &openharmony::gather_mxfp4_matmul, "x"_a, "w"_a, "scales"_a,
-        "experts"_a, "isa"_a = "auto",
+  m.doc() = "openharmony's CPU kernels as MLX primitives, and checkpoint files mapped in place";
+
+  nb::class_<MappingRef>(m, "Mapping", "A file mapped read-only and shared (map_file)")
+      .def_prop_ro("path", [](const MappingRef& ref) { return ref.mapping->path(); })
+      .def_prop_ro("size", [](const MappingRef& ref) { return ref.mapping->size(); })
+      .def_prop_ro("address",
+                   [](const MappingRef& ref) { return uintptr_t(ref.mapping->data()); })
+      .def(
+          "tensor",
+          [](const MappingRef& ref, size_t offset, const std::vector<int>& shape,
+             mx::Dtype dtype) {
+            return MappedTensor(ref.mapping, offset, mx::Shape(shape.begin(), shape.end()),
+                                dtype);
+          },
+          "offset"_a, "shape"_a, "dtype"_a,
+          "The tensor of `shape` and `dtype` whose bytes start at `offset` of the file");
+  m.def(
+      "map_file",
+      [](const std::string& path) { return MappingRef{std::make_shared<const Mapping>(path)}; },
+      "path"_a, "Map a whole file read-only and shared");
+
+  nb::class_<MappedTensor>(m, "MappedTensor",
+                           "A tensor used in place from a mapped file (Mapping.tensor)")
+      .def_prop_ro("shape",
+                   [](const MappedTensor& t) {
+                     nb::list dims;
+                     for (auto d : t.shape) dims.append(d);
+                     return nb::tuple(dims);
+                   })
+      .def_prop_ro("dtype", [](const MappedTensor& t) { return t.dtype; })
+      .def_prop_ro("nbytes", &MappedTensor::nbytes)
+      .def_prop_ro("size", &MappedTensor::size)
+      .def_prop_ro("offset", [](const MappedTensor& t) { return t.offset; })
+      .def_prop_ro("address", [](const MappedTensor& t) { return uintptr_t(t.data()); })
+      .def_prop_ro("mapping", [](const MappedTensor& t) { return MappingRef{t.mapping}; })
+      .def("rows", &MappedTensor::rows, "start"_a, "stop"_a,
+           "Rows [start, stop) of the leading axis, still in place")
+      .def("copy", &MappedTensor::copy, "The bytes as an MLX array in MLX's memory (a copy)")
+      .def(
+          "bytes",
+          [](const MappedTensor& t) {
+            // A read-only NumPy view of the mapped bytes, which keeps the mapping alive.
+            auto* keep = new std::shared_ptr<const Mapping>(t.mapping);
+            nb::capsule owner(keep, [](void* p) noexcept {
+              delete static_cast<std::shared_ptr<const Mapping>*>(p);
+            });
+            return nb::ndarray<nb::numpy, const uint8_t, nb::ndim<1>, nb::ro>(
+                t.data(), {t.nbytes()}, owner);
+          },
+          "The tensor's bytes as a read-only uint8 NumPy array over the mapping (no copy)");
+
+  m.def("gather_mxfp4_matmul",
+        nb::overload_cast<const mx::array&, const mx::array&, const mx::array&, const mx::array&,
+                          const std::string&>(&openharmony::gather_mxfp4_matmul),
+        "x"_a, "w"_a, "scales"_a, "experts"_a, "isa"_a = "auto",
         "x [R, K] times MXFP4 expert experts[r] (MLX's packed uint32 weights [E, N, K/8], "
         "uint8 scales [E, N, K/32]) transposed -> float32 [R, N]");
-  m.def("bf16_matmul", &openharmony::bf16_matmul, "x"_a, "w"_a, "isa"_a = "auto",
+  m.def("gather_mxfp4_matmul",
+        nb::overload_cast<const mx::array&, const MappedTensor&, const MappedTensor&,
+                          const mx::array&, const std::string&>(
+            &openharmony::gather_mxfp4_matmul),
+        "x"_a, "w"_a, "scales"_a, "experts"_a, "isa"_a = "auto",
+        "The same with mapped checkpoint tensors: blocks uint8 [E, N, K/32, 16], scales uint8 "
+        "[E, N, K/32]");
+  m.def("bf16_matmul",
+        nb::overload_cast<const mx::array&, const mx::array&, const std::string&>(
+            &openharmony::bf16_matmul),
+        "x"_a, "w"_a, "isa"_a = "auto",
         "x [R, K] times bfloat16 w [N, K] transposed -> float32 [R, N]");
+  m.def("bf16_matmul",
+        nb::overload_cast<const mx::array&, const MappedTensor&, const std::string&>(
+            &openharmony::bf16_matmul),
+        "x"_a, "w"_a, "isa"_a = "auto", "The same with a mapped bfloat16 w [N, K]");
+  m.def("take_rows", &openharmony::take_rows, "table"_a, "ids"_a,
+        "Rows ids [n] of a mapped table [V, H] -> [n, H] in its dtype (NaN rows for ids "
+        "outside it)");
   m.def("isas", &openharmony::supported_isas,
         "The instruction sets this build and CPU run, fastest first");
   m.def("threads", &openharmony::thread_count, "Threads of the kernels' pool");

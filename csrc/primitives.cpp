@@ -1,5 +1,7 @@
 #include "primitives.h"
 
+#include <cstring>
+#include <limits>
 #include <sstream>
 #include <stdexcept>
 
@@ -11,13 +13,14 @@ namespace openharmony {
 
 namespace {
 
-std::string shape_of(const mx::array& a) {
+std::string shape_of(const mx::Shape& shape) {
   std::ostringstream out;
   out << "(";
-  for (int i = 0; i < int(a.ndim()); ++i) out << (i ? ", " : "") << a.shape(i);
-  out << (a.ndim() == 1 ? ",)" : ")");
+  for (size_t i = 0; i < shape.size(); ++i) out << (i ? ", " : "") << shape[i];
+  out << (shape.size() == 1 ? ",)" : ")");
   return out.str();
 }
+std::string shape_of(const mx::array& a) { return shape_of(a.shape()); }
 
 void require(bool ok, const std::string& message) {
   if (!ok) throw std::invalid_argument(message);
@@ -25,6 +28,10 @@ void require(bool ok, const std::string& message) {
 
 // The kernels always run on the CPU stream: they read the buffers the CPU sees.
 mx::Stream cpu_stream() { return mx::default_stream(mx::Device::cpu); }
+
+mx::array as_contiguous(const mx::array& a, mx::Dtype dtype, const mx::Stream& s) {
+  return mx::contiguous(mx::astype(a, dtype, s), false, s);
+}
 
 // What every eval_cpu does before its kernel: checks the inputs, allocates the output and
 // registers both with the CPU encoder, which then runs the kernel in stream order.
@@ -40,45 +47,96 @@ mx::cpu::CommandEncoder& prepare_eval(const std::vector<mx::array>& inputs, mx::
   return encoder;
 }
 
+// The operand checks shared by both forms of gather_mxfp4_matmul; `codes_per_row` is the
+// weights' last dimension in whichever packing (K/8 uint32 or K/32 x 16 bytes).
+void check_mxfp4(const mx::array& x, const mx::Shape& w, const mx::Shape& scales,
+                 const mx::array& experts) {
+  require(x.ndim() == 2, "gather_mxfp4_matmul: x must be [rows, K], got " + shape_of(x));
+  const int K = x.shape(1);
+  require(K % kBlock == 0, "gather_mxfp4_matmul: K = " + std::to_string(K) +
+                               " is not a multiple of 32");
+  require(scales.size() == 3 && scales[0] == w[0] && scales[1] == w[1] &&
+              scales[2] * kBlock == K,
+          "gather_mxfp4_matmul: scales must be uint8 [experts, N, K/32] matching the weights " +
+              shape_of(w) + " and x " + shape_of(x) + ", got " + shape_of(scales));
+  require(experts.ndim() == 1 && experts.shape(0) == x.shape(0) &&
+              mx::issubdtype(experts.dtype(), mx::integer),
+          "gather_mxfp4_matmul: experts must be integer [rows], got " + shape_of(experts));
+}
+
+// The node: inputs x, the weights when they are arrays (none when mapped), experts.
+mx::array mxfp4_node(const mx::array& x, int N, const mx::array& experts,
+                     std::vector<mx::array> weights, const std::string& isa,
+                     std::optional<MappedTensor> blocks, std::optional<MappedTensor> scales) {
+  auto s = cpu_stream();
+  std::vector<mx::array> inputs = {as_contiguous(x, mx::float32, s)};
+  for (auto& w : weights) inputs.push_back(mx::contiguous(w, false, s));
+  inputs.push_back(as_contiguous(experts, mx::uint32, s));
+  return mx::array({x.shape(0), N}, mx::float32,
+                   std::make_shared<GatherMXFP4Matmul>(s, isa, std::move(blocks),
+                                                       std::move(scales)),
+                   std::move(inputs));
+}
+
+bool same(const std::optional<MappedTensor>& a, const std::optional<MappedTensor>& b) {
+  return a.has_value() == b.has_value() && (!a || a->same_bytes(*b));
+}
+
 }  // namespace
 
 mx::array gather_mxfp4_matmul(const mx::array& x, const mx::array& w, const mx::array& scales,
                               const mx::array& experts, const std::string& isa) {
   select_isa(isa);  // an unknown or unsupported ISA fails here, not inside the graph
-  require(x.ndim() == 2, "gather_mxfp4_matmul: x must be [rows, K], got " + shape_of(x));
-  require(w.ndim() == 3 && w.dtype() == mx::uint32,
-          "gather_mxfp4_matmul: w must be uint32 [experts, N, K/8], got " + shape_of(w));
-  const int K = x.shape(1);
-  require(K % kBlock == 0 && w.shape(2) * 8 == K,
-          "gather_mxfp4_matmul: w " + shape_of(w) + " does not match x " + shape_of(x) +
-              " (K a multiple of 32, w's last dimension K/8)");
-  require(scales.dtype() == mx::uint8 && scales.ndim() == 3 && scales.shape(0) == w.shape(0) &&
-              scales.shape(1) == w.shape(1) && scales.shape(2) * kBlock == K,
-          "gather_mxfp4_matmul: scales must be uint8 [experts, N, K/32], got " +
-              shape_of(scales));
-  require(experts.ndim() == 1 && experts.shape(0) == x.shape(0) &&
-              mx::issubdtype(experts.dtype(), mx::integer),
-          "gather_mxfp4_matmul: experts must be integer [rows], got " + shape_of(experts));
-  auto s = cpu_stream();
-  std::vector<mx::array> inputs = {
-      mx::contiguous(mx::astype(x, mx::float32, s), false, s), mx::contiguous(w, false, s),
-      mx::contiguous(scales, false, s),
-      mx::contiguous(mx::astype(experts, mx::uint32, s), false, s)};
-  return mx::array({x.shape(0), w.shape(1)}, mx::float32,
-                   std::make_shared<GatherMXFP4Matmul>(s, isa), std::move(inputs));
+  require(w.ndim() == 3 && w.dtype() == mx::uint32 && x.ndim() == 2 &&
+              int64_t(w.shape(2)) * 8 == x.shape(1),
+          "gather_mxfp4_matmul: w must be uint32 [experts, N, K/8] for x " + shape_of(x) +
+              ", got " + shape_of(w));
+  require(scales.dtype() == mx::uint8, "gather_mxfp4_matmul: scales must be uint8");
+  check_mxfp4(x, w.shape(), scales.shape(), experts);
+  return mxfp4_node(x, w.shape(1), experts, {w, scales}, isa, std::nullopt,
+                    std::nullopt);
+}
+
+mx::array gather_mxfp4_matmul(const mx::array& x, const MappedTensor& blocks,
+                              const MappedTensor& scales, const mx::array& experts,
+                              const std::string& isa) {
+  select_isa(isa);
+  const auto& b = blocks.shape;
+  require(blocks.dtype == mx::uint8 && b.size() == 4 && b[3] == kBlock / 2 && x.ndim() == 2 &&
+              int64_t(b[2]) * kBlock == x.shape(1),
+          "gather_mxfp4_matmul: mapped blocks must be uint8 [experts, N, K/32, 16] for x " +
+              shape_of(x) + ", got " + shape_of(b));
+  require(scales.dtype == mx::uint8, "gather_mxfp4_matmul: scales must be uint8");
+  check_mxfp4(x, b, scales.shape, experts);
+  return mxfp4_node(x, b[1], experts, {}, isa, blocks, scales);
+}
+
+bool GatherMXFP4Matmul::is_equivalent(const mx::Primitive& other) const {
+  const auto& o = static_cast<const GatherMXFP4Matmul&>(other);
+  return isa_ == o.isa_ && same(blocks_, o.blocks_) && same(scales_, o.scales_);
 }
 
 void GatherMXFP4Matmul::eval_cpu(const std::vector<mx::array>& inputs,
                                  std::vector<mx::array>& outputs) {
   auto& out = outputs[0];
   auto& encoder = prepare_eval(inputs, out, stream(), name());
-  const auto& x = inputs[0];
-  const auto& w = inputs[1];
-  encoder.dispatch([x = x, w = w, scales = inputs[2], experts = inputs[3],
+  const uint8_t *w, *scales;
+  int64_t E, N;
+  if (blocks_) {
+    w = blocks_->data();
+    scales = scales_->data();
+    E = blocks_->shape[0], N = blocks_->shape[1];
+  } else {
+    w = reinterpret_cast<const uint8_t*>(inputs[1].data<uint32_t>());
+    scales = inputs[2].data<uint8_t>();
+    E = inputs[1].shape(0), N = inputs[1].shape(1);
+  }
+  // The lambda holds the mapping (if any) and the inputs until the kernel has run.
+  encoder.dispatch([inputs, keep = blocks_ ? blocks_->mapping : nullptr, w, scales, E, N,
                     y = out.data<float>(), isa = &select_isa(isa_)]() {
-    run_gather_mxfp4_matmul(*isa, x.data<float>(), reinterpret_cast<const uint8_t*>(w.data<uint32_t>()),
-                        scales.data<uint8_t>(), experts.data<uint32_t>(), y, x.shape(0),
-                        w.shape(0), w.shape(1), x.shape(1));
+    const auto& x = inputs.front();
+    run_gather_mxfp4_matmul(*isa, x.data<float>(), w, scales, inputs.back().data<uint32_t>(), y,
+                            x.shape(0), E, N, x.shape(1));
   });
 }
 
@@ -93,24 +151,82 @@ mx::array bf16_matmul(const mx::array& x, const mx::array& w, const std::string&
           "bf16_matmul: w must be bfloat16 [N, K] with K = x's " + std::to_string(x.shape(1)) +
               ", got " + shape_of(w));
   auto s = cpu_stream();
-  std::vector<mx::array> inputs = {mx::contiguous(mx::astype(x, mx::float32, s), false, s),
+  std::vector<mx::array> inputs = {as_contiguous(x, mx::float32, s),
                                    mx::contiguous(w, false, s)};
-  return mx::array({x.shape(0), w.shape(0)}, mx::float32, std::make_shared<BF16Matmul>(s, isa),
-                   std::move(inputs));
+  return mx::array({x.shape(0), w.shape(0)}, mx::float32,
+                   std::make_shared<BF16Matmul>(s, isa, std::nullopt), std::move(inputs));
+}
+
+mx::array bf16_matmul(const mx::array& x, const MappedTensor& w, const std::string& isa) {
+  select_isa(isa);
+  require(x.ndim() == 2, "bf16_matmul: x must be [rows, K], got " + shape_of(x));
+  require(w.shape.size() == 2 && w.dtype == mx::bfloat16 && w.shape[1] == x.shape(1),
+          "bf16_matmul: mapped w must be bfloat16 [N, K] with K = x's " +
+              std::to_string(x.shape(1)) + ", got " + shape_of(w.shape));
+  auto s = cpu_stream();
+  return mx::array({x.shape(0), w.shape[0]}, mx::float32,
+                   std::make_shared<BF16Matmul>(s, isa, w), {as_contiguous(x, mx::float32, s)});
+}
+
+bool BF16Matmul::is_equivalent(const mx::Primitive& other) const {
+  const auto& o = static_cast<const BF16Matmul&>(other);
+  return isa_ == o.isa_ && same(w_, o.w_);
 }
 
 void BF16Matmul::eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) {
   auto& out = outputs[0];
   auto& encoder = prepare_eval(inputs, out, stream(), name());
-  encoder.dispatch([x = inputs[0], w = inputs[1], y = out.data<float>(),
+  const uint16_t* w = w_ ? reinterpret_cast<const uint16_t*>(w_->data())
+                         : reinterpret_cast<const uint16_t*>(inputs[1].data<mx::bfloat16_t>());
+  const int64_t N = w_ ? w_->shape[0] : inputs[1].shape(0);
+  encoder.dispatch([inputs, keep = w_ ? w_->mapping : nullptr, w, N, y = out.data<float>(),
                     isa = &select_isa(isa_)]() {
-    run_bf16_matmul(*isa, x.data<float>(), reinterpret_cast<const uint16_t*>(w.data<mx::bfloat16_t>()),
-                y, x.shape(0), w.shape(0), x.shape(1));
+    const auto& x = inputs.front();
+    run_bf16_matmul(*isa, x.data<float>(), w, y, x.shape(0), N, x.shape(1));
   });
 }
 
 void BF16Matmul::eval_gpu(const std::vector<mx::array>&, std::vector<mx::array>&) {
   throw std::runtime_error("BF16Matmul runs on the CPU only");
+}
+
+mx::array take_rows(const MappedTensor& table, const mx::array& ids) {
+  require(table.shape.size() == 2, "take_rows: the table must be [rows, width], got " +
+                                       shape_of(table.shape));
+  require(table.dtype.size() == 2 || table.dtype.size() == 4,
+          "take_rows: the table must be of a 2- or 4-byte float dtype");
+  require(ids.ndim() == 1 && mx::issubdtype(ids.dtype(), mx::integer),
+          "take_rows: ids must be integer [n], got " + shape_of(ids));
+  auto s = cpu_stream();
+  return mx::array({ids.shape(0), table.shape[1]}, table.dtype,
+                   std::make_shared<TakeRows>(s, table),
+                   {mx::contiguous(mx::astype(ids, mx::int64, s), false, s)});
+}
+
+void TakeRows::eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) {
+  auto& out = outputs[0];
+  auto& encoder = prepare_eval(inputs, out, stream(), name());
+  encoder.dispatch([ids = inputs[0], table = table_, y = out.data<uint8_t>()]() {
+    const int64_t rows = table.shape[0];
+    const size_t row_bytes = size_t(table.shape[1]) * table.dtype.size();
+    const int64_t* id = ids.data<int64_t>();
+    for (int64_t i = 0; i < ids.shape(0); ++i) {
+      uint8_t* dst = y + size_t(i) * row_bytes;
+      if (id[i] >= 0 && id[i] < rows) {
+        std::memcpy(dst, table.data() + size_t(id[i]) * row_bytes, row_bytes);
+      } else if (table.dtype.size() == 2) {  // bfloat16 or float16 NaN
+        const uint16_t nan = table.dtype == mx::bfloat16 ? 0x7FC0 : 0x7E00;
+        for (size_t j = 0; j < row_bytes / 2; ++j) std::memcpy(dst + 2 * j, &nan, 2);
+      } else {
+        const float nan = std::numeric_limits<float>::quiet_NaN();
+        for (size_t j = 0; j < row_bytes / 4; ++j) std::memcpy(dst + 4 * j, &nan, 4);
+      }
+    }
+  });
+}
+
+void TakeRows::eval_gpu(const std::vector<mx::array>&, std::vector<mx::array>&) {
+  throw std::runtime_error("TakeRows runs on the CPU only");
 }
 
 }  // namespace openharmony

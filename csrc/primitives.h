@@ -1,9 +1,15 @@
 // The kernels as MLX primitives: nodes of MLX's lazy graph with a CPU implementation, so they
 // are scheduled, fused around and freed like MLX's own operations.
+//
+// Each weight operand is either an MLX array (an input of the node) or a MappedTensor of a
+// checkpoint used in place (held by the primitive, which keeps its mapping alive; not an
+// input, since MLX never has to allocate, move or free it).
 #pragma once
 
+#include <optional>
 #include <string>
 
+#include "mapping.h"
 #include "mlx/ops.h"
 #include "mlx/primitives.h"
 
@@ -17,37 +23,64 @@ namespace mx = mlx::core;
 // transpose=True, mode="mxfp4")[:, 0].
 mx::array gather_mxfp4_matmul(const mx::array& x, const mx::array& w, const mx::array& scales,
                               const mx::array& experts, const std::string& isa);
+// The same with the checkpoint's own tensors: blocks uint8 [E, N, K/32, 16] (the same bytes
+// as MLX's packing) and scales uint8 [E, N, K/32].
+mx::array gather_mxfp4_matmul(const mx::array& x, const MappedTensor& blocks,
+                              const MappedTensor& scales, const mx::array& experts,
+                              const std::string& isa);
 
 // x [R, K] (cast to float32) times bfloat16 w [N, K] transposed -> float32 [R, N].
 mx::array bf16_matmul(const mx::array& x, const mx::array& w, const std::string& isa);
+mx::array bf16_matmul(const mx::array& x, const MappedTensor& w, const std::string& isa);
+
+// Rows ids [n] of a mapped table [V, H] -> [n, H] in the table's dtype; an id outside
+// [0, V) gives a row of NaN (the model checks ids before; this keeps a bad one from reading
+// outside the mapping).
+mx::array take_rows(const MappedTensor& table, const mx::array& ids);
 
 class GatherMXFP4Matmul : public mx::Primitive {
  public:
-  GatherMXFP4Matmul(mx::Stream stream, std::string isa)
-      : mx::Primitive(stream), isa_(std::move(isa)) {}
+  GatherMXFP4Matmul(mx::Stream stream, std::string isa, std::optional<MappedTensor> blocks,
+                    std::optional<MappedTensor> scales)
+      : mx::Primitive(stream), isa_(std::move(isa)), blocks_(std::move(blocks)),
+        scales_(std::move(scales)) {}
   void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override;
   void eval_gpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override;
   const char* name() const override { return "GatherMXFP4Matmul"; }
-  bool is_equivalent(const mx::Primitive& other) const override {
-    return isa_ == static_cast<const GatherMXFP4Matmul&>(other).isa_;
-  }
+  bool is_equivalent(const mx::Primitive& other) const override;
 
  private:
   std::string isa_;
+  std::optional<MappedTensor> blocks_, scales_;  // set: the weights are mapped
 };
 
 class BF16Matmul : public mx::Primitive {
  public:
-  BF16Matmul(mx::Stream stream, std::string isa) : mx::Primitive(stream), isa_(std::move(isa)) {}
+  BF16Matmul(mx::Stream stream, std::string isa, std::optional<MappedTensor> w)
+      : mx::Primitive(stream), isa_(std::move(isa)), w_(std::move(w)) {}
   void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override;
   void eval_gpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override;
   const char* name() const override { return "BF16Matmul"; }
-  bool is_equivalent(const mx::Primitive& other) const override {
-    return isa_ == static_cast<const BF16Matmul&>(other).isa_;
-  }
+  bool is_equivalent(const mx::Primitive& other) const override;
 
  private:
   std::string isa_;
+  std::optional<MappedTensor> w_;  // set: the weight is mapped
+};
+
+class TakeRows : public mx::Primitive {
+ public:
+  TakeRows(mx::Stream stream, MappedTensor table)
+      : mx::Primitive(stream), table_(std::move(table)) {}
+  void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override;
+  void eval_gpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override;
+  const char* name() const override { return "TakeRows"; }
+  bool is_equivalent(const mx::Primitive& other) const override {
+    return table_.same_bytes(static_cast<const TakeRows&>(other).table_);
+  }
+
+ private:
+  MappedTensor table_;
 };
 
 }  // namespace openharmony

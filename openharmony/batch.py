@@ -13,8 +13,8 @@ cheaper: docs/server.md has the figures).
 
 Each request keeps its own per-layer caches (`PromptCache.caches`, any storage: float, bf16,
 quantized) at its own position. `BatchCache` presents one layer's caches of the B requests as
-the one cache the model's attention expects: `offset` is an array of the B positions (RoPE
-rotates row i by offset[i]: `mx.fast.rope` takes a vector of offsets), and `attend` runs each
+the one cache the model's attention expects: `offset` is a list of the B positions (RoPE
+rotates row i by offset[i]: the model's `rope` takes one host int per row), and `attend` runs each
 row's attention through that row's own cache. Attention is cheap next to the weights at chat
 lengths, and this keeps every cache type and `PromptCache`'s exact prefix reuse unchanged: a
 row's caches end up exactly as if it had been decoded alone.
@@ -37,9 +37,9 @@ class BatchCache:
     """One layer's caches of B requests, as one cache of batch B for a forward of T=1 tokens
     per row. A view built for one step (`step`): the rows' own caches hold the state."""
 
-    def __init__(self, rows: Sequence, offset: mx.array) -> None:
+    def __init__(self, rows: Sequence, offset: list[int]) -> None:
         self.rows = list(rows)
-        self.offset = offset  # [B] int: each row's position, what RoPE rotates it by
+        self.offset = offset  # B host ints: each row's position, what RoPE rotates it by
 
     def attend(self, queries: mx.array, keys: mx.array, values: mx.array, *, scale: float,
                sinks: mx.array, window: int | None) -> mx.array:
@@ -61,7 +61,7 @@ class BatchCache:
 
 def batch_caches(rows: Sequence[list]) -> list[BatchCache]:
     """Per-layer `BatchCache`s for B requests' per-layer cache lists (all at T=1 steps)."""
-    offsets = mx.array([caches[0].offset for caches in rows])
+    offsets = [caches[0].offset for caches in rows]  # host ints: RoPE computes angles there
     return [BatchCache(layer, offsets) for layer in zip(*rows)]
 
 

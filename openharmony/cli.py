@@ -636,7 +636,13 @@ def info(
         ("memory", f"{_gb(s['memory_bytes'])} = weights {_gb(s['weight_bytes'])} "
                    f"({s['dtype']}) + KV cache {_gb(s['kv_cache_bytes'])} "
                    f"({s['context']} tokens)"),
+        ("KV cache", "per token " + ", ".join(
+            f"{name} {v['bytes_per_token'] / 1024:.1f} KiB ({_gb(v['bytes'])} at "
+            f"{s['context']})" for name, v in s["kv_cache"].items())),
     ]
+    if s["weight_bytes_in_place"]:
+        rows.append(("in place", f"{_gb(s['weight_bytes_in_place'])} of the weights used from "
+                                 "the checkpoint's files (page cache, shared between processes)"))
     width = max(len(label) for label, _ in rows)
     for label, value in rows:
         typer.echo(f"{label:<{width}}  {value}")

@@ -29,6 +29,7 @@ from typing import Any
 import mlx.core as mx
 import numpy as np
 
+from . import native
 from .config import MXFP4_BLOCK, ModelConfig
 from .errors import CheckpointError, ConfigError
 from .mxfp4 import SCALE_NAN
@@ -392,6 +393,7 @@ class Checkpoint:
         self._stored = stored
         self._sources = _engine_sources(config, layout)
         self._arrays: dict[Path, dict[str, mx.array]] = {}
+        self._mappings: dict[Path, Any] = {}  # file -> native.Mapping, made on first `map`
 
     def __repr__(self) -> str:
         return (f"Checkpoint({str(self.path)!r}, layout={self.layout!r}, "
@@ -472,10 +474,38 @@ class Checkpoint:
             array = array.astype(dtype)
         return array
 
-    def weights(self, dtype: Any = None, experts: range | None = None) -> dict[str, mx.array]:
-        """Every tensor (`get`); with `experts`, only those experts of the expert tensors."""
-        return {name: self.get(name, dtype, experts if is_expert_tensor(name) else None)
-                for name in self.names()}
+    def map(self, name: str, experts: range | None = None):
+        """The tensor used in place: a `native.MappedTensor` over the file's mapping (made once
+        per file, read-only and shared), so nothing is read or copied now; the native kernels
+        read its bytes where the page cache holds them. `experts` as for `get`. The MXFP4
+        scales are scanned for E8M0's NaN here, as by `get`."""
+        tensor, rows = self._source(name)
+        if tensor.file not in self._mappings:
+            try:
+                self._mappings[tensor.file] = native.map_file(tensor.file)
+            except RuntimeError as e:
+                raise CheckpointError(str(e)) from None
+        mapped = self._mappings[tensor.file].tensor(
+            tensor.offset, list(tensor.shape), SAFETENSORS_DTYPES[tensor.dtype][1])
+        if rows is not None:
+            mapped = mapped.rows(rows.start, rows.stop)
+        if experts is not None:
+            self.byte_range(name, experts)  # checks the range
+            mapped = mapped.rows(experts.start, experts.stop)
+        if name.endswith(".scales"):
+            _refuse_nan_scales(tensor, mapped.bytes().reshape(mapped.shape))
+        return mapped
+
+    def weights(self, dtype: Any = None, experts: range | None = None,
+                in_place=None) -> dict[str, Any]:
+        """Every tensor (`get`); with `experts`, only those experts of the expert tensors.
+        `in_place(name, stored dtype) -> bool` picks the tensors returned by `map` instead."""
+        def one(name: str):
+            share = experts if is_expert_tensor(name) else None
+            if in_place is not None and in_place(name, self.dtype(name)):
+                return self.map(name, share)
+            return self.get(name, dtype, share)
+        return {name: one(name) for name in self.names()}
 
     def _file_arrays(self, file: Path) -> dict[str, mx.array]:
         if file not in self._arrays:
@@ -486,14 +516,14 @@ class Checkpoint:
         return self._arrays[file]
 
 
-def _refuse_nan_scales(tensor: StoredTensor, scales: mx.array) -> None:
+def _refuse_nan_scales(tensor: StoredTensor, scales: mx.array | np.ndarray) -> None:
     # 255 is the largest byte: one max reduction (no temporary array) finds any; the common
-    # case ends here (scripts/measure_scale_scan.py).
-    if mx.max(scales).item() != SCALE_NAN:
+    # case ends here (scripts/measure_scale_scan.py). Mapped scales come as a NumPy view.
+    if scales.size == 0 or int(scales.max()) != SCALE_NAN:
         return
-    nan = scales == SCALE_NAN
-    count = int(nan.sum().item())
-    first = tuple(int(i) for i in np.argwhere(np.array(nan))[0])
+    nan = np.asarray(scales) == SCALE_NAN
+    count = int(nan.sum())
+    first = tuple(int(i) for i in np.argwhere(nan)[0])
     raise CheckpointError(
         f"{tensor.file}: tensor {tensor.name!r} holds the MXFP4 scale byte {SCALE_NAN} (E8M0's "
         f"NaN) in {count} block(s), the first at index {list(first)}: those weights are NaN "

@@ -18,6 +18,7 @@ choice is where low precision hurts most); attention softmax is float32 inside
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -27,7 +28,7 @@ from .cache import make_caches
 from .config import MXFP4_BLOCK, ModelConfig
 from .errors import CheckpointError, ConfigError, InputError
 from . import loader, native
-from .linear import Linear
+from .linear import Embedding, Linear
 from .moe import MLP
 from .parallel import ExpertShard
 from .mxfp4 import to_mlx
@@ -116,15 +117,29 @@ class Attention(nn.Module):
         self.window = config.sliding_window if config.is_sliding(layer) else None
 
         inv_freq, attention_factor = rope_inverse_frequencies(config)
-        # mx.fast.rope takes wavelengths (1 / inverse frequency).
-        self._rope_wavelengths = mx.array(1.0 / inv_freq, dtype=mx.float32)
+        self.rope_inverse_frequencies = inv_freq  # float64 NumPy [D/2]: a host value, not a weight
         # YaRN multiplies cos and sin by `attention_factor` for both q and k, which scales every
         # q.k score by its square: fold that into the softmax scale instead of rescaling q and k.
         self.scale = attention_factor ** 2 / math.sqrt(self.head_dim)
 
-    def rope(self, x: mx.array, offset: int) -> mx.array:
-        return mx.fast.rope(x, self.head_dim, traditional=False, base=None, scale=1.0,
-                            offset=offset, freqs=self._rope_wavelengths)
+    def rope(self, x: mx.array, offset: int | Sequence[int]) -> mx.array:
+        """Rotate x [B, H, T, D] for positions offset .. offset+T-1 (half-split pairs).
+
+        `offset` is the cache's position, a host int (a batch: one int per row). The angles
+        (position x inverse frequency) are computed in float64 on the host and only cos and
+        sin rounded to float32. In float32, as `mx.fast.rope` computes them, an angle near
+        1e5 rad is off by up to ~4e-3 (one float32 step at 1e5 is 7.8e-3), which moved the
+        logits by up to 4e-3 at position 100,000 (docs/cache.md); in float64 they are exact
+        at any position. The offset is already on the host, so this adds no device sync.
+        """
+        T = x.shape[2]
+        positions = np.asarray(offset, dtype=np.float64)[..., None] + np.arange(T)  # [(B,) T]
+        angles = positions[..., None] * self.rope_inverse_frequencies  # [(B,) T, D/2]
+        cos, sin = (mx.array(f(angles), dtype=x.dtype) for f in (np.cos, np.sin))
+        if angles.ndim == 3:  # one row of positions per batch row: broadcast over heads
+            cos, sin = cos[:, None], sin[:, None]
+        first, second = x[..., :self.head_dim // 2], x[..., self.head_dim // 2:]
+        return mx.concatenate([first * cos - second * sin, second * cos + first * sin], axis=-1)
 
     def __call__(self, x: mx.array, cache) -> mx.array:
         B, T, _ = x.shape
@@ -174,7 +189,7 @@ class Model(nn.Module):
         shard = (ExpertShard(config.num_local_experts, self.group) if self.group is not None
                  else None)
         self.local_experts = shard.experts if shard is not None else None
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.embed_tokens = Embedding(config.vocab_size, config.hidden_size)
         self.layers = [Block(config, i, shard) for i in range(config.num_hidden_layers)]
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         if quantized_lm_head:
@@ -225,7 +240,12 @@ class Model(nn.Module):
 
     # -- weights --------------------------------------------------------------------------
 
-    def sanitize(self, weights: dict[str, mx.array]) -> dict[str, mx.array]:
+    def uses_in_place(self, name: str, stored: mx.Dtype) -> bool:
+        """Whether the engine tensor `name`, stored as `stored`, is used in place from the
+        checkpoint's mapping (`Checkpoint.map`) rather than read into MLX's memory."""
+        return used_in_place(name, stored, self.dtype, self.quantized_lm_head)
+
+    def sanitize(self, weights: dict) -> dict:
         """Engine-named tensors (the loader's names) -> this module's parameters.
 
         Checks every name and shape against the config, turns MXFP4 blocks into MLX's packed
@@ -233,7 +253,8 @@ class Model(nn.Module):
         `dense_weight_dtype(name, stored, compute dtype)`: norms and the router in float32, the
         embedding table in its stored dtype when that is no wider than the compute dtype, the
         bfloat16 `Linear` weights as stored when the native kernels run them, everything else
-        in the compute dtype.
+        in the compute dtype. Tensors used in place (`native.MappedTensor`s, see
+        `uses_in_place`) pass through as they are: blocks stay [E, N, K/32, 16] bytes.
         """
         expected = engine_shapes(self.config)
         if self.local_experts is not None:  # this rank's share of the experts only
@@ -264,7 +285,16 @@ class Model(nn.Module):
                 if value.dtype != mx.uint8 or scales.dtype != mx.uint8:
                     raise CheckpointError(f"MXFP4 tensors {prefix}.blocks/.scales must be "
                                           f"uint8, got {value.dtype}/{scales.dtype}")
-                params[prefix + ".weight"], params[prefix + ".scales"] = to_mlx(value, scales)
+                if native.is_mapped(value) != native.is_mapped(scales):
+                    raise CheckpointError(f"{prefix}.blocks and .scales must both be mapped "
+                                          "or both be arrays")
+                params[prefix + ".weight"], params[prefix + ".scales"] = (
+                    (value, scales) if native.is_mapped(value) else to_mlx(value, scales))
+            elif native.is_mapped(value):
+                if value.dtype != dense_weight_dtype(name, value.dtype, self.dtype):
+                    raise CheckpointError(f"{name} is mapped in {value.dtype}, but this model "
+                                          f"holds it in {self.dtype}")
+                params[name] = value
             elif name == "lm_head.weight" and self.quantized_lm_head:
                 params["lm_head.weight"], params["lm_head.scales"] = _quantize_mxfp4(value)
             else:
@@ -280,6 +310,25 @@ def _quantize_mxfp4(weight: mx.array) -> tuple[mx.array, mx.array]:
                                   group_size=MXFP4_BLOCK, bits=4, mode="mxfp4"))
         mx.eval(chunks[-1])  # one chunk's temporaries at a time
     return (mx.concatenate([w for w, _ in chunks]), mx.concatenate([s for _, s in chunks]))
+
+
+def used_in_place(name: str, stored: mx.Dtype, dtype: mx.Dtype,
+                  quantized_lm_head: bool = False) -> bool:
+    """Whether a model of compute dtype `dtype` uses the engine tensor `name` (stored as
+    `stored`) in place from the checkpoint's mapping (`Model.uses_in_place`).
+
+    With the native kernels, every tensor they read as stored: the MXFP4 experts and the
+    bfloat16 embedding, attention projections and lm_head, 98% of the bytes. The rest (norms,
+    biases, sinks, router: ~50 MB on 20b) is read and converted into MLX's memory.
+    """
+    if not native.use_native():
+        return False
+    if loader.is_expert_tensor(name) and name.endswith((".blocks", ".scales")):
+        return True
+    if name == "lm_head.weight" and quantized_lm_head:
+        return False
+    return (stored == mx.bfloat16 and (_native_dense(name) or name == "embed_tokens.weight")
+            and dense_weight_dtype(name, stored, dtype) == stored)
 
 
 def dense_weight_dtype(name: str, stored: mx.Dtype, dtype: mx.Dtype) -> mx.Dtype:

@@ -61,7 +61,11 @@ class Router(nn.Module):
 
 
 class MXFP4SwitchLinear(nn.Module):
-    """`num_experts` linear layers with MXFP4 weights (MLX's packed uint32 form) and biases."""
+    """`num_experts` linear layers with MXFP4 weights (MLX's packed uint32 form) and biases.
+
+    The weights may instead be the checkpoint's `blocks` and `scales` used in place
+    (`native.MappedTensor`s, openharmony/load.py), which only the native kernels read.
+    """
 
     def __init__(self, num_experts: int, in_dims: int, out_dims: int):
         super().__init__()
@@ -70,9 +74,13 @@ class MXFP4SwitchLinear(nn.Module):
         self.scales = mx.zeros((num_experts, out_dims, groups), dtype=mx.uint8)
         self.bias = mx.zeros((num_experts, out_dims))
 
+    @property
+    def runs_native(self) -> bool:
+        return native.is_mapped(self.weight) or native.use_native()
+
     def __call__(self, x: mx.array, expert: mx.array, sorted_indices: bool) -> mx.array:
         """x [..., 1, in] and expert ids [...] -> [..., 1, out]: row r goes through expert[r]."""
-        if native.use_native():
+        if self.runs_native:
             rows = mx.broadcast_to(x, (*expert.shape, 1, x.shape[-1])).reshape(-1, x.shape[-1])
             y = native.gather_mxfp4_matmul(rows, self.weight, self.scales, expert.reshape(-1))
             y = y.reshape(*expert.shape, 1, -1).astype(x.dtype)
@@ -117,7 +125,7 @@ class Experts(nn.Module):
         """x [M, H] sorted by expert ids [M] -> [M, H]: each expert with at least
         DEQUANTIZE_MIN_ROWS rows as one dense matmul, the runs of rows between them through
         gather_qmm."""
-        if not prefill_dequantizes_experts():
+        if self.gate_up_proj.runs_native or not prefill_dequantizes_experts():
             return self.mlp(x[:, None, :], expert, sorted_indices=True)[:, 0]
         # The segment sizes decide the graph, so they are read on the host (one sync per layer
         # of a prefill chunk, nothing next to its seconds of work).

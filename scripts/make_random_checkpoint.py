@@ -3,11 +3,12 @@
 
     scripts/make_random_checkpoint.py OUT_DIR --preset tiny|tiny-vocab|20b|120b
         [--layout hf|original|both] [--seed 0] [--shards N | --max-shard-size 5GB]
-        [--rope-spelling rope_scaling|rope_parameters]
+        [--rope-spelling rope_scaling|rope_parameters] [--layers N]
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from enum import Enum
 from pathlib import Path
@@ -49,8 +50,16 @@ def main(
     max_shard_size: str = typer.Option(None, help="Largest HF shard, e.g. 5GB (adds shards)."),
     rope_spelling: RopeSpelling = typer.Option(RopeSpelling.rope_scaling,
                                                help="config.json RoPE spelling."),
+    layers: int = typer.Option(None, min=1, help="Keep only the first N layers (a smaller "
+                                                 "checkpoint with the preset's widths)."),
 ) -> None:
     config = PRESETS[preset.value]
+    if layers is not None:
+        if layers > config.num_hidden_layers:
+            raise typer.BadParameter(f"the {preset.value} preset has "
+                                     f"{config.num_hidden_layers} layers", param_hint="--layers")
+        config = dataclasses.replace(config, num_hidden_layers=layers,
+                                     layer_types=config.layer_types[:layers])
     size = parse_size(max_shard_size) if max_shard_size else None
     layouts = ["hf", "original"] if layout == Layout.both else [layout.value]
     total = sum(checkpoint_nbytes(config, lay) for lay in layouts)

@@ -1,19 +1,20 @@
 """The KV cache variants measured (docs/cache.md): accuracy, memory, decode speed, long positions.
 
-    python scripts/measure_cache.py parity            # tiny parity configs vs transformers
-    python scripts/measure_cache.py accuracy          # 20b shapes, 2 layers, after a 2k prompt
-    python scripts/measure_cache.py memory            # 20b (24 layers): bytes/token, RSS at 32k
-    python scripts/measure_cache.py speed             # decode tokens/s at 1k, 8k, 32k context
-    python scripts/measure_cache.py attention         # one full layer's decode attention alone
-    python scripts/measure_cache.py long-positions    # 20b shapes, 2 layers, offset 100k vs HF
+    python scripts/measure_cache.py parity          # tiny parity configs vs transformers
+    python scripts/measure_cache.py accuracy        # the 20b (24 layers): a 2304-token prompt
+    python scripts/measure_cache.py memory          # 20b caches alone: bytes/token, RSS at 32k
+    python scripts/measure_cache.py speed           # 20b decode tokens/s at 1k, 8k, 32k
+    python scripts/measure_cache.py attention       # one full layer's decode attention alone
+    python scripts/measure_cache.py long-positions  # offset 100k vs the exact (float64) math
 
 Variants: float (the default: as computed, float32 on the CPU), 8-bit on the full-attention
 layers (sliding layers float), 8-bit on all layers, 4-bit on the full layers, bf16 storage.
-Accuracy is against the float cache on the same model and tokens (decode steps after a 2k
-prompt, `accuracy`'s docstring): max |logit diff|, top-1 agreement and the mean KL divergence
-KL(float || variant) of the next-token distributions. The 20b-shaped checkpoints (random
-weights, seed 0) are written under bench_cache/ once; every 20b-shaped run holds the
-benchmarks' memory lock (scripts/bench.py).
+Accuracy is against the float cache on the same model and tokens (each variant prefills with
+its own cache; `accuracy`'s docstring): max |logit diff|, top-1 agreement and the mean KL
+divergence KL(float || variant) of the next-token distributions. The model is the random
+20b-shaped checkpoint at /work/ckpt/gpt-oss-20b-random (`--checkpoint`), or the 20b shapes
+truncated to `--layers` (written under bench_cache/ once, random weights, seed 0); every
+20b-sized run holds the benchmarks' memory lock (scripts/bench.py).
 """
 
 from __future__ import annotations
@@ -44,6 +45,10 @@ VARIANTS = {
     "4-bit full layers": {"kv_bits": 4},
     "bf16": {"kv_dtype": "bfloat16"},
 }
+
+# Not a storage: the float cache with the prompt in chunks of half the length (`accuracy`),
+# to show how far float32 rounding alone moves the logits of the same model.
+NOISE_FLOOR = "float, half chunks"
 
 
 # -- metrics --------------------------------------------------------------------------------
@@ -110,62 +115,78 @@ def prompt_ids(n: int, vocab: int, seed: int) -> list[int]:
 
 # -- accuracy ---------------------------------------------------------------------------------
 
+CHECKPOINT_20B = Path("/work/ckpt/gpt-oss-20b-random")  # the full 20b shapes, random weights
 
-def recast(cache, like):
-    """`cache` (float) re-stored as `like` (a fresh cache of the wanted storage) holds it."""
-    held = cache.offset - cache.start
-    if cache.bounded:
-        slots = mx.arange(cache.offset - min(held, cache.window), cache.offset) % cache.window
-        keys, values = (mx.take(parts[0], slots, axis=2) for parts in (cache.keys, cache.values))
-        twin = type(like)(cache.window, like.storage, start=cache.offset - keys.shape[2])
-        heads = keys.shape[1] * 8  # any query count: the output is discarded
-        twin.attend(mx.zeros((1, heads, keys.shape[2], keys.shape[3])), keys, values,
-                    scale=1.0, sinks=mx.zeros((heads,)), window=cache.window)
-    else:
-        twin = type(like)(like.storage)
-        for begin in range(0, held, 4096):
-            end = min(held, begin + 4096)
-            twin.extend(cache.keys[0][:, :, begin:end], cache.values[0][:, :, begin:end])
-    mx.eval(twin.state)
-    return twin
+
+def add_model_options(parser) -> None:
+    parser.add_argument("--checkpoint", type=Path, default=CHECKPOINT_20B,
+                        help="the model (default: the full 20b shapes, random weights)")
+    parser.add_argument("--layers", type=int, help="instead: the 20b shapes truncated to this "
+                                                   "many layers (written under bench_cache/)")
+    parser.add_argument("--proxy", action="store_true", help="with --layers: the 20b "
+                        "attention, small vocabulary and experts (under 1 GB, no memory lock)")
+
+
+def model_path(args) -> Path:
+    return args.checkpoint if args.layers is None else truncated_20b(args.layers, args.proxy)
+
+
+def needs_lock(args) -> bool:
+    return not (args.layers is not None and args.proxy)
+
+
+def prefill_logits(model, tokens: list[int], caches, chunk: int, keep_from: int) -> mx.array:
+    """Prefill `tokens` through `caches` in chunks of `chunk`; the logits [N, V] of positions
+    `keep_from` .. len(tokens)-1 (teacher-forced next-token distributions)."""
+    kept = []
+    for begin in range(0, len(tokens), chunk):
+        logits = model(mx.array([tokens[begin:begin + chunk]]), caches)[0]
+        logits = logits[max(0, keep_from - begin):]
+        mx.eval(logits, [a for c in caches for a in c.state])
+        if logits.shape[0]:
+            kept.append(logits)
+    return mx.concatenate(kept)
 
 
 def accuracy(args) -> dict:
-    """Next-token distributions of `decode` teacher-forced decode steps after a prompt of
-    `tokens` - `decode` tokens, each variant against the float cache. The prompt is prefilled
-    once, with float caches, which are then re-stored in each variant's format (a full
-    prefill per variant does not fit this machine's time: the reference BLAS runs the 2-layer
-    model at ~5 tokens/s). With 2 layers (sliding, then full) this is exact for the variants
-    that quantize only the full layer: that layer's keys and values are computed from the
-    float sliding layer below, as in a run with the variant's cache from the start; for the
-    variants that also change the sliding layer's storage it leaves out how that changes the
-    full layer's keys at the prompt positions."""
+    """Each variant prefills the same `tokens`-token prompt with its own caches (so the
+    quantization error enters every key and value, as in a real run), in chunks of `chunk`;
+    the next-token distributions at every position from `compare_from` on are compared with
+    the float cache's. All variants run in this one process (one load, one lock); the float
+    logits are saved to `--reference`, so that a later process can compare more variants
+    against them (each locked run stays short)."""
     from openharmony.load import load_model
 
-    with big_memory_lock(not args.proxy):
-        model = load_model(truncated_20b(args.layers, args.proxy), "float32")
-        variants = {n: o for n, o in VARIANTS.items() if o}
-        out = {"layers": args.layers, "proxy": PROXY if args.proxy else None, "prompts": {}}
-        for i, length in enumerate(args.tokens):
+    path = model_path(args)
+    reference_file = args.reference
+    with big_memory_lock(needs_lock(args)):
+        model = load_model(path, "float32")
+        tokens = prompt_ids(args.tokens, model.config.vocab_size, seed=0)
+        out = {"checkpoint": str(path), "layers": model.config.num_hidden_layers,
+               "tokens": args.tokens, "compared_from": args.compare_from,
+               "chunk": args.chunk, "variants": {}}
+        reference = None
+        for name in args.variants:
             start = time.perf_counter()
-            tokens = prompt_ids(length, model.config.vocab_size, seed=i)
-            prompt, decoded = tokens[:-args.decode], tokens[-args.decode:]
-            reference = model.make_cache()
-            for begin in range(0, len(prompt), args.chunk):
-                model(mx.array([prompt[begin:begin + args.chunk]]), reference)
-                mx.eval([a for c in reference for a in c.state])
-            caches = {name: [recast(c, fresh) for c, fresh in
-                             zip(reference, model.make_cache(**options))]
-                      for name, options in variants.items()}
-            results = {name: Agreement() for name in variants}
-            for token in decoded:
-                expected = model(mx.array([[token]]), reference)
-                mx.eval(expected)
-                for name, cache in caches.items():
-                    results[name].add(expected, model(mx.array([[token]]), cache))
-            out["prompts"][length] = {n: r.summary() for n, r in results.items()}
-            print(f"{length} tokens: {time.perf_counter() - start:.0f} s "
-                  f"{json.dumps(out['prompts'][length])}", file=sys.stderr)
+            # The noise floor: float caches again, the prompt in chunks half as long, so
+            # the float32 sums run in another order (differences of ~1e-7 relative).
+            noise = name == NOISE_FLOOR
+            logits = prefill_logits(model, tokens, model.make_cache(**VARIANTS.get(name, {})),
+                                    args.chunk // 2 if noise else args.chunk,
+                                    args.compare_from)
+            seconds = time.perf_counter() - start
+            if name == "float":
+                reference = logits
+                if reference_file is not None:
+                    np.save(reference_file, np.array(logits))
+                out["variants"][name] = {"prefill_s": seconds}
+            else:
+                if reference is None:
+                    reference = mx.array(np.load(reference_file))
+                agreement = Agreement()
+                agreement.add(reference, logits)
+                out["variants"][name] = {**agreement.summary(), "prefill_s": seconds}
+            print(f"{name}: {json.dumps(out['variants'][name])}", file=sys.stderr)
     return out
 
 
@@ -200,65 +221,100 @@ def parity(args) -> dict:
 
 
 def long_positions(args) -> dict:
-    """A sequence started at `offset` through caches started there, against transformers
-    given the same position_ids. RoPE only sees position differences, so the exact logits at
-    `offset` are those at 0: each engine's drift (its logits at `offset` vs at 0) is its
-    float32 rounding of the rotation angles."""
+    """A sequence started at `offset` through caches started there, against transformers in
+    float64 with float64 RoPE angles (tests/reference.py, `load_exact_reference`) given the
+    same position_ids, and transformers' own float32 at the same positions for comparison.
+    RoPE only sees position differences, so the exact logits at `offset` equal those at 0.
+    On the tiny parity configs, and (`--with-20b`) the 20b's attention with 2 layers and the
+    proxy's small vocabulary and experts (transformers in float64 needs 8 bytes a weight)."""
+    import tempfile
+
     import torch
     from openharmony.load import load_model
-    from reference import load_reference
+    from openharmony.random_checkpoint import write_random_checkpoint
+    from reference import load_exact_reference, load_reference
     from test_cache import chunked_then_decoded
+    from test_model import CONFIGS
 
-    path = truncated_20b(2) if args.checkpoint is None else args.checkpoint
-    offsets = (0, args.offset)
-    with big_memory_lock(args.checkpoint is None):
+    def transformers_logits(reference, tokens, start):
+        positions = torch.arange(start, start + tokens.shape[1])[None].expand(
+            tokens.shape[0], -1)
+        with torch.no_grad():
+            return reference(input_ids=torch.from_numpy(tokens), position_ids=positions,
+                             use_cache=False).logits.double().numpy()
+
+    def compare(path, tokens) -> dict:
         model = load_model(path, "float32")
-        tokens = np.array([prompt_ids(args.length, model.config.vocab_size, seed=5)])
-        ours = {offset: chunked_then_decoded(model, tokens, model.make_cache(start=offset))
-                for offset in offsets}
+        ours = {start: chunked_then_decoded(model, tokens, model.make_cache(start=start))
+                for start in (0, args.offset)}
         del model
-        reference, theirs = load_reference(path), {}
-        for offset in offsets:
-            positions = torch.arange(offset, offset + tokens.shape[1])[None]
-            with torch.no_grad():
-                theirs[offset] = reference(input_ids=torch.from_numpy(tokens),
-                                           position_ids=positions, use_cache=False
-                                           ).logits.float().numpy()
-        del reference
+        exact = load_exact_reference(path)
+        expected = {start: transformers_logits(exact, tokens, start) for start in ours}
+        del exact
+        float32 = transformers_logits(load_reference(path), tokens, args.offset)
+        diff = lambda a, b: float(np.abs(a - b).max())  # noqa: E731
+        return {"openharmony vs exact at 0": diff(ours[0], expected[0]),
+                "openharmony vs exact at offset": diff(ours[args.offset],
+                                                       expected[args.offset]),
+                "transformers float32 vs exact at offset": diff(float32, expected[args.offset]),
+                "exact: offset vs 0": diff(expected[args.offset], expected[0])}
 
-    def max_diff(a, b):
-        return float(np.abs(a - b).max())
-
-    return {"checkpoint": str(path), "length": args.length, "offset": args.offset,
-            "openharmony vs transformers at 0": max_diff(ours[0], theirs[0]),
-            "openharmony vs transformers at offset": max_diff(ours[args.offset],
-                                                              theirs[args.offset]),
-            "openharmony drift (offset vs 0)": max_diff(ours[args.offset], ours[0]),
-            "transformers drift (offset vs 0)": max_diff(theirs[args.offset], theirs[0]),
-            "top1 openharmony at offset vs transformers at offset": float(np.mean(
-                ours[args.offset].argmax(-1) == theirs[args.offset].argmax(-1)))}
+    out = {"offset": args.offset}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, (config, spelling) in CONFIGS.items():
+            path = write_random_checkpoint(Path(tmp) / name, config, seed=7,
+                                           rope_spelling=spelling)
+            tokens = np.random.default_rng(11).integers(0, config.vocab_size,
+                                                        (2, 6 * config.sliding_window))
+            out[name] = compare(path, tokens)
+            print(name, json.dumps(out[name]), file=sys.stderr)
+    if args.with_20b:
+        path = truncated_20b(2, proxy=True)
+        tokens = np.array([prompt_ids(args.length, PROXY["vocab_size"], seed=5)])
+        with big_memory_lock(True):  # ~5 GB: the float64 reference
+            out["20b attention, 2 layers (proxy)"] = compare(path, tokens)
+    return out
 
 
 # -- memory -----------------------------------------------------------------------------------
 
 
-def fill(caches, config, positions: int, chunk: int = 4096) -> None:
-    """Put `positions` random keys/values into every cache (full ones with `extend`; the
-    sliding ones through `attend`, a window at a time, which is cheap at any context)."""
+def fill(caches, config, positions: int, scales=None, chunk: int = 4096) -> None:
+    """Put `positions` random keys/values into every cache through the caches' own API (full
+    ones with `extend`; the sliding ones through `attend`, a window at a time, which is cheap
+    at any context). `scales`: per layer, the (mean, std) of its keys and of its values
+    [H, D] (`key_value_scales`); None: standard normal. A decode step's cost does not depend
+    on the values, and this is minutes where a 32k prefill is most of an hour on this CPU."""
     H, D = config.num_key_value_heads, config.head_dim
     queries = mx.zeros((1, config.num_attention_heads, config.sliding_window, D))
     sinks = mx.zeros((config.num_attention_heads,))
-    for cache in caches:
+    for layer, cache in enumerate(caches):
         step = config.sliding_window if cache.bounded else chunk
         for begin in range(0, positions, step):
             n = min(step, positions - begin)
             k, v = mx.random.normal((2, 1, H, n, D))
+            if scales is not None:
+                (k_mean, k_std), (v_mean, v_std) = scales[layer]
+                k, v = k * k_std[:, None] + k_mean[:, None], v * v_std[:, None] + v_mean[:, None]
             if cache.bounded:
                 cache.attend(queries[:, :, :n], k, v, scale=1.0, sinks=sinks,
                              window=cache.window)
             else:
                 cache.extend(k, v)
             mx.eval(cache.state)
+
+
+def key_value_scales(model, tokens: int = 64) -> list:
+    """Per layer, the mean and std over positions of the model's own keys and of its values
+    ([H, D] each), from a short prefill of random tokens into float caches."""
+    caches = model.make_cache()
+    model(mx.array([prompt_ids(tokens, model.config.vocab_size, seed=3)]), caches)
+    scales = []
+    for cache in caches:  # both layouts hold positions 0 .. tokens-1 in order (tokens <= W)
+        held = [parts[0][:, :, :tokens] for parts in (cache.keys, cache.values)]
+        scales.append([(x.mean(axis=2)[0], mx.sqrt(x.var(axis=2)[0])) for x in held])
+    mx.eval(scales)
+    return scales
 
 
 def rss_bytes() -> int:
@@ -269,22 +325,37 @@ def rss_bytes() -> int:
     raise RuntimeError("no VmRSS")
 
 
+class MemoryProbe:
+    """VmRSS and MLX's active memory now, against when the probe was made."""
+
+    def __init__(self):
+        mx.clear_cache()
+        self.rss, self.active = rss_bytes(), mx.get_active_memory()
+
+    def growth(self) -> dict:
+        mx.clear_cache()  # freed buffers MLX keeps for reuse are not the cache's
+        return {"rss_growth_bytes": rss_bytes() - self.rss,
+                "active_memory_growth_bytes": mx.get_active_memory() - self.active}
+
+
+def cache_bytes(caches, positions: int) -> dict:
+    full = sum(c.nbytes for c in caches if not c.bounded)
+    sliding = sum(c.nbytes for c in caches if c.bounded)
+    return {"nbytes": full + sliding, "full_layers_nbytes": full,
+            "sliding_layers_nbytes": sliding, "bytes_per_token_full_layers": full / positions}
+
+
 def memory_worker(variant: str, positions: int) -> dict:
-    """In a fresh process: the 20b caches (24 layers) filled to `positions`."""
+    """In a fresh process: the 20b caches (24 layers) filled to `positions`, no model."""
     from openharmony.cache import make_caches
     from openharmony.random_checkpoint import PRESETS
 
     config = PRESETS["20b"]
     mx.eval(mx.zeros((1,)))
-    before = rss_bytes()
+    probe = MemoryProbe()
     caches = make_caches(config, **VARIANTS[variant])
     fill(caches, config, positions)
-    mx.clear_cache()
-    full = sum(c.nbytes for c in caches if not c.bounded)
-    sliding = sum(c.nbytes for c in caches if c.bounded)
-    return {"positions": positions, "nbytes": full + sliding, "full_layers_nbytes": full,
-            "sliding_layers_nbytes": sliding, "bytes_per_token_full_layers": full / positions,
-            "rss_delta_bytes": rss_bytes() - before,
+    return {"positions": positions, **cache_bytes(caches, positions), **probe.growth(),
             "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
 
 
@@ -303,55 +374,50 @@ def memory(args) -> dict:
 
 
 def speed(args) -> dict:
-    """Decode steps on the truncated 20b model with caches filled to each context: tokens/s
-    of the model, and the attention of one full layer, one sliding layer and the rest of a
-    step timed apart (with barriers) to project the 24-layer
-    model."""
+    """Whole-model decode steps with the caches filled to each context (`fill`, at the scale
+    of the model's own keys and values), the variants interleaved step by step: tokens/s,
+    and where a step's time goes (`_attention_by_layer`: the attention of every layer vs the
+    rest, the weights). Also each variant's memory once filled (VmRSS and MLX's active
+    memory growth, next to `nbytes`)."""
     from openharmony.load import load_model
 
-    out = {}
-    with big_memory_lock(True):
-        model = load_model(truncated_20b(args.layers), "float32")
+    out = {"checkpoint": None, "steps": args.steps, "contexts": {}}
+    with big_memory_lock(needs_lock(args)):
+        path = model_path(args)
+        out["checkpoint"] = str(path)
+        model = load_model(path, "float32")
         config = model.config
+        scales = key_value_scales(model)
         for context in args.contexts:
+            results, caches = {}, {}
             for variant in args.variants:
-                caches = model.make_cache(**VARIANTS[variant])
-                fill(caches, config, context)
-                token = 1
-                model(mx.array([[token]]), caches)  # warm-up
-                steps = []
-                for _ in range(args.steps):
+                probe = MemoryProbe()
+                caches[variant] = model.make_cache(**VARIANTS[variant])
+                fill(caches[variant], config, context, scales)
+                results[variant] = {**cache_bytes(caches[variant], context), **probe.growth()}
+                mx.eval(model(mx.array([[1]]), caches[variant]))  # warm-up (grows the buffers)
+            steps = {variant: [] for variant in caches}
+            for _ in range(args.steps):
+                for variant, cache in caches.items():
                     begin = time.perf_counter()
-                    mx.eval(model(mx.array([[token]]), caches))
-                    steps.append(time.perf_counter() - begin)
-                attention = {"full": 0.0, "sliding": 0.0}
-                for _ in range(args.steps):
-                    per_layer = _attention_by_layer(model, caches)
-                    for kind, seconds in per_layer.items():
-                        attention[kind] += seconds
-                step = float(np.median(steps))
-                n_full = sum(not config.is_sliding(i) for i in range(config.num_hidden_layers))
-                n_sliding = config.num_hidden_layers - n_full
-                full_attention = attention["full"] / args.steps / n_full
-                sliding_attention = attention["sliding"] / args.steps / n_sliding
-                rest = (step - n_full * full_attention - n_sliding * sliding_attention)
-                per_layer_rest = rest / config.num_hidden_layers  # experts, router, norms...
-                # The 20b: 12 full + 12 sliding layers; the lm_head is in `rest` once, which
-                # this spreads over the layers (a small overestimate for 24 layers).
-                projected = 12 * full_attention + 12 * sliding_attention + 24 * per_layer_rest
-                out[f"{variant} @ {context}"] = {
-                    "context": context, "variant": variant, "layers": config.num_hidden_layers,
+                    mx.eval(model(mx.array([[1]]), cache))
+                    steps[variant].append(time.perf_counter() - begin)
+            for variant, cache in caches.items():
+                split = [_attention_by_layer(model, cache) for _ in range(args.split_steps)]
+                step = float(np.median(steps[variant]))
+                attention = float(np.median([s["full"] + s["sliding"] for s in split]))
+                with_barriers = float(np.median([s["step"] for s in split]))
+                results[variant].update({
                     "step_s": step, "tokens_per_s": 1 / step,
-                    "full_layer_attention_s": full_attention,
-                    "sliding_layer_attention_s": sliding_attention,
-                    "rest_per_layer_s": per_layer_rest,
-                    "projected_20b_step_s": projected,
-                    "projected_20b_attention_share": 12 * (full_attention + sliding_attention)
-                                                     / projected,
-                }
-                print(json.dumps(out[f"{variant} @ {context}"]), file=sys.stderr)
-                del caches
-                mx.clear_cache()
+                    "vs_float_step": step / float(np.median(steps[args.variants[0]])),
+                    "full_attention_s": float(np.median([s["full"] for s in split])),
+                    "sliding_attention_s": float(np.median([s["sliding"] for s in split])),
+                    "step_with_barriers_s": with_barriers,
+                    "attention_share": attention / with_barriers})
+                print(context, variant, json.dumps(results[variant]), file=sys.stderr)
+            out["contexts"][context] = results
+            del caches
+            mx.clear_cache()
     return out
 
 
@@ -390,7 +456,10 @@ def attention_alone(args) -> dict:
 
 
 def _attention_by_layer(model, caches) -> dict:
-    """One decode step with a barrier around each layer's attention; seconds by layer kind."""
+    """One decode step (the model's layers called one by one) with a barrier around each
+    layer's attention: seconds of the full and the sliding layers' attention (projections
+    included) and of the whole step ("step"; the rest is the experts, norms and lm_head)."""
+    start = time.perf_counter()
     x = model.embed_tokens(mx.array([[1]])).astype(model.dtype)
     mx.eval(x)
     seconds = {"full": 0.0, "sliding": 0.0}
@@ -401,6 +470,8 @@ def _attention_by_layer(model, caches) -> dict:
         seconds["sliding" if cache.bounded else "full"] += time.perf_counter() - begin
         x = x + layer.mlp(layer.post_attention_layernorm(x))
         mx.eval(x)
+    mx.eval(model.lm_head(model.norm(x)))
+    seconds["step"] = time.perf_counter() - start
     return seconds
 
 
@@ -409,12 +480,15 @@ def main() -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("parity")
     p = sub.add_parser("accuracy")
-    p.add_argument("--layers", type=int, default=2)
-    p.add_argument("--tokens", type=int, nargs="+", default=[2048])
-    p.add_argument("--decode", type=int, default=48, help="decode steps compared")
-    p.add_argument("--chunk", type=int, default=512)
-    p.add_argument("--proxy", action="store_true", help="the 20b attention, small vocabulary "
-                                                        "and experts (no memory lock)")
+    add_model_options(p)
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS),
+                   help="float first (the reference), unless --reference holds its logits; "
+                        f"'{NOISE_FLOOR}' is float in chunks half as long")
+    p.add_argument("--tokens", type=int, default=2304, help="prompt length")
+    p.add_argument("--compare-from", type=int, default=2048,
+                   help="the first position whose next-token distribution is compared")
+    p.add_argument("--chunk", type=int, default=256)
+    p.add_argument("--reference", type=Path, help="where the float logits are saved / read")
     p = sub.add_parser("memory")
     p.add_argument("--positions", type=int, default=32768)
     p.add_argument("--variants", nargs="+", default=list(VARIANTS))
@@ -422,21 +496,25 @@ def main() -> None:
     p.add_argument("variant")
     p.add_argument("positions", type=int)
     p = sub.add_parser("speed")
-    p.add_argument("--layers", type=int, default=4)
+    add_model_options(p)
     p.add_argument("--contexts", type=int, nargs="+", default=[1024, 8192, 32768])
     p.add_argument("--variants", nargs="+", default=["float", "8-bit full layers",
-                                                     "4-bit full layers", "bf16"])
-    p.add_argument("--steps", type=int, default=5)
+                                                     "8-bit all layers"],
+                   help="the first is the one the others are compared with")
+    p.add_argument("--steps", type=int, default=5, help="timed steps per variant")
+    p.add_argument("--split-steps", type=int, default=3,
+                   help="steps with a barrier per layer, for where the time goes")
     p = sub.add_parser("attention")
     p.add_argument("--contexts", type=int, nargs="+", default=[1024, 8192, 32768])
     p.add_argument("--variants", nargs="+", default=["float", "8-bit full layers",
                                                      "4-bit full layers", "bf16"])
     p.add_argument("--rounds", type=int, default=9)
     p = sub.add_parser("long-positions")
-    p.add_argument("--checkpoint", type=Path, help="default: the 20b shapes with 2 layers")
     p.add_argument("--offset", type=int, default=100_000)
-    p.add_argument("--length", type=int, default=544, help="4 windows prefilled, the rest "
-                                                           "decoded token by token")
+    p.add_argument("--with-20b", action="store_true",
+                   help="also the 20b attention with 2 layers (the proxy; takes the lock)")
+    p.add_argument("--length", type=int, default=544, help="for the 20b: 4 windows "
+                                                           "prefilled, the rest decoded")
     args = parser.parse_args()
     if args.command == "memory-worker":
         print(json.dumps(memory_worker(args.variant, args.positions)))

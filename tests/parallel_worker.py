@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from openharmony import generate, load_model, parallel
+from openharmony import generate, load_model, native, parallel
 from openharmony.loader import is_expert_tensor
 
 import mlx.core as mx
@@ -43,10 +43,22 @@ def parameter_bytes(model, experts: bool) -> int:
                if is_expert_tensor(k) or not experts)
 
 
+def mapped_expert_bytes(model) -> int:
+    """Bytes of the expert tensors the model uses in place from the checkpoint's mapping."""
+    return sum(t.nbytes for layer in model.layers
+               for linear in (layer.mlp.experts.gate_up_proj, layer.mlp.experts.down_proj)
+               for t in (linear.weight, linear.scales) if native.is_mapped(t))
+
+
 def parity(checkpoint: str, out: Path) -> None:
     group = parallel.init_group()
-    before_read, before_memory = read_bytes(), mx.get_active_memory()
+    # The default load: with the native kernels the experts are used in place, this rank's
+    # share of them only.
     model = load_model(checkpoint, "float32", group=group)
+    in_place_experts = mapped_expert_bytes(model)
+    # Read into memory instead: what this rank reads and holds.
+    before_read, before_memory = read_bytes(), mx.get_active_memory()
+    read_model = load_model(checkpoint, "float32", group=group, in_place=False)
     read = read_bytes() - before_read if before_read >= 0 else -1
     memory = mx.get_active_memory() - before_memory
 
@@ -64,13 +76,13 @@ def parity(checkpoint: str, out: Path) -> None:
     sampled = generate(model, PROMPT, detokenize=False, max_tokens=8, temperature=1.0,
                        seed=1000 + group.rank()).tokens
     experts = model.local_experts
-    expert_bytes = parameter_bytes(model, experts=True)
-    whole = load_model(checkpoint, "float32")  # what one process holds
+    expert_bytes = parameter_bytes(read_model, experts=True)
+    whole = load_model(checkpoint, "float32", in_place=False)  # what one process holds
     np.savez(out / f"rank{group.rank()}.npz", full=np.array(full),
              chunked=np.array(mx.concatenate(chunked, axis=1)),
              decoded=np.array(mx.concatenate(decoded, axis=1)), greedy=greedy, sampled=sampled,
              experts=[experts.start, experts.stop], read=read, memory=memory,
-             expert_bytes=expert_bytes, whole_bytes=parameter_bytes(whole, experts=False),
+             expert_bytes=expert_bytes, in_place_experts=in_place_experts, whole_bytes=parameter_bytes(whole, experts=False),
              whole_expert_bytes=parameter_bytes(whole, experts=True), size=group.size())
 
 

@@ -387,7 +387,7 @@ def test_prompt_cache_reuses_everything_but_the_last_token_of_a_repeated_prompt(
 from openharmony.generate import GenerationError, generate  # noqa: E402
 from openharmony.load import load_model  # noqa: E402
 from openharmony.random_checkpoint import write_random_checkpoint  # noqa: E402
-from reference import load_reference, reference_logits  # noqa: E402
+from reference import load_exact_reference, load_reference, reference_logits  # noqa: E402
 from test_model import CONFIGS  # noqa: E402 - the parity configs
 
 # The parity configs whose head_dim a quantized cache accepts (a multiple of 32): the MHA one
@@ -470,30 +470,31 @@ def test_quantized_and_bf16_caches_stay_close_to_transformers(parity, name, vari
 
 
 @pytest.mark.parametrize("name", CONFIGS)
-def test_parity_with_transformers_far_into_the_context(parity, name):
-    """A sequence whose first token sits at position 100,000 (caches started there; the
-    reference given the same position_ids).
+def test_parity_with_the_exact_math_far_into_the_context(parity, name):
+    """A sequence whose first token sits at position 100,000 (caches started there), against
+    transformers in float64 with float64 RoPE angles (`load_exact_reference`) given the same
+    position_ids: our float32 logits there are as close to the exact ones as at position 0.
 
-    RoPE only sees position differences, so the exact logits at 100,000 are those at 0; what
-    moves them is float32 rounding of the rotation angles (position x inverse frequency, ~4e-3
-    rad at 1e5), which transformers has too. The bar: openharmony at 100,000 is within twice
-    transformers' own drift (its logits at 100,000 vs at 0) of transformers and of the exact
-    logits. Measured: 0.4-3.8e-3 from transformers, 1.0-1.5x its drift (docs/cache.md).
+    RoPE only sees position differences, so the exact logits at 100,000 are those at 0 (the
+    reference shows it, to float64 rounding). Before the model computed its angles in float64
+    (openharmony/model.py, `Attention.rope`) this was 0.4-3.8e-3 off, as transformers' own
+    float32 is: the float32 rounding of position x inverse frequency (docs/cache.md).
     """
     import torch
 
-    model, tokens, path, at_zero = parity(name)
-    start = 100_000
-    with torch.no_grad():
-        positions = torch.arange(start, start + tokens.shape[1])[None].expand(tokens.shape[0], -1)
-        reference = load_reference(path)(input_ids=torch.from_numpy(tokens),
-                                          position_ids=positions, use_cache=False)
-    reference = reference.logits.float().numpy()
-    drift = np.abs(reference - at_zero).max()
-    assert drift < 0.05  # float32 rounding, not a position bug
-    got = chunked_then_decoded(model, tokens, model.make_cache(start=start))
-    assert np.abs(got - reference).max() <= 2 * drift
-    assert np.abs(got - at_zero).max() <= 2 * drift
+    model, tokens, path, _ = parity(name)
+    exact = load_exact_reference(path)
+    logits = {}
+    for start in (0, 100_000):
+        with torch.no_grad():
+            positions = torch.arange(start, start + tokens.shape[1])[None].expand(
+                tokens.shape[0], -1)
+            logits[start] = exact(input_ids=torch.from_numpy(tokens), position_ids=positions,
+                                  use_cache=False).logits.numpy()
+    assert np.abs(logits[100_000] - logits[0]).max() < 1e-9  # the reference is exact
+    for start, expected in logits.items():
+        got = chunked_then_decoded(model, tokens, model.make_cache(start=start))
+        assert np.abs(got - expected).max() <= 1e-4, start
 
 
 # -- generate with a quantized cache ------------------------------------------------------------

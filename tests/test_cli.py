@@ -321,9 +321,12 @@ def test_info_takes_the_model_as_an_option_too(tiny_checkpoint):
 def test_info_text(tiny_checkpoint):
     result = run("info", str(tiny_checkpoint), "--dtype", "bfloat16")
     assert result.exit_code == 0, result.output
+    from openharmony import native
+
     labels = [line.split("  ")[0] for line in result.stdout.splitlines()]
     assert labels == ["checkpoint", "layers", "experts", "sizes", "attention", "max context",
-                      "parameters", "on disk", "memory"]
+                      "parameters", "on disk", "memory", "KV cache",
+                      *(["in place"] if native.use_native() else [])]
     assert "8 per layer, 4 per token" in result.stdout
     assert "(bfloat16)" in result.stdout and "(8192 tokens)" in result.stdout
 
@@ -627,9 +630,16 @@ def test_info_weight_memory_is_what_the_loaded_model_holds(tiny_checkpoint, dtyp
 
     result = run("info", str(tiny_checkpoint), "--json", "--dtype", dtype)
     assert result.exit_code == 0, result.output
+    from openharmony import native
+
     model = load_model(tiny_checkpoint, getattr(mx, dtype))
     held = sum(array.nbytes for _, array in tree_flatten(model.parameters()))
-    assert json.loads(result.stdout)["weight_bytes"] == held
+    in_place = sum(t.nbytes for _, module in model.named_modules() for t in module.values()
+                   if native.is_mapped(t))
+    summary = json.loads(result.stdout)
+    assert summary["weight_bytes"] == held + in_place
+    assert summary["weight_bytes_in_place"] == in_place
+    assert (in_place > 0) == native.use_native()
 
 
 def test_info_kv_cache_is_what_the_caches_hold(tiny_checkpoint):
@@ -649,3 +659,40 @@ def test_info_kv_cache_is_what_the_caches_hold(tiny_checkpoint):
     model(mx.arange(context).reshape(1, context) % model.config.vocab_size, cache=caches)
     held = sum(array.nbytes for cache in caches for array in cache.state)
     assert json.loads(result.stdout)["kv_cache_bytes"] == held
+
+
+def test_info_kv_cache_per_token_for_each_storage(tmp_path, tiny_config, tiny_checkpoint):
+    """For each storage `info` reports (float as computed, bf16, 8-bit, 4-bit), the bytes at
+    the context are what such caches hold after that many positions, and the bytes per token
+    what 256 more positions add (512 and 768: multiples of the growth step, so no slack)."""
+    import dataclasses
+
+    import mlx.core as mx
+
+    from openharmony.load import load_model
+    from openharmony.random_checkpoint import write_random_checkpoint
+
+    config = dataclasses.replace(tiny_config, head_dim=64)  # a quantized cache needs 32 | D
+    path = write_random_checkpoint(tmp_path / "hf", config, seed=0)
+    result = run("info", str(path), "--json", "--dtype", "float32", "--context", "512")
+    assert result.exit_code == 0, result.output
+    reported = json.loads(result.stdout)["kv_cache"]
+    options = {"float32": {}, "bfloat16": {"kv_dtype": "bfloat16"}, "8-bit": {"kv_bits": 8},
+               "4-bit": {"kv_bits": 4}}
+    assert list(reported) == list(options)
+    model = load_model(path, mx.float32)
+    tokens = mx.arange(768).reshape(1, 768) % config.vocab_size
+    for name, cache_options in options.items():
+        caches = model.make_cache(**cache_options)
+        held = []
+        for chunk in (tokens[:, :512], tokens[:, 512:]):
+            model(chunk, cache=caches)
+            held.append(sum(array.nbytes for cache in caches for array in cache.state))
+        assert reported[name]["bytes"] == held[0], name
+        assert reported[name]["bytes_per_token"] == (held[1] - held[0]) / 256, name
+    text = run("info", str(path), "--dtype", "float32", "--context", "512").stdout
+    per_token = reported["8-bit"]["bytes_per_token"] / 1024
+    assert f"8-bit {per_token:.1f} KiB" in text
+    # head_dim 16 cannot be quantized: only the float storages are reported.
+    result = run("info", str(tiny_checkpoint), "--json", "--dtype", "float32")
+    assert list(json.loads(result.stdout)["kv_cache"]) == ["float32", "bfloat16"]

@@ -152,9 +152,13 @@ EXPERT_DISPATCH = ("gather_qmm only", "all dequantized", "mixed")
 
 @pytest.mark.parametrize("dispatch", EXPERT_DISPATCH)
 @pytest.mark.parametrize("name", CONFIGS)
-def test_prefill_expert_dispatch_matches_transformers(cases, monkeypatch, name, dispatch):
+def test_prefill_expert_dispatch_matches_transformers(cases, kernels, monkeypatch, name,
+                                                     dispatch):
     """Both prefill expert paths (gather_qmm, and the CPU's dequantize-then-matmul) and their
     mix within one layer give the reference's logits."""
+    if kernels == "native" and dispatch != "gather_qmm only":
+        pytest.skip("MLX's kernels only: with the native kernels the experts are used in place "
+                    "from the mapping and the kernel groups each expert's rows itself")
     case = cases(name)
     c = case.config
     calls = {"dense": 0, "gather_qmm": 0}
@@ -275,12 +279,21 @@ def _bug_yarn_attention_factor_dropped(monkeypatch):
                         lambda config: (rope(config)[0], 1.0))
 
 
+def _read_not_mapped(monkeypatch):
+    # The MXFP4 bugs below are injected where the loader converts the blocks (to_mlx), so the
+    # experts must be read, not used in place from the (read-only) mapping; what the native
+    # kernel does with mapped bytes is tested against the spec in test_native.py.
+    monkeypatch.setattr(model_module.Model, "uses_in_place", lambda self, name, stored: False)
+
+
 def _bug_nibble_order(monkeypatch):
+    _read_not_mapped(monkeypatch)
     to_mlx = model_module.to_mlx
     monkeypatch.setattr(model_module, "to_mlx", lambda b, s: to_mlx(_swap_nibbles(b), s))
 
 
 def _bug_scale_bias_128(monkeypatch):
+    _read_not_mapped(monkeypatch)
     to_mlx = model_module.to_mlx
     monkeypatch.setattr(model_module, "to_mlx", lambda b, s: to_mlx(b, s - 1))
 
@@ -368,16 +381,22 @@ def test_rope_frequencies_match_transformers(name):
     assert attention_factor == pytest.approx(expected_factor, rel=1e-12)
 
 
-def test_parameters_are_laid_out_for_the_kernels(cases):
+def test_parameters_are_laid_out_for_the_kernels(cases, kernels):
     case = cases("gqa-yarn")
     c = case.config
     model = load_model(case.path, "bfloat16")
     assert model.dtype == mx.bfloat16
     layer = model.layers[0]
     experts = layer.mlp.experts.gate_up_proj
-    assert experts.weight.dtype == mx.uint32
-    assert experts.weight.shape == (c.num_local_experts, 2 * c.intermediate_size,
-                                    c.hidden_size // 8)
+    if kernels == "native":  # the checkpoint's own blocks, used in place
+        assert native.is_mapped(experts.weight) and native.is_mapped(experts.scales)
+        assert experts.weight.dtype == mx.uint8
+        assert experts.weight.shape == (c.num_local_experts, 2 * c.intermediate_size,
+                                        c.hidden_size // 32, 16)
+    else:  # MLX's packing
+        assert experts.weight.dtype == mx.uint32
+        assert experts.weight.shape == (c.num_local_experts, 2 * c.intermediate_size,
+                                        c.hidden_size // 8)
     assert experts.scales.dtype == mx.uint8
     assert experts.scales.shape == (c.num_local_experts, 2 * c.intermediate_size,
                                     c.hidden_size // 32)
@@ -428,6 +447,7 @@ def test_float32_model_keeps_the_embedding_table_as_stored(cases, kernels):
     # Exact (the gathered bf16 rows are widened, as the whole table would be): the float32
     # parity tests above run with this layout; it halves the table's memory. With the native
     # kernels the dense layers' bf16 weights stay as stored too (the kernel widens them).
+    # (On the native path those weights are the checkpoint's mapped bf16 bytes: test_load.py.)
     model = cases("gqa-yarn").model
     dense = mx.bfloat16 if kernels == "native" else mx.float32
     assert model.embed_tokens.weight.dtype == mx.bfloat16
@@ -442,7 +462,7 @@ def test_native_kernels_run_every_matmul_they_serve(cases, kernels, monkeypatch,
     only there), and the logits still match transformers'."""
     if kernels != "native":
         pytest.skip("the native path only")
-    calls = {"gather_mxfp4_matmul": 0, "bf16_matmul": 0}
+    calls = {"gather_mxfp4_matmul": 0, "bf16_matmul": 0, "take_rows": 0}
     for name in calls:
         def counted(*args, _name=name, _kernel=getattr(native, name), **kwargs):
             calls[_name] += 1
@@ -461,7 +481,7 @@ def test_native_kernels_run_every_matmul_they_serve(cases, kernels, monkeypatch,
     forwards = 1 if tokens == "prefill" else 3
     # Per layer: gate_up and down; q, k, v, o; plus the lm_head.
     assert calls == {"gather_mxfp4_matmul": 2 * layers * forwards,
-                     "bf16_matmul": (4 * layers + 1) * forwards}
+                     "bf16_matmul": (4 * layers + 1) * forwards, "take_rows": forwards}
 
 
 def _load_overhead(path: Path, load) -> tuple[int, int]:

@@ -22,7 +22,7 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from openharmony import load_model
+from openharmony import load_model, native
 from openharmony.errors import ConfigError
 from openharmony.loader import is_expert_tensor, open_checkpoint
 from openharmony.parallel import expert_ranges
@@ -153,10 +153,14 @@ def test_every_rank_returns_the_full_model(ranks, which, tiny_checkpoint,
             sampled = list(out["sampled"])
         assert list(out["sampled"]) == sampled, f"rank {rank} sampled other tokens"
 
-        # Resident (MLX's counter, over the load): the whole model's parameters less the
-        # experts this rank does not hold, plus MLX's first-use overhead (~4 KB) and the RoPE
-        # tables.
+        # Read into memory (in_place=False), resident (MLX's counter, over the load): the whole
+        # model's parameters less the experts this rank does not hold, plus MLX's first-use
+        # overhead (~4 KB) and the RoPE tables.
         share = len(shares[rank]) / config.num_local_experts
+        if native.use_native():  # used in place: the share's bytes of the mapping, no more
+            mxfp4 = sum(stored.nbytes(n) for n in stored.names()
+                        if is_expert_tensor(n) and n.endswith((".blocks", ".scales")))
+            assert out["in_place_experts"] == mxfp4 * share
         assert out["expert_bytes"] == out["whole_expert_bytes"] * share
         held = out["whole_bytes"] - out["whole_expert_bytes"] * (1 - share)
         assert 0 <= out["memory"] - held < 8192, (out["memory"], held)

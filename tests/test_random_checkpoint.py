@@ -224,6 +224,20 @@ def test_command_line(tmp_path):
     assert (out / "original" / "model.safetensors").is_file()
 
 
+def test_command_line_truncates_layers(tmp_path):
+    script = [sys.executable, str(REPO / "scripts" / "make_random_checkpoint.py")]
+    subprocess.run([*script, str(tmp_path / "one"), "--preset", "tiny", "--layers", "1"],
+                   check=True, capture_output=True)
+    config = ModelConfig.from_path(tmp_path / "one")
+    assert config.num_hidden_layers == 1
+    assert config.layer_types == PRESETS["tiny"].layer_types[:1]
+    assert config.hidden_size == PRESETS["tiny"].hidden_size
+    refused = subprocess.run([*script, str(tmp_path / "nine"), "--preset", "tiny",
+                              "--layers", "9"], capture_output=True, text=True)
+    assert refused.returncode != 0 and "2 layers" in refused.stderr
+    assert not (tmp_path / "nine").exists()
+
+
 def test_bad_arguments_are_refused(tmp_path, tiny_config):
     with pytest.raises(ValueError, match="layout"):
         write_random_checkpoint(tmp_path, tiny_config, layout="gguf")

@@ -27,7 +27,8 @@ from .quantized import BITS, QuantizedStorage
 KV_DTYPES = {"float32": mx.float32, "bfloat16": mx.bfloat16, "float16": mx.float16}
 
 __all__ = ["Cache", "Storage", "attention_mask", "FloatStorage", "QuantizedStorage", "KVCache",
-           "RotatingKVCache", "PromptCache", "make_caches", "kv_dtype_of", "KV_DTYPES", "BITS"]
+           "RotatingKVCache", "PromptCache", "make_caches", "kv_dtype_of", "default_group_size",
+           "KV_DTYPES", "BITS"]
 
 
 def make_caches(config: ModelConfig, *, kv_bits: int | None = None,
@@ -48,7 +49,7 @@ def make_caches(config: ModelConfig, *, kv_bits: int | None = None,
         if isinstance(kv_bits, bool) or kv_bits not in BITS:
             raise ConfigError(f"kv_bits must be one of {', '.join(map(str, BITS))} (or None "
                               f"for a float cache), got {kv_bits!r}")
-        group = kv_group_size or (64 if config.head_dim % 64 == 0 else 32)
+        group = kv_group_size or default_group_size(config.head_dim)
         if config.head_dim % group:
             raise ConfigError(f"a quantized KV cache needs head_dim ({config.head_dim}) to be a "
                               f"multiple of the kv group size ({group}; 32, 64 or 128)")
@@ -66,6 +67,11 @@ def make_caches(config: ModelConfig, *, kv_bits: int | None = None,
         else:
             caches.append(KVCache(quantized, start=start))
     return caches
+
+
+def default_group_size(head_dim: int) -> int:
+    """Entries per scale and bias when `kv_group_size` is not given."""
+    return 64 if head_dim % 64 == 0 else 32
 
 
 def kv_dtype_of(dtype: mx.Dtype | str | None) -> mx.Dtype | None:

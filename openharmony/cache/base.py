@@ -10,7 +10,7 @@ compute attention its own way while the sink logit still joins the softmax unqua
 
 * `offset`: the position of the next token (the number of positions processed so far when the
   cache started at 0). The model rotates the new queries and keys by it. A batched cache with
-  one offset per row could make this an `mx.array` of B offsets, which `mx.fast.rope` accepts.
+  one offset per row makes this a list of B ints (openharmony/batch.py), which RoPE accepts.
 * `attend(queries, keys, values, *, scale, sinks, window) -> [B, n_heads, T, head_dim]`:
   `queries` `[B, n_heads, T, D]`, `keys`/`values` `[B, n_kv_heads, T, D]` of the T new
   positions `offset .. offset+T-1` (already rotated); appends them, advances `offset` by T and

@@ -10,6 +10,13 @@ graph like `mx.gather_qmm`:
   dequantized once and multiplied densely.
 * `bf16_matmul(x, w)`: float32 activations times bfloat16 weights [N, K] transposed, for the
   dense layers, whose weights can then stay bfloat16 in memory.
+* `take_rows(table, ids)`: rows of a mapped embedding table.
+
+Weights can be MLX arrays or `MappedTensor`s: byte ranges of a checkpoint file mapped once,
+read-only and shared (`map_file(path).tensor(offset, shape, dtype)`), which the kernels read
+in place, so loading copies nothing (openharmony/load.py; docs/speed.md). A mapped MXFP4
+weight is the checkpoint's own `blocks` tensor, uint8 [E, N, K/32, 16] (the same bytes MLX's
+uint32 packing views).
 
 Both accumulate in float32 and return float32. They run on a thread pool of their own (one
 thread per usable core, `OPENHARMONY_THREADS` to change it) with AVX-512, AVX2 or portable
@@ -100,15 +107,34 @@ def threads() -> int:
     return _module().threads()
 
 
-def gather_mxfp4_matmul(x: mx.array, w: mx.array, scales: mx.array, experts: mx.array,
+def gather_mxfp4_matmul(x: mx.array, w, scales, experts: mx.array,
                         isa: str | None = None) -> mx.array:
-    """x [R, K], w uint32 [E, N, K/8], scales uint8 [E, N, K/32], experts [R] -> float32 [R, N]."""
+    """x [R, K], w uint32 [E, N, K/8], scales uint8 [E, N, K/32], experts [R] -> float32 [R, N].
+
+    Or w and scales both `MappedTensor`s: blocks uint8 [E, N, K/32, 16], scales [E, N, K/32].
+    """
     return _module().gather_mxfp4_matmul(x, w, scales, experts, _isa(isa))
 
 
-def bf16_matmul(x: mx.array, w: mx.array, isa: str | None = None) -> mx.array:
-    """x [R, K] times bfloat16 w [N, K] transposed -> float32 [R, N]."""
+def bf16_matmul(x: mx.array, w, isa: str | None = None) -> mx.array:
+    """x [R, K] times bfloat16 w [N, K] (an array or a `MappedTensor`) -> float32 [R, N]."""
     return _module().bf16_matmul(x, w, _isa(isa))
+
+
+def take_rows(table, ids: mx.array) -> mx.array:
+    """Rows `ids` [n] of a mapped table [V, H] -> [n, H] in the table's dtype; ids outside
+    [0, V) give NaN rows instead of reading outside the mapping."""
+    return _module().take_rows(table, ids)
+
+
+def map_file(path) -> "_kernels.Mapping":
+    """The file at `path` mapped whole, read-only and shared (`.tensor(offset, shape, dtype)`)."""
+    return _module().map_file(str(path))
+
+
+def is_mapped(value) -> bool:
+    """Whether `value` is a tensor used in place from a mapped file."""
+    return _kernels is not None and isinstance(value, _kernels.MappedTensor)
 
 
 def _isa(isa: str | None) -> str:
