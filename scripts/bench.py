@@ -1,6 +1,9 @@
-"""openharmony vs mlx-lm vs the memory-bandwidth ceiling, on a random gpt-oss-20b checkpoint.
+"""openharmony vs mlx-lm, llama.cpp and the memory-bandwidth ceiling, on a random gpt-oss-20b
+checkpoint.
 
     .venv/bin/python scripts/bench.py --json bench.json    # the full benchmark (docs/benchmarks.md)
+    .venv/bin/python scripts/bench.py --llama-cpp model.gguf --configs openharmony/float32 \\
+        llama.cpp/bfloat16 llama.cpp-no-repack/bfloat16     # against llama.cpp (llama_cpp.py)
     .venv/bin/python scripts/bench.py --layers 2 --decode-tokens 8 --repeats 1   # a quick look
     .venv/bin/python scripts/bench.py --profile --layers 2  # where openharmony's time goes
 
@@ -15,7 +18,18 @@ run the checkpoint is evicted from the page cache, so every engine loads it from
 Measured per run: load seconds (from nothing until the weights are evaluated, so the first
 token can be computed), prefill tokens/s (prompt tokens / the seconds until the first generated
 token is known), decode tokens/s (tokens after the first / the seconds from the first to the
-last), VmHWM (the process's peak resident memory) and MLX's peak memory.
+last), VmHWM (the process's peak resident memory) and MLX's peak memory. openharmony's runs
+then prefill each of --prefill-tokens (128 and 512) once more, warm, from an empty cache: the
+figures set beside llama-bench's prefill tests.
+
+llama.cpp runs as llama-bench (scripts/llama_cpp.py builds it from the tree that PyPI's
+llama-cpp-python sdist vendors and converts the checkpoint to GGUF with that tree's converter)
+on the same number of threads as openharmony: prefill of --prefill-tokens and of
+--prompt-tokens, and decode of --decode-tokens from an empty context, each after llama-bench's
+warm-up, with its weights repacked for the CPU at load (its default, "llama.cpp") and used in
+place from the mmap ("llama.cpp-no-repack", `--repack 0`). Its load seconds run from the
+start of the process until llama-bench begins its first warm-up (model loaded, context made);
+its VmHWM is the process's, from wait4.
 
 The ceiling: one decode step must read every weight it uses at least once (attention, router,
 4 experts' MXFP4 blocks and scales per layer, lm_head) plus the KV cache, so the machine's read
@@ -53,13 +67,21 @@ ORDINARY_TOKENS = 199998
 
 # "openharmony" runs as users get it (the native CPU kernels where they are built);
 # "openharmony-mlx" is the same engine on MLX's own kernels (OPENHARMONY_KERNELS=mlx).
-ENGINES = ("openharmony", "openharmony-mlx", "mlx-lm")
+# llama.cpp: llama-bench with its weights repacked for the CPU ("llama.cpp", its default) or
+# used in place from the mmap ("llama.cpp-no-repack"); engine -> repack.
+LLAMA_CPP_REPACK = {"llama.cpp": True, "llama.cpp-no-repack": False}
+ENGINES = ("openharmony", "openharmony-mlx", "mlx-lm", *LLAMA_CPP_REPACK)
 KERNELS_SETTING = {"openharmony": "auto", "openharmony-mlx": "mlx"}
 DTYPES = ("float32", "bfloat16")
-CONFIGS = tuple(f"{engine}/{dtype}" for engine in ENGINES for dtype in DTYPES)
+# llama.cpp runs its GGUF's types only: MXFP4 experts and bf16 dense weights (llama_cpp.py).
+CONFIGS = tuple(f"{engine}/{dtype}" for engine in ENGINES for dtype in DTYPES
+                if engine not in LLAMA_CPP_REPACK or dtype == "bfloat16")
+DEFAULT_CONFIGS = ("openharmony/float32", "openharmony-mlx/float32", "mlx-lm/bfloat16",
+                   "mlx-lm/float32")
 # Each engine's own default on this CPU: openharmony computes in float32 on the CPU
 # (model.default_dtype), mlx-lm runs the checkpoint's bfloat16 as loaded.
-DEFAULT_DTYPE = {"openharmony": "float32", "openharmony-mlx": "float32", "mlx-lm": "bfloat16"}
+DEFAULT_DTYPE = {"openharmony": "float32", "openharmony-mlx": "float32", "mlx-lm": "bfloat16",
+                 "llama.cpp": "bfloat16", "llama.cpp-no-repack": "bfloat16"}
 RUN_FIELDS = ("load_s", "prefill_tok_s", "decode_tok_s", "vm_hwm_bytes", "mlx_peak_bytes")
 
 
@@ -238,8 +260,11 @@ def kernels_in_use(engine: str) -> str:
 
 
 def measure(engine: str, dtype: str, path: Path, prompt_tokens: int,
-            decode_tokens: int) -> dict:
-    """Load, prefill and decode once in this process; the run's figures.
+            decode_tokens: int, prefill_tokens: list[int] = ()) -> dict:
+    """Load, prefill and decode once in this process; the run's figures. openharmony's runs
+    then prefill each of `prefill_tokens` once more from an empty cache (warm: the decode run
+    has used every weight), for `prefill_tok_s_at` (mlx-lm's do not: a 512-token prefill takes
+    it 12 minutes in float32 here).
 
     Each engine is imported as its users import it, and only it: `import openharmony` first
     picks MLX's CPU BLAS (MKL when its extra is installed, unless OPENHARMONY_BLAS=mlx), while
@@ -272,12 +297,20 @@ def measure(engine: str, dtype: str, path: Path, prompt_tokens: int,
         times.append(time.perf_counter())
         tokens.append(token)
     assert len(tokens) == decode_tokens, (engine, len(tokens))
+    prefill_at = {}
+    if engine in KERNELS_SETTING:
+        for n in prefill_tokens:
+            # Another prompt (seed), so that nothing of the first could be reused.
+            began = time.perf_counter()
+            next(iter(decode(model, prompt_ids(n, vocab_size, seed=n), 1)))
+            prefill_at[str(n)] = n / (time.perf_counter() - began)
     return {
         "engine": engine, "dtype": dtype, "blas": blas_in_use(), "kernels": kernels_in_use(engine),
         "prompt_tokens": prompt_tokens,
         "decode_tokens": decode_tokens,
         "load_s": load_s,
         "prefill_tok_s": prompt_tokens / (times[0] - start),
+        "prefill_tok_s_at": prefill_at,
         "decode_tok_s": ((decode_tokens - 1) / (times[-1] - times[0])
                          if decode_tokens > 1 else None),
         "vm_hwm_bytes": vm_hwm_bytes(),
@@ -311,9 +344,10 @@ def evict_from_page_cache(file: Path) -> None:
 
 
 def run_subprocess(engine: str, dtype: str, path: Path, prompt_tokens: int,
-                   decode_tokens: int, lock: bool) -> dict:
+                   decode_tokens: int, lock: bool, prefill_tokens: list[int] = ()) -> dict:
     command = [sys.executable, __file__, "--worker", engine, dtype, "--checkpoint", str(path),
                "--prompt-tokens", str(prompt_tokens), "--decode-tokens", str(decode_tokens)]
+    command += ["--prefill-tokens", *map(str, prefill_tokens)]  # none: the option, empty
     with big_memory_lock(lock):
         # Every run loads from disk, as the first load after a reboot does, whatever the run
         # before it left in the page cache (a bf16 run leaves ~8 GB of the checkpoint there).
@@ -325,6 +359,52 @@ def run_subprocess(engine: str, dtype: str, path: Path, prompt_tokens: int,
         raise RuntimeError(f"{engine} {dtype} failed with exit status {done.returncode}{killed}:"
                            f"\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _llama_cpp_script():
+    """scripts/llama_cpp.py, by its path: `import llama_cpp` would find llama-cpp-python's
+    package where that is installed."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("llama_cpp_script",
+                                                  Path(__file__).with_name("llama_cpp.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def threads() -> int:
+    """The threads openharmony's native pool runs (csrc/thread_pool.cpp): OPENHARMONY_THREADS,
+    else the cores this process may use; llama.cpp gets the same number."""
+    return int(os.environ.get("OPENHARMONY_THREADS") or len(os.sched_getaffinity(0)))
+
+
+def run_llama_cpp(engine: str, gguf: Path, binary: Path, prompt_tokens: int,
+                  decode_tokens: int, prefill_tokens: list[int]) -> dict:
+    """One llama-bench process (scripts/llama_cpp.py) on `gguf`, from a cold page cache like
+    every run, as a run of this benchmark."""
+    llama_cpp = _llama_cpp_script()
+    lengths = sorted({prompt_tokens, *prefill_tokens})
+    command = llama_cpp.bench_command(binary, gguf, threads=threads(), prompt_tokens=lengths,
+                                      decode_tokens=decode_tokens,
+                                      repack=LLAMA_CPP_REPACK[engine])
+    with big_memory_lock(gguf.stat().st_size >= LOCK_ABOVE_BYTES):
+        evict_from_page_cache(gguf)
+        result = llama_cpp.run_bench(command)
+    at = {str(n): result["prefill_tok_s_at"][n] for n in lengths}
+    return {
+        "engine": engine, "dtype": DEFAULT_DTYPE[engine], "blas": "ggml", "kernels": "ggml",
+        "prompt_tokens": prompt_tokens, "decode_tokens": decode_tokens,
+        "load_s": result["load_s"],
+        "prefill_tok_s": at[str(prompt_tokens)],
+        "prefill_tok_s_at": {str(n): at[str(n)] for n in prefill_tokens},
+        "decode_tok_s": result["decode_tok_s"],
+        "vm_hwm_bytes": result["vm_hwm_bytes"], "mlx_peak_bytes": None, "tokens": [],
+        "threads": result["threads"], "repack": result["repack"], "command": command,
+        "llama_cpp": {k: result[k] for k in ("build_commit", "build_number", "cpu_info",
+                                             "model_type", "model_size", "type_k")},
+        "llama_bench_json": result["raw_json"],
+    }
 
 
 # -- the benchmark ------------------------------------------------------------------------
@@ -350,6 +430,9 @@ def summarize(runs: list[dict], ceilings: dict[str, float], bandwidth: float,
                 continue
             entry = {field: median([r[field] for r in mine]) for field in RUN_FIELDS}
             entry["prompt_tokens"] = mine[0]["prompt_tokens"]
+            lengths = sorted({n for r in mine for n in r.get("prefill_tok_s_at", {})}, key=int)
+            entry["prefill_tok_s_at"] = {
+                n: median([r.get("prefill_tok_s_at", {}).get(n) for r in mine]) for n in lengths}
             entry["blas"] = sorted({r.get("blas", "unrecorded") for r in mine})
             entry["kernels"] = sorted({r.get("kernels", "mlx") for r in mine})
             entry["runs"] = len(mine)
@@ -373,6 +456,11 @@ def summarize(runs: list[dict], ceilings: dict[str, float], bandwidth: float,
         ours, theirs = results.get(f"openharmony/{dtype}"), results.get(f"openharmony-mlx/{dtype}")
         if ours and theirs:
             comparisons[f"openharmony/{dtype} vs openharmony-mlx/{dtype}"] = _ratios(ours, theirs)
+    for dtype in DTYPES:  # openharmony against llama.cpp, repacked and in place
+        for engine in LLAMA_CPP_REPACK:
+            ours, theirs = results.get(f"openharmony/{dtype}"), results.get(f"{engine}/bfloat16")
+            if ours and theirs:
+                comparisons[f"openharmony/{dtype} vs {engine}/bfloat16"] = _ratios(ours, theirs)
     same = _same_tokens(runs)
     return {"settings": settings, "bandwidth_bytes_s": bandwidth, "decode_step_bytes": step_bytes,
             "ceiling_decode_tok_s": ceilings, "results": results, "ratios": comparisons,
@@ -386,6 +474,10 @@ def _ratios(ours: dict, theirs: dict) -> dict:
         "decode_tok_s": ratio(ours["decode_tok_s"], theirs["decode_tok_s"]),
         "vm_hwm_bytes": ratio(ours["vm_hwm_bytes"], theirs["vm_hwm_bytes"]),
         "prompt_tokens": [ours["prompt_tokens"], theirs["prompt_tokens"]],
+        # The warm prefills of the same lengths (openharmony's and llama.cpp's runs have them).
+        "prefill_tok_s_at": {n: ratio(ours["prefill_tok_s_at"][n], theirs["prefill_tok_s_at"][n])
+                             for n in ours.get("prefill_tok_s_at", {})
+                             if n in theirs.get("prefill_tok_s_at", {})},
     }
 
 
@@ -411,22 +503,24 @@ def format_table(summary: dict) -> str:
                          for d in summary["ceiling_decode_tok_s"]),
              "",
              "| engine | dtype | kernels | BLAS | runs | load s | prompt | prefill tok/s "
-             "| decode tok/s | VmHWM GB | MLX peak GB | decode / ceiling |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| warm prefill tok/s | decode tok/s | VmHWM GB | MLX peak GB | decode / ceiling |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for key, r in summary["results"].items():
         engine, dtype = key.split("/")
         lines.append(
             f"| {engine} | {dtype}{' (default)' if r['default'] else ''} "
             f"| {'/'.join(r.get('kernels', ['mlx']))} | {'/'.join(r['blas'])} | {r['runs']} "
-            f"| {r['load_s']:.1f} | {r['prompt_tokens']} | {r['prefill_tok_s']:.2f} "
+            f"| {_num(r['load_s'], '.1f')} | {r['prompt_tokens']} | {r['prefill_tok_s']:.2f} "
+            f"| {_by_length(r.get('prefill_tok_s_at'), '.2f')} "
             f"| {_num(r['decode_tok_s'], '.3f')} "
-            f"| {r['vm_hwm_bytes'] / gb:.2f} | {r['mlx_peak_bytes'] / gb:.2f} "
+            f"| {r['vm_hwm_bytes'] / gb:.2f} | {_num(_over(r['mlx_peak_bytes'], gb), '.2f')} "
             f"| {_num(r['ceiling_share'], '.1%')} |")
-    lines += ["", "| ours / theirs | load time | prefill | prompts | decode | VmHWM |",
-              "| --- | --- | --- | --- | --- | --- |"]
+    lines += ["", "| ours / theirs | load time | prefill | prompts | warm prefill | decode "
+              "| VmHWM |", "| --- | --- | --- | --- | --- | --- | --- |"]
     for name, r in summary["ratios"].items():
         lines.append(f"| {name} | {_num(r['load_s'], '.2f')} | {_num(r['prefill_tok_s'], '.2f')}"
                      f" | {r['prompt_tokens'][0]} vs {r['prompt_tokens'][1]} "
+                     f"| {_by_length(r.get('prefill_tok_s_at'), '.2f')} "
                      f"| {_num(r['decode_tok_s'], '.2f')} | {_num(r['vm_hwm_bytes'], '.2f')} |")
     same = ", ".join(f"{d}: {s['leading_equal']}/{s['of']}"
                      for d, s in summary["same_greedy_tokens"].items())
@@ -439,8 +533,20 @@ def _num(x: float | None, spec: str) -> str:
     return "-" if x is None else format(x, spec)
 
 
-def prompt_tokens_for(dtype: str, args) -> int:
-    return args.bf16_prompt_tokens if dtype == "bfloat16" else args.prompt_tokens
+def _over(x: float | None, unit: float) -> float | None:
+    return None if x is None else x / unit
+
+
+def _by_length(values: dict | None, spec: str) -> str:
+    """{"128": 12.7, "512": 11.3} as "128: 12.70, 512: 11.30"."""
+    return ", ".join(f"{n}: {_num(v, spec)}" for n, v in (values or {}).items()) or "-"
+
+
+def prompt_tokens_for(engine: str, dtype: str, args) -> int:
+    # llama.cpp prefills bf16 weights fast: it gets the float32 runs' prompt, like openharmony.
+    if dtype == "bfloat16" and engine not in LLAMA_CPP_REPACK:
+        return args.bf16_prompt_tokens
+    return args.prompt_tokens
 
 
 def reused_runs(path: Path, configs: list[str], checkpoint: Path, args) -> list[dict]:
@@ -453,7 +559,7 @@ def reused_runs(path: Path, configs: list[str], checkpoint: Path, args) -> list[
     for run in earlier["runs"]:
         if f"{run['engine']}/{run['dtype']}" in configs:
             continue
-        wanted = (prompt_tokens_for(run["dtype"], args), args.decode_tokens)
+        wanted = (prompt_tokens_for(run["engine"], run["dtype"], args), args.decode_tokens)
         if (run["prompt_tokens"], run["decode_tokens"]) != wanted:
             sys.exit(f"--reuse: {path} has {run['engine']} {run['dtype']} with prompt/decode "
                      f"tokens {run['prompt_tokens']}/{run['decode_tokens']}, this run uses "
@@ -472,7 +578,8 @@ def benchmark(args) -> dict:
     with big_memory_lock(lock):  # alone on the machine, like the runs
         bandwidth = read_bandwidth(nbytes=args.bandwidth_bytes)
     # The ceiling at the mean context while decoding.
-    contexts = {d: prompt_tokens_for(d, args) + args.decode_tokens // 2 for d in DTYPES}
+    contexts = {d: prompt_tokens_for("openharmony", d, args) + args.decode_tokens // 2
+                for d in DTYPES}
     step_bytes = {"bfloat16": decode_step_bytes(path, contexts["bfloat16"], None),
                   "float32": decode_step_bytes(path, contexts["float32"], 4),
                   # float32 compute on the native kernels: dense weights as stored (bf16).
@@ -493,18 +600,24 @@ def benchmark(args) -> dict:
                       f"--max-minutes {args.max_minutes}", file=sys.stderr, flush=True)
                 continue
             run_start = time.perf_counter()
-            run = run_subprocess(engine, dtype, path, prompt_tokens_for(dtype, args),
-                                 args.decode_tokens, lock)
+            if engine in LLAMA_CPP_REPACK:
+                run = run_llama_cpp(engine, args.llama_cpp, args.llama_bench,
+                                    args.prompt_tokens, args.decode_tokens, args.prefill_tokens)
+            else:
+                run = run_subprocess(engine, dtype, path, prompt_tokens_for(engine, dtype, args),
+                                     args.decode_tokens, lock, args.prefill_tokens)
             last_seconds[engine, dtype] = time.perf_counter() - run_start
             run["round"], run["seconds"] = repeat, last_seconds[engine, dtype]
             runs.append(run)
-            print(f"round {repeat}: {engine} {dtype}: load {run['load_s']:.1f} s, prefill "
+            print(f"round {repeat}: {engine} {dtype}: load {_num(run['load_s'], '.1f')} s, prefill "
                   f"{run['prefill_tok_s']:.2f} tok/s, decode {_num(run['decode_tok_s'], '.3f')}"
                   f" tok/s, VmHWM {run['vm_hwm_bytes'] / 1e9:.2f} GB "
                   f"({last_seconds[engine, dtype]:.0f} s)", file=sys.stderr, flush=True)
     settings = {"checkpoint": str(path), "prompt_tokens": args.prompt_tokens,
                 "bf16_prompt_tokens": args.bf16_prompt_tokens,
                 "decode_tokens": args.decode_tokens, "context_for_ceiling": contexts,
+                "prefill_tokens": args.prefill_tokens, "threads": threads(),
+                "llama_cpp_gguf": str(args.llama_cpp) if args.llama_cpp else None,
                 "repeats_asked": args.repeats, "max_minutes": args.max_minutes,
                 "configs_measured": args.configs,
                 "reused_from": str(args.reuse) if args.reuse else None,
@@ -682,10 +795,18 @@ def parse_args(argv=None):
     p.add_argument("--layers", type=int,
                    help="truncate the 20b shapes to this many layers (a quick look)")
     p.add_argument("--configs", nargs="+", choices=CONFIGS,
-                   default=["openharmony/float32", "openharmony-mlx/float32", "mlx-lm/bfloat16",
-                            "mlx-lm/float32"],
                    help="engine/dtype pairs to measure (default: each engine's default dtype "
-                        "and float32; openharmony on its native kernels and on MLX's)")
+                        "and float32; openharmony on its native kernels and on MLX's; with "
+                        "--llama-cpp also llama.cpp repacked and in place)")
+    p.add_argument("--llama-cpp", type=Path, metavar="GGUF",
+                   help="compare llama.cpp on this GGUF of the checkpoint "
+                        "(`scripts/llama_cpp.py convert`)")
+    p.add_argument("--llama-bench", type=Path,
+                   help="the llama-bench binary (default: the one `scripts/llama_cpp.py build` "
+                        "built in --cache-dir)")
+    p.add_argument("--prefill-tokens", type=int, nargs="*", default=[128, 512],
+                   help="prompt lengths openharmony and llama.cpp also prefill warm, from an "
+                        "empty cache (the comparison with llama-bench's prefill tests)")
     p.add_argument("--prompt-tokens", type=int, default=512,
                    help="prompt length of the float32 runs (prefill is measured on it)")
     p.add_argument("--bf16-prompt-tokens", type=int, default=16,
@@ -714,6 +835,21 @@ def parse_args(argv=None):
     for name in ("prompt_tokens", "bf16_prompt_tokens", "decode_tokens", "repeats"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
+    if any(n < 1 for n in args.prefill_tokens):
+        p.error("--prefill-tokens must be at least 1")
+    if args.configs is None:
+        args.configs = [*DEFAULT_CONFIGS, *(f"{engine}/bfloat16" for engine in LLAMA_CPP_REPACK
+                                            if args.llama_cpp)]
+    if any(c.split("/")[0] in LLAMA_CPP_REPACK for c in args.configs) and not args.worker:
+        if args.llama_cpp is None:
+            p.error("the llama.cpp configurations need --llama-cpp GGUF")
+        if not args.llama_cpp.is_file():
+            p.error(f"--llama-cpp {args.llama_cpp}: no such file")
+        if args.llama_bench is None:
+            tree = _llama_cpp_script().find_tree(args.cache_dir)
+            args.llama_bench = _llama_cpp_script().bench_binary(tree)
+        if not args.llama_bench.is_file():
+            p.error(f"no llama-bench at {args.llama_bench}: run `scripts/llama_cpp.py build`")
     return args
 
 
@@ -722,7 +858,7 @@ def main(argv=None) -> None:
     if args.worker:
         engine, dtype = args.worker
         print(json.dumps(measure(engine, dtype, args.checkpoint, args.prompt_tokens,
-                                 args.decode_tokens)))
+                                 args.decode_tokens, args.prefill_tokens)))
         return
     if args.profile:
         profile_main(args)

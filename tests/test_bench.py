@@ -231,3 +231,55 @@ def test_mlx_lm_float32_casts_every_floating_parameter(bench, tiny_checkpoint):
         model = bench._load_mlx_lm(tiny_checkpoint, dtype)
         dtypes = {value.dtype for _, value in tree_flatten(model.parameters())}
         assert dtypes == {floating, mx.uint32, mx.uint8}, dtype  # MXFP4 stays packed
+
+
+def test_llama_cpp_is_compared_beside_openharmony(tiny_checkpoint, tmp_path):
+    # llama-bench's part is a stand-in that prints a real llama-bench output (tests/data/), so
+    # this checks what bench.py makes of it: the runs, the ratios and the ceiling shares.
+    from test_llama_cpp import SAMPLE, write_stand_in
+
+    binary = write_stand_in(tmp_path / "llama-bench")
+    gguf = tmp_path / "model.gguf"
+    gguf.write_bytes(b"GGUF")
+    out = tmp_path / "bench.json"
+    done = run_bench(tiny_checkpoint, out, "--configs", "openharmony/float32",
+                     "llama.cpp/bfloat16", "llama.cpp-no-repack/bfloat16",
+                     "--prompt-tokens", "512", "--prefill-tokens", "128", "512",
+                     "--decode-tokens", "32", "--llama-cpp", str(gguf),
+                     "--llama-bench", str(binary))
+    report = json.loads(out.read_text())
+    sample = json.loads(SAMPLE.read_text())
+    sample_rate = {(t["n_prompt"], t["n_gen"]): t["avg_ts"] for t in sample}
+
+    # Each llama.cpp engine ran llama-bench once, on the GGUF, openharmony's thread count,
+    # the prefill lengths and the decode length asked, repacked or not.
+    calls = [json.loads(line) for line in Path(f"{binary}.args").read_text().splitlines()]
+    threads = report["settings"]["threads"]
+    assert sorted(c[c.index("--repack") + 1] for c in calls) == ["0", "1"]
+    for call in calls:
+        options = dict(zip(call[::2], call[1::2]))
+        assert (options["-m"], options["-t"], options["-p"], options["-n"]) == (
+            str(gguf), str(threads), "128,512", "32")
+
+    results = report["results"]
+    for engine in ("llama.cpp", "llama.cpp-no-repack"):
+        entry = results[f"{engine}/bfloat16"]
+        assert entry["decode_tok_s"] == sample_rate[0, 32]
+        assert entry["prefill_tok_s"] == sample_rate[512, 0]
+        assert entry["prefill_tok_s_at"] == {"128": sample_rate[128, 0],
+                                             "512": sample_rate[512, 0]}
+        assert entry["load_s"] > 0 and entry["vm_hwm_bytes"] > 0
+        assert entry["ceiling_basis"] == "bfloat16"  # MXFP4 experts, bf16 dense: as stored
+        assert math.isclose(entry["ceiling_share"], entry["decode_tok_s"]
+                            / report["ceiling_decode_tok_s"]["bfloat16"])
+    ours = results["openharmony/float32"]
+    assert set(ours["prefill_tok_s_at"]) == {"128", "512"}
+    assert all(v > 0 for v in ours["prefill_tok_s_at"].values())
+    for engine in ("llama.cpp", "llama.cpp-no-repack"):
+        row = report["ratios"][f"openharmony/float32 vs {engine}/bfloat16"]
+        assert math.isclose(row["decode_tok_s"], ours["decode_tok_s"] / sample_rate[0, 32])
+        for n in (128, 512):
+            assert math.isclose(row["prefill_tok_s_at"][str(n)],
+                                ours["prefill_tok_s_at"][str(n)] / sample_rate[n, 0])
+    assert "| llama.cpp-no-repack | bfloat16 (default) | ggml |" in done.stdout
+    assert "| openharmony/float32 vs llama.cpp/bfloat16 |" in done.stdout
