@@ -125,7 +125,7 @@ class Experts(nn.Module):
         """x [M, H] sorted by expert ids [M] -> [M, H]: each expert with at least
         DEQUANTIZE_MIN_ROWS rows as one dense matmul, the runs of rows between them through
         gather_qmm."""
-        if self.gate_up_proj.runs_native or not prefill_dequantizes_experts():
+        if not prefill_dequantizes_experts():
             return self.mlp(x[:, None, :], expert, sorted_indices=True)[:, 0]
         # The segment sizes decide the graph, so they are read on the host (one sync per layer
         # of a prefill chunk, nothing next to its seconds of work).
@@ -150,8 +150,7 @@ class Experts(nn.Module):
         # The native kernel groups the rows by expert itself (a counting sort in C++), so on
         # its path prefill skips the sort, the gather and the inverse permutation here; the
         # sort serves gather_qmm and the dequantized experts of sorted_mlp.
-        sort = prefill_dequantizes_experts() or not self.gate_up_proj.runs_native
-        if N * k >= SORT_THRESHOLD and sort:
+        if N * k >= SORT_THRESHOLD and not self.gate_up_proj.runs_native:
             # Prefill: sort the N*k (token, expert) pairs by expert so each expert's rows are
             # contiguous and run as one large matmul per expert (sorted_mlp).
             flat = indices.reshape(-1)

@@ -190,22 +190,30 @@ def accuracy(args) -> dict:
     return out
 
 
+def parity_checkpoints(configs: dict, folder: Path):
+    """(name, config, checkpoint path, tokens [2, 6 windows]) for each of the parity configs
+    (name -> (config, RoPE spelling)), written into `folder` as tests/test_model.py writes
+    them (seed 7, tokens from seed 11)."""
+    from openharmony.random_checkpoint import write_random_checkpoint
+
+    for name, (config, spelling) in configs.items():
+        path = write_random_checkpoint(folder / name, config, seed=7, rope_spelling=spelling)
+        tokens = np.random.default_rng(11).integers(0, config.vocab_size,
+                                                    (2, 6 * config.sliding_window))
+        yield name, config, path, tokens
+
+
 def parity(args) -> dict:
     """The tiny parity configs (tests/test_model.py) against transformers' float32 logits,
     every variant, chunked prefill then decoding token by token (tests/test_cache.py)."""
     from openharmony.load import load_model
-    from openharmony.random_checkpoint import write_random_checkpoint
     import tempfile
     from reference import load_reference, reference_logits
     from test_cache import QUANTIZABLE, chunked_then_decoded
 
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for name, (config, spelling) in QUANTIZABLE.items():
-            path = write_random_checkpoint(Path(tmp) / name, config, seed=7,
-                                           rope_spelling=spelling)
-            tokens = np.random.default_rng(11).integers(0, config.vocab_size,
-                                                        (2, 6 * config.sliding_window))
+        for name, config, path, tokens in parity_checkpoints(QUANTIZABLE, Path(tmp)):
             reference = mx.array(reference_logits(load_reference(path), tokens))
             model = load_model(path, mx.float32)
             out[name] = {}
@@ -231,7 +239,6 @@ def long_positions(args) -> dict:
 
     import torch
     from openharmony.load import load_model
-    from openharmony.random_checkpoint import write_random_checkpoint
     from reference import load_exact_reference, load_reference
     from test_cache import chunked_then_decoded
     from test_model import CONFIGS
@@ -261,11 +268,7 @@ def long_positions(args) -> dict:
 
     out = {"offset": args.offset}
     with tempfile.TemporaryDirectory() as tmp:
-        for name, (config, spelling) in CONFIGS.items():
-            path = write_random_checkpoint(Path(tmp) / name, config, seed=7,
-                                           rope_spelling=spelling)
-            tokens = np.random.default_rng(11).integers(0, config.vocab_size,
-                                                        (2, 6 * config.sliding_window))
+        for name, config, path, tokens in parity_checkpoints(CONFIGS, Path(tmp)):
             out[name] = compare(path, tokens)
             print(name, json.dumps(out[name]), file=sys.stderr)
     if args.with_20b:
