@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import re
 import resource
 import subprocess
 import sys
@@ -34,6 +35,7 @@ import openharmony  # noqa: F401 - first: it picks MLX's BLAS (openharmony/blas.
 import mlx.core as mx
 
 from bench import big_memory_lock
+from openharmony.cache import FloatStorage, KVCache, RotatingKVCache
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
@@ -49,6 +51,12 @@ VARIANTS = {
 # Not a storage: the float cache with the prompt in chunks of half the length (`accuracy`),
 # to show how far float32 rounding alone moves the logits of the same model.
 NOISE_FLOOR = "float, half chunks"
+
+# `accuracy` also takes "simulated N-bit full layers" (any N): the full layers' keys and values
+# rounded onto an N-bit affine grid and kept in float (`RoundedStorage`), to find how much
+# precision the model needs for a given agreement; and "8-bit full layers, groups of 32".
+ACCURACY_ONLY = {"8-bit full layers, groups of 32": {"kv_bits": 8, "kv_group_size": 32}}
+SIMULATED = re.compile(r"simulated (\d+)-bit full layers")
 
 
 # -- metrics --------------------------------------------------------------------------------
@@ -135,6 +143,35 @@ def needs_lock(args) -> bool:
     return not (args.layers is not None and args.proxy)
 
 
+class RoundedStorage(FloatStorage):
+    """A measuring instrument, not a storage to use: each key and value vector rounded onto
+    the grid of a `bits`-bit affine quantization with groups of `group_size` along head_dim
+    (mx.quantize's: per group, bias = min and scale = (max - min) / (2**bits - 1)), then kept
+    in float32. For bits = 8 it rounds as QuantizedStorage(8) does (to within how mx.quantize
+    places its grid); for more bits, it shows what an N-bit cache would give."""
+
+    def __init__(self, bits: int, group_size: int = 64) -> None:
+        super().__init__(None)
+        self.bits, self.group_size = bits, group_size
+
+    def encode(self, x: mx.array) -> tuple:
+        groups = x.reshape(*x.shape[:-1], x.shape[-1] // self.group_size, self.group_size)
+        low = groups.min(axis=-1, keepdims=True)
+        step = mx.maximum((groups.max(axis=-1, keepdims=True) - low) / (2 ** self.bits - 1),
+                          mx.array(1e-30, x.dtype))
+        return ((mx.round((groups - low) / step) * step + low).reshape(x.shape),)
+
+
+def variant_caches(model, name: str) -> list:
+    """The caches of one `accuracy` variant."""
+    simulated = SIMULATED.fullmatch(name)
+    if simulated is None:
+        return model.make_cache(**{**VARIANTS, **ACCURACY_ONLY}.get(name, {}))
+    config, rounded = model.config, RoundedStorage(int(simulated.group(1)))
+    return [RotatingKVCache(config.sliding_window, FloatStorage()) if config.is_sliding(layer)
+            else KVCache(rounded) for layer in range(config.num_hidden_layers)]
+
+
 def prefill_logits(model, tokens: list[int], caches, chunk: int, keep_from: int) -> mx.array:
     """Prefill `tokens` through `caches` in chunks of `chunk`; the logits [N, V] of positions
     `keep_from` .. len(tokens)-1 (teacher-forced next-token distributions)."""
@@ -157,6 +194,10 @@ def accuracy(args) -> dict:
     against them (each locked run stays short)."""
     from openharmony.load import load_model
 
+    for name in args.variants:
+        known = name in VARIANTS or name in ACCURACY_ONLY or name == NOISE_FLOOR
+        if not known and not SIMULATED.fullmatch(name):
+            raise SystemExit(f"unknown variant {name!r}")
     path = model_path(args)
     reference_file = args.reference
     with big_memory_lock(needs_lock(args)):
@@ -171,7 +212,7 @@ def accuracy(args) -> dict:
             # The noise floor: float caches again, the prompt in chunks half as long, so
             # the float32 sums run in another order (differences of ~1e-7 relative).
             noise = name == NOISE_FLOOR
-            logits = prefill_logits(model, tokens, model.make_cache(**VARIANTS.get(name, {})),
+            logits = prefill_logits(model, tokens, variant_caches(model, name),
                                     args.chunk // 2 if noise else args.chunk,
                                     args.compare_from)
             seconds = time.perf_counter() - start

@@ -20,6 +20,7 @@ import pytest
 
 from openharmony.cache import (FloatStorage, KVCache, PromptCache, QuantizedStorage,
                                RotatingKVCache, attention_mask, make_caches)
+from openharmony.cache.quantized import DEQUANTIZE_FROM
 from openharmony.config import FULL, SLIDING, ModelConfig
 from openharmony.errors import ConfigError
 
@@ -130,6 +131,19 @@ def test_attend_matches_the_reference(layout, storage, chunks):
     np.testing.assert_allclose(got, exact, atol=1e-5)
     loose = np.abs(got - reference_attention(q, k, v, sinks, window)).max()
     assert loose <= LOOSE[storage]
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_quantized_attention_is_the_same_math_decoded_or_packed(bits):
+    """Chunks of DEQUANTIZE_FROM queries and more decode the keys and values and run the float
+    attention; fewer read the packed cache. Both against the reference on the stored values."""
+    storage = QuantizedStorage(bits, 64)
+    below, at = DEQUANTIZE_FROM - 1, DEQUANTIZE_FROM
+    chunks = [at + 5, 1, below, at, 1, below, at]
+    q, k, v, sinks = random_qkv(sum(chunks), seed=bits)
+    got = feed(KVCache(storage, step=16), q, k, v, sinks, chunks, None)
+    exact = reference_attention(q, as_stored(storage, k), as_stored(storage, v), sinks, None)
+    np.testing.assert_allclose(got, exact, atol=1e-5)
 
 
 @pytest.mark.parametrize("layout", ["full", "rotating"])

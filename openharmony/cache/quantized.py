@@ -23,6 +23,13 @@ from .base import Mask, explicit_mask
 BITS = (4, 8)
 GROUP_SIZES = (32, 64, 128)  # what mx.quantize accepts
 
+# From this many query positions on (a prefill chunk), the keys and values are decoded to float
+# once and the float attention runs: decoding costs S x D per call, the attention T x heads x
+# S x D, and MLX's quantized_matmul decodes again for every block of query rows (the CPU
+# prefill took 2.4x as long as float's). A decode step's few queries read the packed cache
+# directly: 3.6x fewer bytes than float keys and values, and no float copy of them.
+DEQUANTIZE_FROM = 4
+
 
 class QuantizedStorage:
     def __init__(self, bits: int = 8, group_size: int = 64) -> None:
@@ -40,6 +47,11 @@ class QuantizedStorage:
     def attention(self, queries: mx.array, keys: tuple, values: tuple, *, scale: float,
                   sinks: mx.array, mask: Mask) -> mx.array:
         B, n_heads, T, D = queries.shape
+        if T >= DEQUANTIZE_FROM:
+            k, v = (mx.dequantize(*parts, group_size=self.group_size, bits=self.bits)
+                    .astype(queries.dtype) for parts in (keys, values))
+            return mx.fast.scaled_dot_product_attention(queries, k, v, scale=scale, mask=mask,
+                                                        sinks=sinks)
         n_kv_heads = keys[0].shape[1]
         repeats = n_heads // n_kv_heads
         # GQA: query head h = kv * repeats + r reads kv head kv. The repeats go into the rows
