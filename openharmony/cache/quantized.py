@@ -6,12 +6,13 @@ position is quantized on its own (groups run along head_dim), so a position's st
 not depend on how the sequence was chunked: trimming a quantized cache, or restoring a snapshot,
 gives exactly what a cold run holds (prefix reuse stays exact).
 
-Attention multiplies the queries with the packed keys and the probabilities with the packed
+A decode step multiplies the queries with the packed keys and the probabilities with the packed
 values (`mx.quantized_matmul`, which dequantizes group by group, never the whole cache). The
 scores and the softmax are float32, and the sink logit joins the softmax as one more column,
 unquantized and unmasked, then is dropped: the same math as the float path's
 `mx.fast.scaled_dot_product_attention(..., sinks=...)`. (mlx-lm's quantized cache has no sink
-column, which is why it refuses gpt-oss.)
+column, which is why it refuses gpt-oss.) A prefill chunk decodes the stored keys and values
+to float once and runs exactly that float path on them (`DEQUANTIZE_FROM`).
 """
 
 from __future__ import annotations
