@@ -2,6 +2,7 @@
 
     python scripts/measure_cache.py parity          # tiny parity configs vs transformers
     python scripts/measure_cache.py accuracy        # the 20b (24 layers): a 2304-token prompt
+    python scripts/measure_cache.py quantization-error  # the 20b's keys/values: rounding error
     python scripts/measure_cache.py memory          # 20b caches alone: bytes/token, RSS at 32k
     python scripts/measure_cache.py speed           # 20b decode tokens/s at 1k, 8k, 32k
     python scripts/measure_cache.py attention       # one full layer's decode attention alone
@@ -98,7 +99,8 @@ class Agreement:
 # The 20b's attention exactly (hidden 2880, 64 query and 8 kv heads of 64, window 128, YaRN,
 # sinks) with a small vocabulary and narrow experts: under 1 GB, so it runs without the memory
 # lock, and ~4x cheaper per token (for when the lock is not to be had).
-PROXY = {"vocab_size": 8192, "intermediate_size": 704}
+PROXY = {"vocab_size": 8192, "intermediate_size": 704,
+         "pad_token_id": 8191}  # in the vocabulary: transformers' embedding requires it
 
 
 def truncated_20b(layers: int, proxy: bool = False) -> Path:
@@ -361,6 +363,44 @@ def key_value_scales(model, tokens: int = 64) -> list:
     return scales
 
 
+def quantization_error(args) -> dict:
+    """How far each storage rounds the model's own keys and values, against what any code with
+    that many bits per entry could do: per full-attention layer, after a prefill of random
+    tokens into float caches, the rms rounding error over the rms of the entries, beside the
+    rate-distortion bound of a Gaussian source (error/std = 2**-bits at `bits` bits per entry,
+    scales not counted), and range/std per group (an outlier-free Gaussian group of 64: ~4.7)."""
+    from openharmony.load import load_model
+
+    with big_memory_lock(needs_lock(args)):
+        model = load_model(model_path(args), "float32")
+        caches = model.make_cache()
+        model(mx.array([prompt_ids(args.tokens, model.config.vocab_size, seed=0)]), caches)
+        layers = {}
+        for layer, cache in enumerate(caches):
+            if cache.bounded:
+                continue
+            row = {}
+            for name, x in zip(("keys", "values"), (cache.keys[0], cache.values[0])):
+                x = x[:, :, :args.tokens]
+                groups = x.reshape(*x.shape[:-1], -1, 64)
+                spread = (groups.max(axis=-1) - groups.min(axis=-1)) / mx.sqrt(
+                    groups.var(axis=-1))
+                row[name] = {"rms": float(mx.sqrt((x * x).mean())),
+                             "range_over_std": float(spread.mean())}
+                for storage, bits in (("8-bit", 8), ("4-bit", 4)):
+                    rounded = mx.dequantize(*mx.quantize(x, group_size=64, bits=bits),
+                                            group_size=64, bits=bits)
+                    error = float(mx.sqrt(((rounded - x) ** 2).mean()))
+                    row[name][f"{storage} error/rms"] = error / row[name]["rms"]
+                bf16 = x.astype(mx.bfloat16).astype(mx.float32)
+                row[name]["bf16 error/rms"] = float(mx.sqrt(((bf16 - x) ** 2).mean())) / \
+                    row[name]["rms"]
+            layers[layer] = row
+            print(f"layer {layer}: {json.dumps(row)}", file=sys.stderr)
+    return {"tokens": args.tokens, "bound error/std": {"8-bit": 2 ** -8, "4-bit": 2 ** -4},
+            "layers": layers}
+
+
 def rss_bytes() -> int:
     with open("/proc/self/status") as status:
         for line in status:
@@ -465,10 +505,16 @@ def speed(args) -> dict:
     return out
 
 
+# `attention` only: the 8-bit cache reading its packed keys and values for any number of
+# queries (a prefill chunk otherwise decodes them first: QuantizedStorage.dequantize_from).
+PACKED = "8-bit full layers, packed"
+
+
 def attention_alone(args) -> dict:
-    """One decode step's attention of one full-attention layer of the 20b (64 query heads, 8
-    kv heads of 64), its cache filled to each context: seconds per variant, the variants
-    interleaved round by round (medians). Small enough to need no lock (134 MB at 32k)."""
+    """One step's attention (`--queries` new positions: 1 is a decode step) of one
+    full-attention layer of the 20b (64 query heads, 8 kv heads of 64), its cache filled to
+    each context: seconds per variant, the variants interleaved round by round (medians).
+    Small enough to need no lock (134 MB at 32k)."""
     from openharmony.cache import make_caches
     from openharmony.random_checkpoint import PRESETS
 
@@ -478,22 +524,27 @@ def attention_alone(args) -> dict:
     for context in args.contexts:
         caches = {}
         for variant in args.variants:
-            cache = make_caches(config, **VARIANTS[variant])[full_layer]
+            options = VARIANTS["8-bit full layers"] if variant == PACKED else VARIANTS[variant]
+            cache = make_caches(config, **options)[full_layer]
+            if variant == PACKED:
+                cache.storage.dequantize_from = sys.maxsize
             fill([cache], config, context)
             caches[variant] = cache
-        q = mx.random.normal((1, config.num_attention_heads, 1, config.head_dim))
-        k, v = mx.random.normal((2, 1, config.num_key_value_heads, 1, config.head_dim))
+        T = args.queries
+        q = mx.random.normal((1, config.num_attention_heads, T, config.head_dim))
+        k, v = mx.random.normal((2, 1, config.num_key_value_heads, T, config.head_dim))
         sinks = mx.zeros((config.num_attention_heads,))
         times = {variant: [] for variant in caches}
         for _ in range(args.rounds):
             for variant, cache in caches.items():
-                cache.trim_to(context)  # every step attends over `context` + 1 keys
+                cache.trim_to(context)  # every step attends over `context` + T keys
                 begin = time.perf_counter()
                 mx.eval(cache.attend(q, k, v, scale=0.125, sinks=sinks, window=None))
                 times[variant].append(time.perf_counter() - begin)
         for variant, seconds in times.items():
             out[f"{variant} @ {context}"] = {
-                "context": context, "variant": variant, "attention_s": float(np.median(seconds)),
+                "context": context, "queries": T, "variant": variant,
+                "attention_s": float(np.median(seconds)),
                 "vs_float": float(np.median(seconds) / np.median(times["float"]))}
         del caches
     return out
@@ -533,6 +584,9 @@ def main() -> None:
                    help="the first position whose next-token distribution is compared")
     p.add_argument("--chunk", type=int, default=256)
     p.add_argument("--reference", type=Path, help="where the float logits are saved / read")
+    p = sub.add_parser("quantization-error")
+    add_model_options(p)
+    p.add_argument("--tokens", type=int, default=256)
     p = sub.add_parser("memory")
     p.add_argument("--positions", type=int, default=32768)
     p.add_argument("--variants", nargs="+", default=list(VARIANTS))
@@ -553,6 +607,7 @@ def main() -> None:
     p.add_argument("--variants", nargs="+", default=["float", "8-bit full layers",
                                                      "4-bit full layers", "bf16"])
     p.add_argument("--rounds", type=int, default=9)
+    p.add_argument("--queries", type=int, default=1, help="new positions per step (1: decode)")
     p = sub.add_parser("long-positions")
     p.add_argument("--offset", type=int, default=100_000)
     p.add_argument("--with-20b", action="store_true",
@@ -564,6 +619,7 @@ def main() -> None:
         print(json.dumps(memory_worker(args.variant, args.positions)))
         return
     command = {"parity": parity, "accuracy": accuracy, "memory": memory, "speed": speed,
+               "quantization-error": quantization_error,
                "attention": attention_alone, "long-positions": long_positions}[args.command]
     print(json.dumps(command(args), indent=1))
 

@@ -378,8 +378,11 @@ def test_prompt_cache_rewinds_to_the_nearest_exact_state(options):
     assert type(pc.caches[1].storage) is type(cold[1].storage)
     got = [np.concatenate(parts, axis=2) for parts in
            zip(*(model.feed(pc.caches, T) for T in (1, 6, 1)))]
-    for layer_got, layer_expected in zip(got, expected):  # the restored caches continue exactly
-        np.testing.assert_allclose(layer_got, layer_expected[:, :, 19:27], atol=1e-6)
+    # The restored caches continue exactly: the same stored keys and values as the cold run's,
+    # so the outputs differ only by the float32 summation order of other query blocks (1 and
+    # 6 queries here, 40 there: up to 1.2e-6 with MKL as MLX's BLAS).
+    for layer_got, layer_expected in zip(got, expected):
+        np.testing.assert_allclose(layer_got, layer_expected[:, :, 19:27], atol=1e-5)
     pc.add_tokens([3] * 8)
     # Diverging before every snapshot, after the window wrapped: fresh caches, nothing reused.
     assert pc.reuse([100, 5, 5]) == 0

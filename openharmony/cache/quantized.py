@@ -40,6 +40,7 @@ class QuantizedStorage:
             raise ValueError(f"the kv group size must be one of "
                              f"{', '.join(map(str, GROUP_SIZES))}, got {group_size!r}")
         self.bits, self.group_size = bits, group_size
+        self.dequantize_from = DEQUANTIZE_FROM  # scripts/measure_cache.py times both paths
 
     def encode(self, x: mx.array) -> tuple[mx.array, mx.array, mx.array]:
         """[B, H, T, D] -> (packed uint32 [B, H, T, D*bits/32], scales, biases [B, H, T, D/g])."""
@@ -48,7 +49,7 @@ class QuantizedStorage:
     def attention(self, queries: mx.array, keys: tuple, values: tuple, *, scale: float,
                   sinks: mx.array, mask: Mask) -> mx.array:
         B, n_heads, T, D = queries.shape
-        if T >= DEQUANTIZE_FROM:
+        if T >= self.dequantize_from:
             k, v = (mx.dequantize(*parts, group_size=self.group_size, bits=self.bits)
                     .astype(queries.dtype) for parts in (keys, values))
             return mx.fast.scaled_dot_product_attention(queries, k, v, scale=scale, mask=mask,
