@@ -55,9 +55,12 @@ NOISE_FLOOR = "float, half chunks"
 
 # `accuracy` also takes "simulated N-bit full layers" (any N): the full layers' keys and values
 # rounded onto an N-bit affine grid and kept in float (`RoundedStorage`), to find how much
-# precision the model needs for a given agreement; and "8-bit full layers, groups of 32".
+# precision the model needs for a given agreement; "8-bit full layers, groups of 32"; and
+# "bf16 full layers" (bf16 storage where the 8-bit cache quantizes, the sliding layers float:
+# not a make_caches option).
 ACCURACY_ONLY = {"8-bit full layers, groups of 32": {"kv_bits": 8, "kv_group_size": 32}}
 SIMULATED = re.compile(r"simulated (\d+)-bit full layers")
+BF16_FULL = "bf16 full layers"
 
 
 # -- metrics --------------------------------------------------------------------------------
@@ -167,11 +170,13 @@ class RoundedStorage(FloatStorage):
 def variant_caches(model, name: str) -> list:
     """The caches of one `accuracy` variant."""
     simulated = SIMULATED.fullmatch(name)
-    if simulated is None:
+    if simulated is None and name != BF16_FULL:
         return model.make_cache(**{**VARIANTS, **ACCURACY_ONLY}.get(name, {}))
-    config, rounded = model.config, RoundedStorage(int(simulated.group(1)))
+    full = (FloatStorage(mx.bfloat16) if name == BF16_FULL
+            else RoundedStorage(int(simulated.group(1))))
+    config = model.config
     return [RotatingKVCache(config.sliding_window, FloatStorage()) if config.is_sliding(layer)
-            else KVCache(rounded) for layer in range(config.num_hidden_layers)]
+            else KVCache(full) for layer in range(config.num_hidden_layers)]
 
 
 def prefill_logits(model, tokens: list[int], caches, chunk: int, keep_from: int) -> mx.array:
@@ -197,7 +202,7 @@ def accuracy(args) -> dict:
     from openharmony.load import load_model
 
     for name in args.variants:
-        known = name in VARIANTS or name in ACCURACY_ONLY or name == NOISE_FLOOR
+        known = name in VARIANTS or name in ACCURACY_ONLY or name in (NOISE_FLOOR, BF16_FULL)
         if not known and not SIMULATED.fullmatch(name):
             raise SystemExit(f"unknown variant {name!r}")
     path = model_path(args)
