@@ -61,6 +61,8 @@ NOISE_FLOOR = "float, half chunks"
 ACCURACY_ONLY = {"8-bit full layers, groups of 32": {"kv_bits": 8, "kv_group_size": 32}}
 SIMULATED = re.compile(r"simulated (\d+)-bit full layers")
 BF16_FULL = "bf16 full layers"
+# make_cache's options for the `accuracy` variants it can make (the noise floor: float).
+ACCURACY_OPTIONS = {**VARIANTS, **ACCURACY_ONLY, NOISE_FLOOR: {}}
 
 
 # -- metrics --------------------------------------------------------------------------------
@@ -169,9 +171,9 @@ class RoundedStorage(FloatStorage):
 
 def variant_caches(model, name: str) -> list:
     """The caches of one `accuracy` variant."""
+    if name in ACCURACY_OPTIONS:
+        return model.make_cache(**ACCURACY_OPTIONS[name])
     simulated = SIMULATED.fullmatch(name)
-    if simulated is None and name != BF16_FULL:
-        return model.make_cache(**{**VARIANTS, **ACCURACY_ONLY}.get(name, {}))
     full = (FloatStorage(mx.bfloat16) if name == BF16_FULL
             else RoundedStorage(int(simulated.group(1))))
     config = model.config
@@ -202,8 +204,7 @@ def accuracy(args) -> dict:
     from openharmony.load import load_model
 
     for name in args.variants:
-        known = name in VARIANTS or name in ACCURACY_ONLY or name in (NOISE_FLOOR, BF16_FULL)
-        if not known and not SIMULATED.fullmatch(name):
+        if name not in ACCURACY_OPTIONS and name != BF16_FULL and not SIMULATED.fullmatch(name):
             raise SystemExit(f"unknown variant {name!r}")
     path = model_path(args)
     reference_file = args.reference
@@ -374,8 +375,12 @@ def quantization_error(args) -> dict:
     tokens into float caches, the rms rounding error over the rms of the entries, beside the
     rate-distortion bound of a Gaussian source (error/std = 2**-bits at `bits` bits per entry,
     scales not counted), and range/std per group (an outlier-free Gaussian group of 64: ~4.7)."""
+    from openharmony.cache import QuantizedStorage
     from openharmony.load import load_model
+    from test_cache import as_stored  # x as a storage holds it, decoded by MLX
 
+    storages = {"8-bit": QuantizedStorage(8, 64), "4-bit": QuantizedStorage(4, 64),
+                "bf16": FloatStorage(mx.bfloat16)}
     with big_memory_lock(needs_lock(args)):
         model = load_model(model_path(args), "float32")
         caches = model.make_cache()
@@ -390,16 +395,12 @@ def quantization_error(args) -> dict:
                 groups = x.reshape(*x.shape[:-1], -1, 64)
                 spread = (groups.max(axis=-1) - groups.min(axis=-1)) / mx.sqrt(
                     groups.var(axis=-1))
-                row[name] = {"rms": float(mx.sqrt((x * x).mean())),
-                             "range_over_std": float(spread.mean())}
-                for storage, bits in (("8-bit", 8), ("4-bit", 4)):
-                    rounded = mx.dequantize(*mx.quantize(x, group_size=64, bits=bits),
-                                            group_size=64, bits=bits)
-                    error = float(mx.sqrt(((rounded - x) ** 2).mean()))
-                    row[name][f"{storage} error/rms"] = error / row[name]["rms"]
-                bf16 = x.astype(mx.bfloat16).astype(mx.float32)
-                row[name]["bf16 error/rms"] = float(mx.sqrt(((bf16 - x) ** 2).mean())) / \
-                    row[name]["rms"]
+                rms = float(mx.sqrt((x * x).mean()))
+                row[name] = {"rms": rms, "range_over_std": float(spread.mean())}
+                x = np.array(x)
+                for storage, stored in storages.items():
+                    error = float(np.sqrt(((as_stored(stored, x) - x) ** 2).mean()))
+                    row[name][f"{storage} error/rms"] = error / rms
             layers[layer] = row
             print(f"layer {layer}: {json.dumps(row)}", file=sys.stderr)
     return {"tokens": args.tokens, "bound error/std": {"8-bit": 2 ** -8, "4-bit": 2 ** -4},

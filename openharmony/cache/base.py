@@ -91,3 +91,15 @@ def explicit_mask(mask: Mask, num_queries: int, num_keys: int) -> mx.array | Non
         return attention_mask(mx.arange(num_keys - num_queries, num_keys), mx.arange(num_keys),
                               None)
     return mask
+
+
+def float_attention(queries: mx.array, keys: mx.array, values: mx.array, *, scale: float,
+                    sinks: mx.array, mask: Mask) -> mx.array:
+    """The attention on float keys and values (held narrower, they are computed in the
+    queries' dtype). GQA without tiling k/v: the kernel maps q head h to kv head
+    h // (n_heads/n_kv_heads). The sink is a per-head logit appended to the softmax, unscaled
+    and never masked."""
+    if keys.dtype != queries.dtype:
+        keys, values = keys.astype(queries.dtype), values.astype(queries.dtype)
+    return mx.fast.scaled_dot_product_attention(queries, keys, values, scale=scale, mask=mask,
+                                                sinks=sinks)

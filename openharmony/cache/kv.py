@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import mlx.core as mx
 
-from .base import Mask, Storage, attention_mask
+from .base import Mask, Storage, attention_mask, float_attention
 
 Parts = tuple  # a storage's encoded keys (or values): arrays with the positions on axis 2
 
@@ -32,12 +32,7 @@ class FloatStorage:
     def attention(self, queries: mx.array, keys: Parts, values: Parts, *, scale: float,
                   sinks: mx.array, mask: Mask) -> mx.array:
         (k,), (v,) = keys, values
-        if k.dtype != queries.dtype:  # stored narrower: computed in the queries' dtype
-            k, v = k.astype(queries.dtype), v.astype(queries.dtype)
-        # GQA without tiling k/v: the kernel maps q head h to kv head h // (n_heads/n_kv_heads).
-        # The sink is a per-head logit appended to the softmax, unscaled and never masked.
-        return mx.fast.scaled_dot_product_attention(queries, k, v, scale=scale, mask=mask,
-                                                    sinks=sinks)
+        return float_attention(queries, k, v, scale=scale, sinks=sinks, mask=mask)
 
     def __repr__(self) -> str:
         return f"FloatStorage({self.dtype})"

@@ -12,14 +12,14 @@ scores and the softmax are float32, and the sink logit joins the softmax as one 
 unquantized and unmasked, then is dropped: the same math as the float path's
 `mx.fast.scaled_dot_product_attention(..., sinks=...)`. (mlx-lm's quantized cache has no sink
 column, which is why it refuses gpt-oss.) A prefill chunk decodes the stored keys and values
-to float once and runs exactly that float path on them (`DEQUANTIZE_FROM`).
+to float once and runs exactly that float path on them (`float_attention`, `DEQUANTIZE_FROM`).
 """
 
 from __future__ import annotations
 
 import mlx.core as mx
 
-from .base import Mask, explicit_mask
+from .base import Mask, explicit_mask, float_attention
 
 BITS = (4, 8)
 GROUP_SIZES = (32, 64, 128)  # what mx.quantize accepts
@@ -51,9 +51,8 @@ class QuantizedStorage:
         B, n_heads, T, D = queries.shape
         if T >= self.dequantize_from:
             k, v = (mx.dequantize(*parts, group_size=self.group_size, bits=self.bits)
-                    .astype(queries.dtype) for parts in (keys, values))
-            return mx.fast.scaled_dot_product_attention(queries, k, v, scale=scale, mask=mask,
-                                                        sinks=sinks)
+                    for parts in (keys, values))
+            return float_attention(queries, k, v, scale=scale, sinks=sinks, mask=mask)
         n_kv_heads = keys[0].shape[1]
         repeats = n_heads // n_kv_heads
         # GQA: query head h = kv * repeats + r reads kv head kv. The repeats go into the rows
