@@ -27,8 +27,9 @@ GROUP_SIZES = (32, 64, 128)  # what mx.quantize accepts
 # From this many query positions on (a prefill chunk), the keys and values are decoded to float
 # once and the float attention runs: decoding costs S x D per call, the attention T x heads x
 # S x D, and MLX's quantized_matmul decodes again for every block of query rows (the 20b's
-# 2304-token CPU prefill took 1.7x as long as float's; docs/cache.md). A decode step's few queries read the packed cache
-# directly: 3.6x fewer bytes than float keys and values, and no float copy of them.
+# 2304-token CPU prefill took 1.7x as long as float's; docs/cache.md). A decode step's few
+# queries read the packed cache directly: 3.6x fewer bytes than float keys and values, and no
+# float copy of them.
 DEQUANTIZE_FROM = 4
 
 
