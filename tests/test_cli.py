@@ -23,7 +23,6 @@ from pathlib import Path
 import pytest
 import tiktoken
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
 from openharmony import native
@@ -31,6 +30,7 @@ from openharmony import native
 from hub_stand_in import HubStandIn
 from openharmony.cli import _ReplyPrinter, app, checkpoint_summary
 from openharmony.errors import OpenHarmonyError
+from openharmony.testing import bigram_chains, write_bigram_checkpoint
 from openharmony.tokenizer import load_tokenizer
 
 from vocab import VOCAB, requires_vocab
@@ -56,44 +56,21 @@ def tokenizer():
     return load_tokenizer(VOCAB)
 
 
-def bigram_chains(tokenizer) -> dict[int, int]:
+def cli_chains(tokenizer) -> dict[int, int]:
     """token -> the token the bigram model must produce after it."""
     special = tokenizer.special_ids
     raw = tokenizer.encode(RAW_TEXT) + [special["<|endoftext|>"]]
     # The reply to a harmony prompt, which ends with <|start|>assistant.
     chat = (tokenizer.encode("assistant") + [special["<|channel|>"]] + tokenizer.encode("final")
             + [special["<|message|>"]] + tokenizer.encode(CHAT_ANSWER) + [special["<|return|>"]])
-    chains = {}
-    for sequence in (raw, chat):
-        for current, following in zip(sequence, sequence[1:]):
-            assert chains.get(current, following) == following, "a token with two successors"
-            chains[current] = following
-    return chains
-
-
-def write_bigram_checkpoint(source: Path, folder: Path, chains: dict[int, int]) -> Path:
-    """A copy of `source` whose next token is `chains[current token]` (greedy)."""
-    shutil.copytree(source, folder)
-    weights = load_file(folder / "model.safetensors")
-    for name, tensor in weights.items():
-        if ("self_attn.o_proj" in name or "experts.down_proj_blocks" in name
-                or "experts.down_proj_bias" in name):
-            tensor.zero_()  # no attention, no experts: the residual stays the token's embedding
-    embedding = weights["model.embed_tokens.weight"].zero_()
-    lm_head = weights["lm_head.weight"].zero_()
-    weights["model.norm.weight"].fill_(1.0)
-    for dim, (current, following) in enumerate(chains.items()):
-        embedding[current, dim] = 1.0
-        lm_head[following, dim] = 10.0
-    save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
-    return folder
+    return bigram_chains(raw, chat)
 
 
 @pytest.fixture(scope="module")
 def bigram_checkpoint(tmp_path_factory, tiny_vocab_checkpoint, tokenizer) -> Path:
     return write_bigram_checkpoint(tiny_vocab_checkpoint,
                                    tmp_path_factory.mktemp("bigram") / "hf",
-                                   bigram_chains(tokenizer))
+                                   cli_chains(tokenizer))
 
 
 def run(*args: str, input: str | None = None):

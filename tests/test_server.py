@@ -1,6 +1,6 @@
 """`openharmony serve` through the real openai SDK, on a server on a free loopback port.
 
-The models are bigram checkpoints (tests/test_cli.py's `write_bigram_checkpoint`): each token
+The models are bigram checkpoints (`openharmony.testing.write_bigram_checkpoint`): each token
 is followed by a chosen one, so the reply to any harmony prompt (which ends with
 `<|start|>assistant`) is known in advance: a final answer, an analysis message, a function
 call `to=functions.get_weather <|constrain|>json<|message|>{...}<|call|>`, or a final answer
@@ -35,8 +35,8 @@ from openharmony.generate import generate
 from openharmony.load import load_model
 from openharmony.server.engine import CachePool
 from openharmony.server.app import create_app
+from openharmony.testing import bigram_chains, write_bigram_checkpoint
 from openharmony.tokenizer import load_tokenizer
-from test_cli import write_bigram_checkpoint
 from vocab import VOCAB, requires_vocab
 
 pytestmark = requires_vocab
@@ -73,12 +73,7 @@ def reply_tokens(tokenizer, kind: str) -> list[int]:
 
 
 def chains(tokenizer, kind: str) -> dict[int, int]:
-    sequence = tokenizer.encode("assistant") + reply_tokens(tokenizer, kind)
-    chain = {}
-    for current, following in zip(sequence, sequence[1:]):
-        assert chain.get(current, following) == following, "a token with two successors"
-        chain[current] = following
-    return chain
+    return bigram_chains(tokenizer.encode("assistant") + reply_tokens(tokenizer, kind))
 
 
 class Server:
