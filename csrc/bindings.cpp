@@ -8,6 +8,9 @@
 #include "mapping.h"
 #include "mlx/version.h"
 #include "primitives.h"
+// decode: the fused MoE decode op
+#include <nanobind/stl/variant.h>
+#include "moe_decode.h"
 
 namespace nb = nanobind;
 using namespace nb::literals;
@@ -102,6 +105,12 @@ NB_MODULE(_kernels, m) {
   m.def("take_rows", &openharmony::take_rows, "table"_a, "ids"_a,
         "Rows ids [n] of a mapped table [V, H] -> [n, H] in its dtype (NaN rows for ids "
         "outside it)");
+  // decode: the fused mixture-of-experts MLP of a decode step (csrc/moe_decode.h).
+  m.def("moe_decode", &openharmony::moe_decode, "x"_a, "router_w"_a, "router_b"_a, "gate_up"_a,
+        "gate_up_scales"_a, "gate_up_bias"_a, "down"_a, "down_scales"_a, "down_bias"_a,
+        "top_k"_a, "limit"_a, "alpha"_a, "isa"_a = "auto",
+        "x [T, H] through the router, the top_k MXFP4 experts (SwiGLU) and their weighted sum "
+        "-> float32 [T, H], in one call");
   m.def("isas", &openharmony::supported_isas,
         "The instruction sets this build and CPU run, fastest first");
   m.def("threads", &openharmony::thread_count, "Threads of the kernels' pool");
