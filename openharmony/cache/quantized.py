@@ -6,7 +6,10 @@ position is quantized on its own (groups run along head_dim), so a position's st
 not depend on how the sequence was chunked: trimming a quantized cache, or restoring a snapshot,
 gives exactly what a cold run holds (prefix reuse stays exact).
 
-A decode step multiplies the queries with the packed keys and the probabilities with the packed
+On the CPU, every call runs openharmony's native attention kernel (csrc/attention.cpp), which
+reads the packed keys and values block by block, dequantizing each block into a tile in L1
+(never the whole cache), for decode steps and prefill chunks alike. Elsewhere (Metal, CUDA,
+or OPENHARMONY_KERNELS=mlx) a decode step multiplies the queries with the packed keys and the probabilities with the packed
 values (`mx.quantized_matmul`, which dequantizes group by group, never the whole cache). The
 scores and the softmax are float32, and the sink logit joins the softmax as one more column,
 unquantized and unmasked, then is dropped: the same math as the float path's
@@ -19,7 +22,8 @@ from __future__ import annotations
 
 import mlx.core as mx
 
-from .base import Mask, explicit_mask, float_attention
+from .. import native
+from .base import Mask, explicit_mask, float_attention, use_native_attention
 
 BITS = (4, 8)
 GROUP_SIZES = (32, 64, 128)  # what mx.quantize accepts
@@ -50,6 +54,10 @@ class QuantizedStorage:
     def attention(self, queries: mx.array, keys: tuple, values: tuple, *, scale: float,
                   sinks: mx.array, mask: Mask) -> mx.array:
         B, n_heads, T, D = queries.shape
+        if use_native_attention():  # reads the packed cache block by block, any T
+            return native.attention(queries, keys, values, scale=scale, sinks=sinks,
+                                    first=mask.first, window=mask.window, bits=self.bits,
+                                    group_size=self.group_size).astype(queries.dtype)
         if T >= self.dequantize_from:
             k, v = (mx.dequantize(*parts, group_size=self.group_size, bits=self.bits)
                     for parts in (keys, values))
