@@ -87,11 +87,11 @@ mx::array native_attention(const mx::array& q, const std::vector<mx::array>& key
   attention_kernels(isa);  // an unknown or unsupported ISA fails here, not inside the graph
   require(q.ndim() == 4, "queries must be [B, heads, T, head_dim], got " + shape_of(q));
   const int B = q.shape(0), H = q.shape(1), T = q.shape(2), D = q.shape(3);
+  require(bits == 0 || bits == 4 || bits == 8, "bits must be 4 or 8 (0: float)");
   const size_t parts = bits ? 3 : 1;
   require(keys.size() == parts && values.size() == parts,
           bits ? "a quantized cache's keys and values are (packed, scales, biases)"
                : "float keys and values are one array each");
-  require(bits == 0 || bits == 4 || bits == 8, "bits must be 4 or 8 (0: float)");
   const mx::array& k = keys[0];
   require(k.ndim() == 4 && k.shape(0) == B && k.shape(1) > 0 && H % k.shape(1) == 0,
           "keys must be [B, kv_heads, S, ...] with kv_heads dividing the " + std::to_string(H) +
