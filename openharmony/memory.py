@@ -216,7 +216,8 @@ def check_prompt_fits(model, tokens: int, *, caches: list | None = None,
 
     options = cache_options or {}
     kv_dtype = kv_dtype_of(options.get("kv_dtype"))
-    need = prompt_memory(model.config, tokens, dtype_size=model.dtype.size,
+    dtype_size = getattr(getattr(model, "dtype", None), "size", 4)  # the compute dtype's
+    need = prompt_memory(model.config, tokens, dtype_size=dtype_size,
                          kv_bits=options.get("kv_bits"),
                          kv_dtype_size=kv_dtype.size if kv_dtype is not None else None,
                          prefill_chunk=prefill_chunk, native_attention=use_native_attention())
