@@ -229,8 +229,9 @@ def check_prompt_fits(model, tokens: int, *, caches: list | None = None,
                   "an 8-bit KV cache (--kv-bits 8, kv_bits=8) or a shorter prompt")
         raise PromptMemoryError(
             f"the prompt ({tokens} tokens) needs {_gb(needed)} of memory (KV cache "
-            f"{_gb(need['kv_cache'])}, prefill working memory {_gb(need['working'] + need['growth'])})"
-            f" but {_gb(available)} is available ({bound}); use {remedy}")
+            f"{_gb(need['kv_cache'])}, prefill working memory "
+            f"{_gb(need['working'] + need['growth'])}) but {_gb(available)} is available "
+            f"({bound}); use {remedy}")
 
 
 def largest_context(config: ModelConfig, budget: int, **options) -> int:

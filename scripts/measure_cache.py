@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import re
 import resource
 import subprocess
@@ -514,6 +515,9 @@ def speed(args) -> dict:
 # `attention` only: the 8-bit cache reading its packed keys and values for any number of
 # queries (a prefill chunk otherwise decodes them first: QuantizedStorage.dequantize_from).
 PACKED = "8-bit full layers, packed"
+# `attention` only: a variant name ending in this runs on MLX's attention
+# (OPENHARMONY_KERNELS=mlx around the call) instead of the native kernel (issue 20).
+ON_MLX = " [mlx]"
 
 
 def attention_alone(args) -> dict:
@@ -530,9 +534,10 @@ def attention_alone(args) -> dict:
     for context in args.contexts:
         caches = {}
         for variant in args.variants:
-            options = VARIANTS["8-bit full layers"] if variant == PACKED else VARIANTS[variant]
+            base = variant.removesuffix(ON_MLX)
+            options = VARIANTS["8-bit full layers"] if base == PACKED else VARIANTS[base]
             cache = make_caches(config, **options)[full_layer]
-            if variant == PACKED:
+            if base == PACKED:
                 cache.storage.dequantize_from = sys.maxsize
             fill([cache], config, context)
             caches[variant] = cache
@@ -541,17 +546,20 @@ def attention_alone(args) -> dict:
         k, v = mx.random.normal((2, 1, config.num_key_value_heads, T, config.head_dim))
         sinks = mx.zeros((config.num_attention_heads,))
         times = {variant: [] for variant in caches}
+        kernels = os.environ.get("OPENHARMONY_KERNELS", "auto")
         for _ in range(args.rounds):
             for variant, cache in caches.items():
                 cache.trim_to(context)  # every step attends over `context` + T keys
+                os.environ["OPENHARMONY_KERNELS"] = "mlx" if variant.endswith(ON_MLX) else kernels
                 begin = time.perf_counter()
                 mx.eval(cache.attend(q, k, v, scale=0.125, sinks=sinks, window=None))
                 times[variant].append(time.perf_counter() - begin)
+                os.environ["OPENHARMONY_KERNELS"] = kernels
         for variant, seconds in times.items():
             out[f"{variant} @ {context}"] = {
                 "context": context, "queries": T, "variant": variant,
                 "attention_s": float(np.median(seconds)),
-                "vs_float": float(np.median(seconds) / np.median(times["float"]))}
+                "vs_first": float(np.median(seconds) / np.median(times[args.variants[0]]))}
         del caches
     return out
 
@@ -611,7 +619,9 @@ def main() -> None:
     p = sub.add_parser("attention")
     p.add_argument("--contexts", type=int, nargs="+", default=[1024, 8192, 32768])
     p.add_argument("--variants", nargs="+", default=["float", "8-bit full layers",
-                                                     "4-bit full layers", "bf16"])
+                                                     "4-bit full layers", "bf16"],
+                   help=f"the first is the one the others are compared with; '<variant>{ON_MLX}'"
+                        " runs on MLX's attention instead of the native kernel")
     p.add_argument("--rounds", type=int, default=9)
     p.add_argument("--queries", type=int, default=1, help="new positions per step (1: decode)")
     p = sub.add_parser("long-positions")

@@ -25,7 +25,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 # A tiny model with a wide cache: 4 full-attention layers of 8 kv heads of 64 (16 KiB per
 # position in float32), and a context long enough to ask for gigabytes.
-WIDE = dataclasses.replace(PRESETS["tiny-vocab"], num_hidden_layers=4, layer_types=("full_attention",) * 4,
+WIDE = dataclasses.replace(PRESETS["tiny-vocab"], num_hidden_layers=4,
+                           layer_types=("full_attention",) * 4,
                            num_attention_heads=8, num_key_value_heads=8, head_dim=64,
                            max_position_embeddings=1 << 20)
 

@@ -26,8 +26,8 @@ from .quantized import BITS, QuantizedStorage
 
 KV_DTYPES = {"float32": mx.float32, "bfloat16": mx.bfloat16, "float16": mx.float16}
 
-__all__ = ["Cache", "Storage", "Visible", "attention_mask", "FloatStorage", "QuantizedStorage", "KVCache",
-           "RotatingKVCache", "PromptCache", "make_caches", "kv_dtype_of", "default_group_size",
+__all__ = ["Cache", "Storage", "Visible", "attention_mask", "FloatStorage", "QuantizedStorage",
+           "KVCache", "RotatingKVCache", "PromptCache", "make_caches", "kv_dtype_of", "default_group_size",
            "KV_DTYPES", "BITS"]
 
 

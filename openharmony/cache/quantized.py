@@ -9,8 +9,9 @@ gives exactly what a cold run holds (prefix reuse stays exact).
 On the CPU, every call runs openharmony's native attention kernel (csrc/attention.cpp), which
 reads the packed keys and values block by block, dequantizing each block into a tile in L1
 (never the whole cache), for decode steps and prefill chunks alike. Elsewhere (Metal, CUDA,
-or OPENHARMONY_KERNELS=mlx) a decode step multiplies the queries with the packed keys and the probabilities with the packed
-values (`mx.quantized_matmul`, which dequantizes group by group, never the whole cache). The
+or OPENHARMONY_KERNELS=mlx) a decode step multiplies the queries with the packed keys and the
+probabilities with the packed values (`mx.quantized_matmul`, which dequantizes group by
+group, never the whole cache). The
 scores and the softmax are float32, and the sink logit joins the softmax as one more column,
 unquantized and unmasked, then is dropped: the same math as the float path's
 `mx.fast.scaled_dot_product_attention(..., sinks=...)`. (mlx-lm's quantized cache has no sink
