@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .json_values import (as_float, check_int, check_number, check_token_ids,
+                          first_given, given, present, require, valid_int, valid_number)
 
 SLIDING = "sliding_attention"
 FULL = "full_attention"
@@ -44,15 +46,15 @@ class YarnScaling:
         """Append what is wrong with these parameters (as `rope_scaling.NAME`) to `problems`."""
         for name, bounds in (("factor", {"at_least": 1.0}), ("beta_fast", {"above": 0.0}),
                              ("beta_slow", {"above": 0.0})):
-            _check_number(problems, f"rope_scaling.{name}", getattr(self, name), **bounds)
-        _check_int(problems, "rope_scaling.original_max_position_embeddings",
-                   self.original_max_position_embeddings)
+            check_number(problems, f"rope_scaling.{name}", getattr(self, name), **bounds)
+        check_int(problems, "rope_scaling.original_max_position_embeddings",
+                  self.original_max_position_embeddings)
         if not isinstance(self.truncate, bool):
             problems.append(f"rope_scaling.truncate must be true or false, got "
                             f"{self.truncate!r}")
         if self.attention_factor is not None:
-            _check_number(problems, "rope_scaling.attention_factor", self.attention_factor,
-                          above=0.0)
+            check_number(problems, "rope_scaling.attention_factor", self.attention_factor,
+                         above=0.0)
         if not problems and self.beta_fast <= self.beta_slow:
             problems.append(f"rope_scaling.beta_fast ({self.beta_fast}) must exceed "
                             f"beta_slow ({self.beta_slow})")
@@ -102,12 +104,12 @@ class ModelConfig:
         if self.model_type != "gpt_oss":
             problems.append(f"model_type is {self.model_type!r}, expected 'gpt_oss'")
         for name in _SIZE_FIELDS:
-            _check_int(problems, name, getattr(self, name))
-        _check_int(problems, "num_hidden_layers", self.num_hidden_layers, most=MAX_LAYERS)
+            check_int(problems, name, getattr(self, name))
+        check_int(problems, "num_hidden_layers", self.num_hidden_layers, most=MAX_LAYERS)
         for name, bounds in _FLOAT_FIELDS.items():
-            _check_number(problems, name, getattr(self, name), **bounds)
-        _check_token_ids(problems, "eos_token_id", self.eos_token_id, many=True)
-        _check_token_ids(problems, "pad_token_id", self.pad_token_id, many=False)
+            check_number(problems, name, getattr(self, name), **bounds)
+        check_token_ids(problems, "eos_token_id", self.eos_token_id, many=True)
+        check_token_ids(problems, "pad_token_id", self.pad_token_id, many=False)
         if not isinstance(self.layer_types, tuple) or not all(
                 isinstance(t, str) for t in self.layer_types):
             problems.append(f"layer_types must be a list of strings, got {self.layer_types!r}")
@@ -142,22 +144,15 @@ class ModelConfig:
         if problems:
             raise ConfigError("invalid gpt-oss config: " + "; ".join(problems))
 
-    # -- reading -------------------------------------------------------------------------
-    #
-    # A field that is absent (or null, as transformers writes its defaults) takes its default;
-    # a field that is present must be valid: 0, a string or NaN is an error naming the field,
-    # never a silent default. Values are not coerced (4096.7 is not an integer, "7" not a
-    # number); JSON integers are accepted where a float is expected.
+    # -- reading (absent or null fields take their defaults; present ones must be valid:
+    # openharmony/json_values.py) -----------------------------------------------------------
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
         """Build from a Hugging Face or an OpenAI `original/` config dict."""
         if not isinstance(d, dict):
             raise ConfigError(f"a config must be a JSON object, got {type(d).__name__}")
-        if ("model_type" not in d and "num_local_experts" not in d
-                and any(k in d for k in _ORIGINAL_ONLY_KEYS)):
-            return cls._from_original(d)
-        return cls._from_hf(d)
+        return cls._from_original(d) if is_original(d) else cls._from_hf(d)
 
     @classmethod
     def from_path(cls, path: str | Path) -> "ModelConfig":
@@ -188,25 +183,31 @@ class ModelConfig:
         if model_type != "gpt_oss":
             raise ConfigError(f"model_type is {model_type!r}, expected 'gpt_oss' "
                               "(this engine runs gpt-oss models only)")
-        experts = _first_given(d, "num_local_experts", "num_experts")
-        top_k = _first_given(d, "num_experts_per_tok", "experts_per_token")
-        _require(d, "num_hidden_layers", "vocab_size", "hidden_size", "intermediate_size",
-                 "num_attention_heads",
-                 extra={"num_local_experts": experts, "num_experts_per_tok": top_k})
+        experts = first_given(d, "num_local_experts", "num_experts")
+        top_k = first_given(d, "num_experts_per_tok", "experts_per_token")
+        require(d, "num_hidden_layers", "vocab_size", "hidden_size", "intermediate_size",
+                "num_attention_heads",
+                extra={"num_local_experts": experts, "num_experts_per_tok": top_k})
         n_heads = d["num_attention_heads"]
         head_dim = d.get("head_dim")
         if head_dim is None:  # as transformers: hidden_size / heads
-            head_dim = _valid_int(d, "hidden_size") // _valid_int(d, "num_attention_heads")
+            head_dim = valid_int(d, "hidden_size") // valid_int(d, "num_attention_heads")
             if head_dim == 0:
                 raise ConfigError(f"head_dim is absent and hidden_size ({d['hidden_size']}) / "
                                   f"num_attention_heads ({n_heads}) is below 1")
         layer_types = d.get("layer_types")
         if layer_types is None:
-            layer_types = _alternating_layers(_valid_int(d, "num_hidden_layers", MAX_LAYERS))
+            layer_types = alternating_layers(valid_int(d, "num_hidden_layers", MAX_LAYERS))
         elif not isinstance(layer_types, list):
             raise ConfigError(f"layer_types must be a list of strings, got {layer_types!r}")
         rope_theta, rope_scaling = _hf_rope(d)
-        eos = d.get("eos_token_id", 200002)
+        # Absent (or null): the dataclass's default; the token ids may be null (no such token).
+        optional = present(swiglu_limit=as_float(d.get("swiglu_limit")),
+                           swiglu_alpha=as_float(d.get("swiglu_alpha")),
+                           rms_norm_eps=as_float(d.get("rms_norm_eps")),
+                           max_position_embeddings=d.get("max_position_embeddings"))
+        optional.update({name: tuple(d[name]) if isinstance(d[name], list) else d[name]
+                         for name in ("eos_token_id", "pad_token_id") if name in d})
         return cls(
             num_hidden_layers=d["num_hidden_layers"],
             num_local_experts=experts,
@@ -216,40 +217,36 @@ class ModelConfig:
             intermediate_size=d["intermediate_size"],
             head_dim=head_dim,
             num_attention_heads=n_heads,
-            num_key_value_heads=_given(d, "num_key_value_heads", n_heads),
-            sliding_window=_given(d, "sliding_window", 128),
+            num_key_value_heads=given(d, "num_key_value_heads", n_heads),
+            sliding_window=given(d, "sliding_window", HF_SLIDING_WINDOW),
             layer_types=tuple(layer_types),
-            rope_theta=_float(rope_theta),
+            rope_theta=as_float(rope_theta),
             rope_scaling=rope_scaling,
-            swiglu_limit=_float(_given(d, "swiglu_limit", 7.0)),
-            swiglu_alpha=_float(_given(d, "swiglu_alpha", 1.702)),
-            rms_norm_eps=_float(_given(d, "rms_norm_eps", 1e-5)),
-            max_position_embeddings=_given(d, "max_position_embeddings", 131072),
-            eos_token_id=tuple(eos) if isinstance(eos, list) else eos,
-            pad_token_id=d.get("pad_token_id", 199999),
+            **optional,
         )
 
     @classmethod
     def _from_original(cls, d: dict[str, Any]) -> "ModelConfig":
-        _require(d, "num_hidden_layers", "num_experts", "experts_per_token", "vocab_size",
-                 "hidden_size", "intermediate_size", "head_dim", "num_attention_heads",
-                 "num_key_value_heads", "sliding_window", "rope_theta")
+        require(d, "num_hidden_layers", "num_experts", "experts_per_token", "vocab_size",
+                "hidden_size", "intermediate_size", "head_dim", "num_attention_heads",
+                "num_key_value_heads", "sliding_window", "rope_theta")
         # These two make max_position_embeddings and decide whether YaRN is on, so they are
         # checked here under their own names: factor 1 means plain RoPE, below 1 is an error.
-        initial_context = _valid_int(d, "initial_context_length", default=4096)
-        factor = _valid_number(d, "rope_scaling_factor", default=1.0, at_least=1.0)
+        yarn = YarnScaling()  # its defaults are OpenAI's too
+        initial_context = valid_int(d, "initial_context_length",
+                                    default=yarn.original_max_position_embeddings)
+        factor = valid_number(d, "rope_scaling_factor", default=1.0, at_least=1.0)
         max_positions = initial_context * factor
         if not max_positions < 2 ** 31:
             raise ConfigError(f"initial_context_length ({initial_context}) x "
                               f"rope_scaling_factor ({factor}) must be below 2**31 positions")
         # Checked even when factor 1 leaves them unused: a NaN is never passed over.
-        beta_fast = _valid_number(d, "rope_ntk_beta", default=32.0)
-        beta_slow = _valid_number(d, "rope_ntk_alpha", default=1.0)
+        beta_fast = valid_number(d, "rope_ntk_beta", default=yarn.beta_fast)
+        beta_slow = valid_number(d, "rope_ntk_alpha", default=yarn.beta_slow)
         scaling = None
         if factor > 1:
             scaling = YarnScaling(factor=factor, beta_fast=beta_fast, beta_slow=beta_slow,
                                   original_max_position_embeddings=initial_context)
-        # OpenAI's reference uses the sliding window on even layers.
         return cls(
             num_hidden_layers=d["num_hidden_layers"],
             num_local_experts=d["num_experts"],
@@ -261,11 +258,11 @@ class ModelConfig:
             num_attention_heads=d["num_attention_heads"],
             num_key_value_heads=d["num_key_value_heads"],
             sliding_window=d["sliding_window"],
-            layer_types=_alternating_layers(_valid_int(d, "num_hidden_layers", MAX_LAYERS)),
-            rope_theta=_float(d["rope_theta"]),
+            layer_types=alternating_layers(valid_int(d, "num_hidden_layers", MAX_LAYERS)),
+            rope_theta=as_float(d["rope_theta"]),
             rope_scaling=scaling,
-            swiglu_limit=_float(_given(d, "swiglu_limit", 7.0)),
             max_position_embeddings=int(max_positions),
+            **present(swiglu_limit=as_float(d.get("swiglu_limit"))),
         )
 
     # -- writing -------------------------------------------------------------------------
@@ -311,7 +308,7 @@ class ModelConfig:
                                            "model.embed_tokens", "lm_head"],
             },
         }
-        if self.swiglu_alpha != 1.702:
+        if self.swiglu_alpha != _default("swiglu_alpha"):
             d["swiglu_alpha"] = self.swiglu_alpha
         rope: dict[str, Any]
         if self.rope_scaling is None:
@@ -333,18 +330,16 @@ class ModelConfig:
 
     def to_original_dict(self) -> dict[str, Any]:
         """OpenAI's `original/config.json`. Only configs that layout can express are allowed."""
-        expected = tuple(SLIDING if i % 2 == 0 else FULL for i in range(self.num_hidden_layers))
-        if self.layer_types != expected:
+        if self.layer_types != alternating_layers(self.num_hidden_layers):
             raise ConfigError("the original/ layout can only express sliding attention on even "
                               "layers")
         # Without YaRN the context length is the original one (factor 1).
         y = self.rope_scaling or YarnScaling(factor=1.0,
                                              original_max_position_embeddings=self.max_position_embeddings)
-        defaults = ModelConfig.__dataclass_fields__
         # Token ids are the tokenizer's business, not the weights': original/ does not carry
         # them and they come back as gpt-oss's defaults.
         lost = [name for name in ("rms_norm_eps", "swiglu_alpha")
-                if getattr(self, name) != defaults[name].default]
+                if getattr(self, name) != _default(name)]
         if y.truncate:
             lost.append("rope_scaling.truncate")
         if y.attention_factor is not None:
@@ -376,12 +371,26 @@ class ModelConfig:
 # Keys only OpenAI's original/config.json has (hub config.json files also carry
 # experts_per_token and initial_context_length, so those do not tell the layouts apart).
 _ORIGINAL_ONLY_KEYS = ("num_experts", "rope_scaling_factor", "rope_ntk_alpha", "rope_ntk_beta")
+# transformers' GptOssConfig default, for an HF config without `sliding_window`.
+HF_SLIDING_WINDOW = 128
+
+
+def is_original(d: Any) -> bool:
+    """Whether a config dict is in OpenAI's `original/` spelling (the one rule: reading a
+    config and finding a checkpoint's layout both ask it)."""
+    return (isinstance(d, dict) and "model_type" not in d and "num_local_experts" not in d
+            and any(k in d for k in _ORIGINAL_ONLY_KEYS))
+
+
+def alternating_layers(n_layers: int) -> tuple[str, ...]:
+    """Sliding attention on even layers, full on odd ones: OpenAI's reference (the only
+    pattern the original/ layout expresses) and transformers' default."""
+    return tuple(SLIDING if i % 2 == 0 else FULL for i in range(n_layers))
 
 # Integer sizes: positive and within MLX's int32 shapes.
 _SIZE_FIELDS = ("num_local_experts", "num_experts_per_tok", "vocab_size", "hidden_size",
                 "intermediate_size", "head_dim", "num_attention_heads", "num_key_value_heads",
                 "sliding_window", "max_position_embeddings")
-MAX_INT = 2 ** 31 - 1
 # Far above any gpt-oss (36 layers); keeps the per-layer lists a config implies small.
 MAX_LAYERS = 1024
 # Float fields and their ranges (all must be finite).
@@ -393,89 +402,9 @@ _FLOAT_FIELDS: dict[str, dict[str, float]] = {
 }
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _check_int(problems: list[str], name: str, value: Any, most: int = MAX_INT,
-               least: int = 1) -> None:
-    if not _is_int(value) or not least <= value <= most:
-        problems.append(f"{name} must be an integer in [{least}, {most}], got {value!r}")
-
-
-def _check_number(problems: list[str], name: str, value: Any, above: float | None = None,
-                  at_least: float | None = None) -> None:
-    """A finite number, > `above` and >= `at_least` where given."""
-    # An integer beyond float64's range is not a finite float (math.isfinite would overflow).
-    finite = (_is_int(value) and abs(value) < 2 ** 1023) or (
-        isinstance(value, float) and math.isfinite(value))
-    if not finite:
-        problems.append(f"{name} must be a finite number, got {value!r}")
-    elif above is not None and not value > above:
-        problems.append(f"{name} must be > {above:g}, got {value!r}")
-    elif at_least is not None and not value >= at_least:
-        problems.append(f"{name} must be >= {at_least:g}, got {value!r}")
-
-
-def _check_token_ids(problems: list[str], name: str, value: Any, many: bool) -> None:
-    ids = value if many and isinstance(value, tuple) else (value,)
-    if value is None or (ids and all(_is_int(t) and 0 <= t <= MAX_INT for t in ids)):
-        return
-    kind = "a token id, a list of token ids" if many else "a token id"
-    problems.append(f"{name} must be {kind} or null (ids are integers >= 0), got {value!r}")
-
-
-def _float(value: Any) -> Any:
-    """A JSON integer read as the float it stands for; anything else as it is (validated
-    later). Integers too large for a float stay integers and fail the finiteness check."""
-    if _is_int(value) and abs(value) < 2 ** 1023:
-        return float(value)
-    return value
-
-
-def _given(d: dict[str, Any], name: str, default: Any) -> Any:
-    """`d[name]`, or `default` when it is absent or null (never when it is 0 or "")."""
-    value = d.get(name)
-    return default if value is None else value
-
-
-def _first_given(d: dict[str, Any], *names: str) -> Any:
-    return next((d[n] for n in names if d.get(n) is not None), None)
-
-
-def _valid_int(d: dict[str, Any], name: str, most: int = MAX_INT,
-               default: int | None = None) -> int:
-    """A field other values are derived from, checked before they are."""
-    value = _given(d, name, default)
-    problems: list[str] = []
-    _check_int(problems, name, value, most=most)
-    if problems:
-        raise ConfigError(problems[0])
-    return value
-
-
-def _valid_number(d: dict[str, Any], name: str, default: float, **bounds: float) -> float:
-    value = _float(_given(d, name, default))
-    problems: list[str] = []
-    _check_number(problems, name, value, **bounds)
-    if problems:
-        raise ConfigError(problems[0])
-    return value
-
-
-def _alternating_layers(n_layers: int) -> tuple[str, ...]:
-    return tuple(SLIDING if i % 2 == 0 else FULL for i in range(n_layers))
-
-
-def _require(d: dict[str, Any], *names: str, extra: dict[str, Any] | None = None) -> None:
-    missing = [n for n in names if d.get(n) is None]
-    missing += [n for n, v in (extra or {}).items() if v is None]
-    if missing:
-        raise ConfigError(f"config is missing required field(s): {', '.join(missing)}")
+def _default(name: str) -> Any:
+    """A `ModelConfig` field's default (written once, in the dataclass)."""
+    return ModelConfig.__dataclass_fields__[name].default
 
 
 def _hf_rope(d: dict[str, Any]) -> tuple[Any, YarnScaling | None]:
@@ -485,7 +414,7 @@ def _hf_rope(d: dict[str, Any]) -> tuple[Any, YarnScaling | None]:
     if params is not None:
         if not isinstance(params, dict):
             raise ConfigError(f"rope_parameters must be an object, got {params!r}")
-        theta = _given(params, "rope_theta", d.get("rope_theta"))
+        theta = given(params, "rope_theta", d.get("rope_theta"))
     else:
         params, name = d.get("rope_scaling"), "rope_scaling"
         theta = d.get("rope_theta")
@@ -506,5 +435,5 @@ def _hf_rope(d: dict[str, Any]) -> tuple[Any, YarnScaling | None]:
     kwargs = {k: v for k, v in params.items() if k in known and v is not None}
     for k in ("factor", "beta_fast", "beta_slow", "attention_factor"):
         if k in kwargs:
-            kwargs[k] = _float(kwargs[k])
+            kwargs[k] = as_float(kwargs[k])
     return theta, YarnScaling(**kwargs)

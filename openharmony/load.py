@@ -7,10 +7,10 @@ from pathlib import Path
 
 import mlx.core as mx
 
-from . import loader, parallel, runtime
-from .loader import open_checkpoint
+from . import parallel, runtime
 from .model import Model
 from .runtime import placement
+from .weights import ReadAhead, is_expert_tensor, open_checkpoint
 
 
 def load_model(path: str | Path, dtype: mx.Dtype | str | None = None, *,
@@ -63,10 +63,10 @@ def load_model(path: str | Path, dtype: mx.Dtype | str | None = None, *,
     byte_ranges: dict[str, list] = {key: [] for key in groups}
     for name in checkpoint.names():
         read_here = not held[name].in_place
-        if read_here and (experts is None or not loader.is_expert_tensor(name)):
+        if read_here and (experts is None or not is_expert_tensor(name)):
             byte_ranges[_load_group(name)].append(checkpoint.byte_range(name))
     del checkpoint
-    with loader.ReadAhead([byte_ranges[key] for key in groups]) as read_ahead:
+    with ReadAhead([byte_ranges[key] for key in groups]) as read_ahead:
         for index, group_params in enumerate(groups.values()):
             read_ahead.reached(index)
             mx.eval(group_params)

@@ -29,7 +29,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from . import loader, runtime
+from . import runtime
 from .cache import make_caches
 from .config import MXFP4_BLOCK, ModelConfig
 from .errors import CheckpointError, ConfigError, InputError
@@ -38,6 +38,7 @@ from .moe import MLP, unreported
 from .parallel import ExpertShard
 from .runtime import Kernels
 from .runtime.placement import MXFP4, Placement, placement
+from .weights import engine_shapes as weight_shapes, is_expert_tensor
 
 # The parts of the forward `Model.__call__` reports to `observe`, in order: "embed", then for
 # each layer the LAYER_PARTS, then "norm" and "lm_head".
@@ -297,7 +298,7 @@ class Model(nn.Module):
         expected = engine_shapes(self.config)
         if self.local_experts is not None:  # this rank's share of the experts only
             expected.update({name: (len(self.local_experts), *shape[1:])
-                             for name, shape in expected.items() if loader.is_expert_tensor(name)})
+                             for name, shape in expected.items() if is_expert_tensor(name)})
         missing = sorted(set(expected) - set(weights))
         unexpected = sorted(set(weights) - set(expected))
         if missing or unexpected:
@@ -367,4 +368,4 @@ def _summarize(names: list[str], limit: int = 4) -> str:
 
 def engine_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
     """Every engine-named tensor of a checkpoint with this config, with its shape."""
-    return {name: shape for name, (shape, _) in loader.engine_shapes(config).items()}
+    return {name: shape for name, (shape, _) in weight_shapes(config).items()}

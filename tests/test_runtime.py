@@ -14,11 +14,11 @@ import pytest
 
 from openharmony import native, runtime
 from openharmony.load import load_model
-from openharmony.loader import open_checkpoint
+from openharmony.weights import open_checkpoint
 from openharmony.runtime import MLXKernels, NativeKernels, NativeKernelsError, placement
 
-needs_native = pytest.mark.skipif(not native.available,
-                                  reason=f"native kernels unavailable: {native.unavailable_reason}")
+needs_native = pytest.mark.skipif(
+    not native.available, reason=f"native kernels unavailable: {native.unavailable_reason}")
 
 
 def test_the_kernels_setting_is_checked():

@@ -28,7 +28,8 @@ from typing import Mapping
 
 import mlx.core as mx
 
-from .. import native as extension  # the C++ extension (runtime.native is its Kernels)
+# The C++ extension (`runtime.native` is the submodule of its Kernels).
+from .. import native as extension
 from ..native import NativeKernelsError
 from .kernels import Kernels
 from .mlx import MLXKernels
