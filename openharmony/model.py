@@ -276,7 +276,8 @@ class Model(nn.Module):
         `options` are `openharmony.cache.make_caches`'s: `kv_bits=8` (or 4) quantizes the
         full-attention layers' keys and values, `kv_dtype` stores the float ones narrower, ...
         """
-        return make_caches(self.config, attention=self.kernels.attention, **options)
+        return make_caches(self.config, attention=self.kernels.attention,
+                           packed_attention=self.kernels.packed_attention, **options)
 
     # -- weights --------------------------------------------------------------------------
 

@@ -65,5 +65,11 @@ class Kernels:
         model hands it to `make_caches`)."""
         raise NotImplementedError
 
+    # Attention over `mx.quantize`'s packed keys and values as a `QuantizedStorage` holds them:
+    # `(queries, keys, values, *, scale, sinks, mask, bits, group_size) -> [B, n_heads, T, D]`
+    # in the queries' dtype, or None where the backend has no such kernel (the storage then
+    # runs its own path on MLX's quantized_matmul).
+    packed_attention = None
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
