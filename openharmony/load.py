@@ -39,8 +39,8 @@ def load_model(path: str | Path, dtype: mx.Dtype | str | None = None, *,
     kernels = runtime.select()
     if in_place and not kernels.reads_mapped:
         raise runtime.NativeKernelsError("in_place=True needs the native CPU kernels, the only "
-                                         f"ones that read mapped weights; {kernels} were "
-                                         f"selected ({runtime.why(kernels)})")
+                                         f"ones that read mapped weights, and this model runs "
+                                         f"on {type(kernels).__name__} ({kernels.why})")
     checkpoint = open_checkpoint(path)
     model = Model(checkpoint.config, dtype, quantized_lm_head, group=group, kernels=kernels)
     experts = model.local_experts  # None: all of them

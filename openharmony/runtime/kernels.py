@@ -15,6 +15,7 @@ import mlx.core as mx
 
 class Kernels:
     name: str = "?"
+    why: str = ""  # why `runtime.select` chose these kernels (for messages)
     # Multiplies bfloat16 weights as stored with float32 activations (float32 products and
     # sums): the dense weights then stay bfloat16 in memory under float32 compute.
     reads_bf16: bool = False

@@ -32,7 +32,7 @@ class NativeKernels(MLXKernels):
     reads_mapped = True
 
     def __init__(self):
-        super().__init__(mx.cpu)
+        super().__init__(mx.cpu, why="the CPU, with the native kernels built")
 
     def linear(self, x: mx.array, weight, bias: mx.array | None = None) -> mx.array:
         if not (extension.is_mapped(weight) or weight.dtype == mx.bfloat16):
