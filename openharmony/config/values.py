@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 MAX_INT = 2 ** 31 - 1  # MLX's int32 shapes
 
