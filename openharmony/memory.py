@@ -13,6 +13,7 @@ from . import runtime
 from .cache import BITS, default_group_size
 from .config import ModelConfig
 from .runtime import placement
+from .runtime.dtypes import compute_dtype
 
 
 def kv_cache_bytes(config: ModelConfig, dtype_size: int, context: int,
@@ -77,8 +78,6 @@ def checkpoint_summary(checkpoint, dtype: str, context: int,
     weights, `weight_bytes_in_place` are used in place from the checkpoint's mapping (page
     cache, shared by every process of the checkpoint), the rest is the model's own memory.
     """
-    from .model import compute_dtype
-
     c = checkpoint.config
     compute = compute_dtype(dtype)
     held = placement.table(checkpoint, compute, runtime.select() if kernels is None else kernels)

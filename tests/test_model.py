@@ -29,7 +29,7 @@ from openharmony import native, runtime
 from openharmony.cache import KVCache
 from openharmony.config import FULL, SLIDING, ModelConfig, YarnScaling
 from openharmony.errors import CheckpointError, ConfigError
-from openharmony.loader import open_checkpoint
+from openharmony.weights import open_checkpoint
 from openharmony.load import load_model
 from openharmony.model import Model
 from openharmony.mxfp4 import decode, from_mlx

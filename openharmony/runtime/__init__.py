@@ -28,7 +28,8 @@ from typing import Mapping
 
 import mlx.core as mx
 
-from .. import native as extension  # the C++ extension (runtime.native is its Kernels)
+# The C++ extension (`runtime.native` is the submodule of its Kernels).
+from .. import native as extension
 from ..native import NativeKernelsError
 from .kernels import Kernels
 from .mlx import MLXKernels
@@ -37,7 +38,7 @@ from .native import NativeKernels
 ENV_VAR = "OPENHARMONY_KERNELS"
 CHOICES = ("auto", "native", "mlx")
 
-__all__ = ["select", "choice", "why", "Kernels", "MLXKernels", "NativeKernels", "NativeKernelsError",
+__all__ = ["select", "choice", "Kernels", "MLXKernels", "NativeKernels", "NativeKernelsError",
            "ENV_VAR", "CHOICES"]
 
 _warned = False
@@ -59,8 +60,10 @@ def select(device: mx.Device | None = None,
     global _warned
     device = mx.default_device() if device is None else device
     asked = choice(env)
-    if asked == "mlx" or device != mx.cpu:
-        return MLXKernels(device)  # asked for, or a GPU, where MLX's kernels are the fast ones
+    if asked == "mlx":
+        return MLXKernels(device, why=f"{ENV_VAR}=mlx")
+    if device != mx.cpu:
+        return MLXKernels(device, why="a GPU, where MLX's kernels are the fast ones")
     if extension.available:
         return NativeKernels()
     if asked == "native":
@@ -69,15 +72,4 @@ def select(device: mx.Device | None = None,
         _warned = True
         warnings.warn(f"{extension.unavailable_reason}; running on MLX's kernels (slower on the "
                       "CPU)", stacklevel=2)
-    return MLXKernels(device)
-
-
-def why(kernels: Kernels, env: Mapping[str, str] | None = None) -> str:
-    """Why `select` gave `kernels` (for messages)."""
-    if isinstance(kernels, NativeKernels):
-        return "the CPU, with the extension built"
-    if choice(env) == "mlx":
-        return f"{ENV_VAR}=mlx"
-    if kernels.dequantize_min_rows is None:
-        return "a GPU"
-    return extension.unavailable_reason or "MLX's kernels were asked for"
+    return MLXKernels(device, why=extension.unavailable_reason)

@@ -8,7 +8,9 @@ and MLX's for the rest.
   and for many rows dequantizes a tile once and multiplies it densely, so the pairs are never
   sorted here and no expert is decoded whole.
 * Attention: MLX's `mx.fast.scaled_dot_product_attention` for now; the native CPU attention
-  kernel takes this slot (`NativeKernels.attention`) when it lands.
+  kernel takes these slots when it lands: `NativeKernels.attention` (float keys and values)
+  and `packed_attention` (a quantized cache read as stored). The caches get them from
+  `Model.make_cache` (docs/architecture.md, runtime).
 
 Tensors used in place from a checkpoint's mapping (`MappedTensor`s: the experts' blocks and
 scales, the bfloat16 embedding, attention projections and lm_head) are read by these kernels
@@ -30,7 +32,7 @@ class NativeKernels(MLXKernels):
     reads_mapped = True
 
     def __init__(self):
-        super().__init__(mx.cpu)
+        super().__init__(mx.cpu, why="the CPU, with the native kernels built")
 
     def linear(self, x: mx.array, weight, bias: mx.array | None = None) -> mx.array:
         if not (extension.is_mapped(weight) or weight.dtype == mx.bfloat16):
