@@ -19,9 +19,12 @@ import resource
 from pathlib import Path
 from typing import Any
 
+from . import runtime
 from .cache import BITS, default_group_size, kv_dtype_of
 from .config import ModelConfig
 from .errors import InputError
+from .runtime import placement
+from .runtime.dtypes import compute_dtype
 
 # Full-attention caches grow in steps of this many positions (cache/kv.py, KVCache.step).
 GROWTH_STEP = 256
@@ -83,27 +86,27 @@ def kv_cache_variants(config: ModelConfig, dtype: str, dtype_size: int,
             for name, options in variants.items()}
 
 
-def checkpoint_summary(checkpoint, dtype: str, context: int) -> dict[str, Any]:
+def checkpoint_summary(checkpoint, dtype: str, context: int,
+                       kernels=None) -> dict[str, Any]:
     """Parameter counts, bytes on disk and the memory to run `checkpoint`, from its headers.
 
     Parameters count every weight once, MXFP4 expert weights included (two 4-bit values per
     stored byte; their scales are not parameters). Active parameters per token leave out the
     embedding table (a lookup) and count the experts at num_experts_per_tok / num_experts.
-    Memory: dense weights as the model holds them for `dtype` (`model.dense_weight_dtype`),
-    MXFP4 blocks and scales as stored, plus the KV cache for `context` positions (sliding
-    window layers hold at most `sliding_window` of them). Of the weights,
-    `weight_bytes_in_place` are used in place from the checkpoint's mapping (page cache,
-    shared by every process of the checkpoint; `model.used_in_place`), the rest is the
-    model's own memory.
+    Memory: every tensor as a model of compute `dtype` on `kernels` (default: what
+    `runtime.select()` picks) holds it (the placement table, runtime/placement.py): dense
+    weights in their held dtype, MXFP4 blocks and scales as stored, plus the KV cache for
+    `context` positions (sliding window layers hold at most `sliding_window` of them). Of the
+    weights, `weight_bytes_in_place` are used in place from the checkpoint's mapping (page
+    cache, shared by every process of the checkpoint), the rest is the model's own memory.
     """
-    from .model import compute_dtype, dense_weight_dtype, used_in_place
-
     c = checkpoint.config
     compute = compute_dtype(dtype)
+    held = placement.table(checkpoint, compute, runtime.select() if kernels is None else kernels)
     total = experts = embedding = weight_bytes = in_place_bytes = 0
     for name in checkpoint.names():
         shape = checkpoint.shape(name)
-        if used_in_place(name, checkpoint.dtype(name), compute):
+        if held[name].in_place:
             in_place_bytes += checkpoint.nbytes(name)
         if name.endswith(".scales"):
             weight_bytes += checkpoint.nbytes(name)
@@ -113,7 +116,7 @@ def checkpoint_summary(checkpoint, dtype: str, context: int) -> dict[str, Any]:
             weight_bytes += checkpoint.nbytes(name)
         else:
             count = math.prod(shape)
-            weight_bytes += count * dense_weight_dtype(name, checkpoint.dtype(name), compute).size
+            weight_bytes += count * held[name].dtype.size
         total += count
         if ".mlp.experts." in name:
             experts += count
@@ -212,15 +215,15 @@ def check_prompt_fits(model, tokens: int, *, caches: list | None = None,
     `model`'s caches (`caches`: those it will extend, whose buffers are already held; or new
     ones made with `cache_options`) within `memory_limit()`. One line: the prompt length, the
     memory needed and available, and the remedies."""
-    from .cache.base import use_native_attention
-
     options = cache_options or {}
     kv_dtype = kv_dtype_of(options.get("kv_dtype"))
     dtype_size = getattr(getattr(model, "dtype", None), "size", 4)  # the compute dtype's
     need = prompt_memory(model.config, tokens, dtype_size=dtype_size,
                          kv_bits=options.get("kv_bits"),
                          kv_dtype_size=kv_dtype.size if kv_dtype is not None else None,
-                         prefill_chunk=prefill_chunk, native_attention=use_native_attention())
+                         prefill_chunk=prefill_chunk,
+                         native_attention=getattr(getattr(model, "kernels", None), "name",
+                                                  "") == "native")
     held = sum(cache.nbytes for cache in caches or [])
     needed = max(0, need["total"] - held)
     available, bound = memory_limit()

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import re
 import resource
 import subprocess
@@ -515,8 +514,8 @@ def speed(args) -> dict:
 # `attention` only: the 8-bit cache reading its packed keys and values for any number of
 # queries (a prefill chunk otherwise decodes them first: QuantizedStorage.dequantize_from).
 PACKED = "8-bit full layers, packed"
-# `attention` only: a variant name ending in this runs on MLX's attention
-# (OPENHARMONY_KERNELS=mlx around the call) instead of the native kernel (issue 20).
+# `attention` only: a variant name ending in this runs on MLX's attention (MLXKernels)
+# instead of the kernels runtime.select() picks (the native kernel on the CPU; issue 20).
 ON_MLX = " [mlx]"
 
 
@@ -525,8 +524,10 @@ def attention_alone(args) -> dict:
     full-attention layer of the 20b (64 query heads, 8 kv heads of 64), its cache filled to
     each context: seconds per variant, the variants interleaved round by round (medians).
     Small enough to need no lock (134 MB at 32k)."""
+    from openharmony import runtime
     from openharmony.cache import make_caches
     from openharmony.random_checkpoint import PRESETS
+    from openharmony.runtime import MLXKernels
 
     config = PRESETS["20b"]
     full_layer = next(i for i in range(config.num_hidden_layers) if not config.is_sliding(i))
@@ -536,7 +537,9 @@ def attention_alone(args) -> dict:
         for variant in args.variants:
             base = variant.removesuffix(ON_MLX)
             options = VARIANTS["8-bit full layers"] if base == PACKED else VARIANTS[base]
-            cache = make_caches(config, **options)[full_layer]
+            kernels = MLXKernels(mx.cpu) if variant.endswith(ON_MLX) else runtime.select()
+            cache = make_caches(config, attention=kernels.attention,
+                                packed_attention=kernels.packed_attention, **options)[full_layer]
             if base == PACKED:
                 cache.storage.dequantize_from = sys.maxsize
             fill([cache], config, context)
@@ -546,15 +549,12 @@ def attention_alone(args) -> dict:
         k, v = mx.random.normal((2, 1, config.num_key_value_heads, T, config.head_dim))
         sinks = mx.zeros((config.num_attention_heads,))
         times = {variant: [] for variant in caches}
-        kernels = os.environ.get("OPENHARMONY_KERNELS", "auto")
         for _ in range(args.rounds):
             for variant, cache in caches.items():
                 cache.trim_to(context)  # every step attends over `context` + T keys
-                os.environ["OPENHARMONY_KERNELS"] = "mlx" if variant.endswith(ON_MLX) else kernels
                 begin = time.perf_counter()
                 mx.eval(cache.attend(q, k, v, scale=0.125, sinks=sinks, window=None))
                 times[variant].append(time.perf_counter() - begin)
-                os.environ["OPENHARMONY_KERNELS"] = kernels
         for variant, seconds in times.items():
             out[f"{variant} @ {context}"] = {
                 "context": context, "queries": T, "variant": variant,

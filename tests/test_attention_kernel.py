@@ -23,6 +23,7 @@ import pytest
 
 from openharmony import native
 from openharmony.cache import FloatStorage, KVCache, QuantizedStorage, RotatingKVCache
+from openharmony.runtime import MLXKernels, NativeKernels
 
 pytestmark = pytest.mark.skipif(not native.available, reason="native kernels not built")
 
@@ -184,20 +185,28 @@ def test_mismatched_heads_are_refused():
                          (mx.zeros((1, 2, 10, 64)),), scale=1.0, sinks=None, first=9)
 
 
-@pytest.mark.parametrize("storage", [FloatStorage(), FloatStorage(mx.bfloat16),
-                                     QuantizedStorage(8, 64)], ids=repr)
+STORAGES = {
+    "float32": lambda kernels: FloatStorage(None, kernels.attention),
+    "bfloat16": lambda kernels: FloatStorage(mx.bfloat16, kernels.attention),
+    "8-bit": lambda kernels: QuantizedStorage(8, 64, kernels.attention,
+                                              kernels.packed_attention),
+}
+
+
+@pytest.mark.parametrize("storage", STORAGES)
 def test_the_caches_attend_through_the_kernel(monkeypatch, storage):
-    """On the CPU every cache's attention is the native kernel (decode steps and chunks, both
+    """With the native kernels (what `runtime.select()` gives on the CPU, and `Model.make_cache`
+    hands the caches), every cache's attention is this kernel (decode steps and chunks, both
     layouts), and it agrees with MLX's attention on the same stored values."""
     calls = []
     kernel = native.attention
     monkeypatch.setattr(native, "attention", lambda *a, **kw: calls.append(kw) or kernel(*a, **kw))
     rng = np.random.default_rng(11)
 
-    def attend_all(kernels: str):
-        monkeypatch.setenv("OPENHARMONY_KERNELS", kernels)
+    def attend_all(kernels):
         outs = []
-        for cache in (KVCache(storage), RotatingKVCache(16, storage)):
+        make = STORAGES[storage]
+        for cache in (KVCache(make(kernels)), RotatingKVCache(16, make(kernels))):
             window = 16 if isinstance(cache, RotatingKVCache) else None
             for T in (20, 1, 1, 7, 1):
                 q = mx.array(rng.standard_normal((1, 8, T, 64)).astype(np.float32))
@@ -207,10 +216,10 @@ def test_the_caches_attend_through_the_kernel(monkeypatch, storage):
         return [np.array(o) for o in outs]
 
     state = rng.bit_generator.state
-    native_outs = attend_all("auto")
+    native_outs = attend_all(NativeKernels())
     assert len(calls) == 10
     rng.bit_generator.state = state
-    mlx_outs = attend_all("mlx")
+    mlx_outs = attend_all(MLXKernels(mx.cpu))
     assert len(calls) == 10  # MLX's attention: the kernel is not called
     for a, b in zip(native_outs, mlx_outs):
         assert np.abs(a - b).max() < 1e-5

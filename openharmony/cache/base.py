@@ -31,9 +31,10 @@ A `Storage` is how a cache holds keys and values: `encode(x)` turns new keys or 
 gather and write them along that axis, whatever they are), and `attention(queries, keys, values,
 *, scale, sinks, mask)` computes attention over such tuples, with which keys each query sees
 given as a `Visible` (positions, no mask array). `FloatStorage` (kv.py) and
-`QuantizedStorage` (quantized.py) are the two. On the CPU both run openharmony's native
-attention kernel (csrc/attention.cpp: flash style, reading the cache as stored), elsewhere
-MLX's (`use_native_attention`).
+`QuantizedStorage` (quantized.py) are the two. They attend with the kernels the model's
+runtime gives them (`Model.make_cache`: `Kernels.attention`, `Kernels.packed_attention`): on
+the CPU openharmony's native kernel (csrc/attention.cpp: flash style, reading the cache as
+stored), elsewhere MLX's; `make_caches` alone defaults to MLX's.
 """
 
 from __future__ import annotations
@@ -42,8 +43,6 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import mlx.core as mx
-
-from .. import native
 
 
 @dataclass(frozen=True)
@@ -120,22 +119,13 @@ def explicit_mask(mask: Visible, num_queries: int, num_keys: int) -> mx.array | 
     return spelled
 
 
-def use_native_attention() -> bool:
-    """Whether attention runs on openharmony's CPU kernel (csrc/attention.cpp) rather than
-    MLX's: the one backend switch (native on the CPU; MLX on Metal and CUDA)."""
-    return native.use_native()
-
-
 def float_attention(queries: mx.array, keys: mx.array, values: mx.array, *, scale: float,
                     sinks: mx.array, mask: Visible) -> mx.array:
     """The attention on float keys and values (held narrower, they are computed in the
     queries' dtype). GQA without tiling k/v: query head h reads kv head
     h // (n_heads/n_kv_heads). The sink is a per-head logit appended to the softmax, unscaled
-    and never masked. On the CPU the native kernel reads float32 and bfloat16 keys as held."""
-    if use_native_attention() and keys.dtype in (mx.float32, mx.bfloat16):
-        out = native.attention(queries, (keys,), (values,), scale=scale, sinks=sinks,
-                               first=mask.first, window=mask.window)
-        return out.astype(queries.dtype)
+    and never masked. MLX's attention (`MLXKernels.attention`, and the default of the
+    storages); on the CPU the native kernel takes its place (`NativeKernels.attention`)."""
     if keys.dtype != queries.dtype:
         keys, values = keys.astype(queries.dtype), values.astype(queries.dtype)
     return mx.fast.scaled_dot_product_attention(
