@@ -109,6 +109,10 @@ void finish_rows(const AttentionProblem& p, const Plan& plan, int64_t b, int64_t
   }
 }
 
+const float* as_floats(const KvSource& s, int64_t position) {
+  return reinterpret_cast<const float*>(s.data + position * s.row_bytes);
+}
+
 Plan make_plan(const AttentionKernels& isa, const AttentionProblem& p) {
   Plan plan;
   plan.R = p.H / p.Hkv;
@@ -193,11 +197,11 @@ void run_attention(const AttentionKernels& isa, const AttentionProblem& p) {
         const int64_t a = std::max(j0, st.keys.any_lo), e = std::min(j1, st.keys.any_hi);
         if (a >= e) continue;
         const int n = int(e - a);
-        const float* k = decoded ? kbuf.data() + (a - j0) * D
-                                 : reinterpret_cast<const float*>(keys.data + a * keys.row_bytes);
-        const float* v = decoded ? vbuf.data() + (a - j0) * D
-                                 : reinterpret_cast<const float*>(values.data + a * values.row_bytes);
-        const int64_t ldk = decoded ? D : keys.row_bytes / 4, ldv = decoded ? D : values.row_bytes / 4;
+        // Decoded blocks are read from the tile; float32 keys and values in place.
+        const float* k = decoded ? kbuf.data() + (a - j0) * D : as_floats(keys, a);
+        const float* v = decoded ? vbuf.data() + (a - j0) * D : as_floats(values, a);
+        const int64_t ldk = decoded ? D : keys.row_bytes / 4;
+        const int64_t ldv = decoded ? D : values.row_bytes / 4;
         isa.scores(st.qt.data(), k, ldk, n, int(D), sbuf.data());
         if (a < st.keys.all_lo || e > st.keys.all_hi) mask_block(p, plan, st, a, n, sbuf.data());
         isa.softmax(sbuf.data(), n, st.m.data(), st.l.data(), alpha.data());

@@ -26,7 +26,8 @@ inline __m256 exp8(__m256 x) {
   p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
   p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
   p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
-  const __m256i power = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  const __m256i biased = _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127));
+  const __m256i power = _mm256_slli_epi32(biased, 23);
   return _mm256_andnot_ps(underflow, _mm256_mul_ps(p, _mm256_castsi256_ps(power)));
 }
 
@@ -40,7 +41,8 @@ void decode(const KvSource* src, int64_t j0, int n, int D, float* out) {
       const int d = 8 * c;
       if (src->format == kKvBF16) {
         const __m128i bits = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + 2 * d));
-        _mm256_storeu_ps(o + d, _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(bits), 16)));
+        const __m256i widened = _mm256_slli_epi32(_mm256_cvtepu16_epi32(bits), 16);
+        _mm256_storeu_ps(o + d, _mm256_castsi256_ps(widened));
         continue;
       }
       const int g = d / src->group_size;
@@ -73,14 +75,16 @@ void scores(const float* qt, const float* k, int64_t ldk, int n, int D, float* s
     const float* kj = k + j * ldk;
     for (int d = 0; d < D; ++d) {
       const __m256 q = _mm256_loadu_ps(qt + d * kLanes);
-      for (int t = 0; t < 8; ++t) acc[t] = _mm256_fmadd_ps(_mm256_broadcast_ss(kj + t * ldk + d), q, acc[t]);
+      for (int t = 0; t < 8; ++t)
+        acc[t] = _mm256_fmadd_ps(_mm256_broadcast_ss(kj + t * ldk + d), q, acc[t]);
     }
     for (int t = 0; t < 8; ++t) _mm256_storeu_ps(s + (j + t) * kLanes, acc[t]);
   }
   for (; j < n; ++j) {
     __m256 acc = _mm256_setzero_ps();
     for (int d = 0; d < D; ++d)
-      acc = _mm256_fmadd_ps(_mm256_broadcast_ss(k + j * ldk + d), _mm256_loadu_ps(qt + d * kLanes), acc);
+      acc = _mm256_fmadd_ps(_mm256_broadcast_ss(k + j * ldk + d), _mm256_loadu_ps(qt + d * kLanes),
+                            acc);
     _mm256_storeu_ps(s + j * kLanes, acc);
   }
 }

@@ -44,7 +44,8 @@ void decode(const KvSource* src, int64_t j0, int n, int D, float* out) {
       const int d = 16 * c;
       if (src->format == kKvBF16) {
         const __m256i bits = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + 2 * d));
-        _mm512_storeu_ps(o + d, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16)));
+        const __m512i widened = _mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16);
+        _mm512_storeu_ps(o + d, _mm512_castsi512_ps(widened));
         continue;
       }
       const int g = d / src->group_size;
@@ -74,7 +75,8 @@ void scores(const float* qt, const float* k, int64_t ldk, int n, int D, float* s
     const float* kj = k + j * ldk;
     for (int d = 0; d < D; ++d) {
       const __m512 q = _mm512_loadu_ps(qt + d * kLanes);
-      for (int t = 0; t < 8; ++t) acc[t] = _mm512_fmadd_ps(_mm512_set1_ps(kj[t * ldk + d]), q, acc[t]);
+      for (int t = 0; t < 8; ++t)
+        acc[t] = _mm512_fmadd_ps(_mm512_set1_ps(kj[t * ldk + d]), q, acc[t]);
     }
     for (int t = 0; t < 8; ++t) _mm512_storeu_ps(s + (j + t) * kLanes, acc[t]);
   }
@@ -116,7 +118,8 @@ void accumulate_rows(const float* p, const float* v, int64_t ldv, int n, int D, 
     for (int r = 0; r < R; ++r) {
       const __m512 a = _mm512_set1_ps(alpha[i0 + r]);
       for (int c = 0; c < 4; ++c)
-        acc[r][c] = _mm512_mul_ps(a, _mm512_maskz_loadu_ps(mask[c], o + (i0 + r) * D + d0 + 16 * c));
+        acc[r][c] =
+            _mm512_mul_ps(a, _mm512_maskz_loadu_ps(mask[c], o + (i0 + r) * D + d0 + 16 * c));
     }
     for (int j = 0; j < n; ++j) {
       __m512 vj[4];
