@@ -15,7 +15,7 @@ are filled to tokens - chunk positions with random keys and values at the model'
 (measure_cache.fill: the cost of attention does not depend on the values), and the prompt's
 first and last chunks are prefilled for real (depth 0, and tokens - chunk). A chunk's time is
 its weights (fixed) plus its attention (linear in the depth), so the whole prefill is
-projected as chunks x (first + last) / 2. "per layer" figures divide by the layers, for the
+projected as chunks x (first + last) / 2 (the first chunk timed warm, on its second pass). "per layer" figures divide by the layers, for the
 projection to the full depth (--project-layers, e.g. 24 for the 20b: the time scales with the
 layers, the memory adds the other layers' weights and caches; docs/cache.md).
 """
@@ -68,7 +68,10 @@ def measure(model, bits: int | None, args) -> dict:
     caches = model.make_cache(**options)
     out = {"kv_bits": bits, "tokens": args.tokens, "chunk": args.chunk}
     if args.fill:
-        first = prefill(model, model.make_cache(**options), tokens[:args.chunk], args.chunk)[0]
+        # The first chunk twice (fresh caches each time): the first pass also pages the
+        # weights in, the second is a warm chunk at depth 0.
+        first = [prefill(model, model.make_cache(**options), tokens[:args.chunk], args.chunk)[0]
+                 for _ in range(2)][1]
         fill(caches, model.config, args.tokens - args.chunk, key_value_scales(model))
         last = prefill(model, caches, tokens[-args.chunk:], args.chunk)[0]
         chunks = -(-args.tokens // args.chunk)
