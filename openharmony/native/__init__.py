@@ -11,6 +11,9 @@ graph like `mx.gather_qmm`:
 * `bf16_matmul(x, w)`: float32 activations times bfloat16 weights [N, K] transposed, for the
   dense layers, whose weights can then stay bfloat16 in memory.
 * `take_rows(table, ids)`: rows of a mapped embedding table.
+* `attention(q, keys, values, ...)`: flash attention over a KV cache as stored (float32,
+  bfloat16, or `mx.quantize`'s 4/8-bit packing), with gpt-oss's sinks, GQA and the causal /
+  sliding-window mask from positions (csrc/attention.cpp; docs/cache.md).
 
 Weights can be MLX arrays or `MappedTensor`s: byte ranges of a checkpoint file mapped once,
 read-only and shared (`map_file(path).tensor(offset, shape, dtype)`), which the kernels read
