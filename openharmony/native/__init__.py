@@ -1,4 +1,4 @@
-"""openharmony's own CPU kernels (csrc/, an MLX C++ extension) and the one backend switch.
+"""openharmony's own CPU kernels (csrc/, an MLX C++ extension).
 
 The kernels are MLX primitives with a CPU implementation, so they are nodes of MLX's lazy
 graph like `mx.gather_qmm`:
@@ -11,6 +11,9 @@ graph like `mx.gather_qmm`:
 * `bf16_matmul(x, w)`: float32 activations times bfloat16 weights [N, K] transposed, for the
   dense layers, whose weights can then stay bfloat16 in memory.
 * `take_rows(table, ids)`: rows of a mapped embedding table.
+* `attention(q, keys, values, ...)`: flash attention over a KV cache as stored (float32,
+  bfloat16, or `mx.quantize`'s 4/8-bit packing), with gpt-oss's sinks, GQA and the causal /
+  sliding-window mask from positions (csrc/attention.cpp; docs/cache.md).
 
 Weights can be MLX arrays or `MappedTensor`s: byte ranges of a checkpoint file mapped once,
 read-only and shared (`map_file(path).tensor(offset, shape, dtype)`), which the kernels read
@@ -23,10 +26,9 @@ thread per usable core, `OPENHARMONY_THREADS` to change it) with AVX-512, AVX2 o
 code chosen at run time; `isa=` (or `OPENHARMONY_NATIVE_ISA`) forces one, `isas()` lists what
 this CPU runs.
 
-`use_native()` is the switch the model asks: `OPENHARMONY_KERNELS=auto` (default) uses these
-kernels when the default device is the CPU and the extension is built for the installed MLX,
-and MLX's own kernels otherwise (Metal, CUDA, or one warning when the extension is missing);
-`native` insists (an error where it cannot), `mlx` never uses them. Build the extension with
+Whether a model runs on them is chosen once, when it loads, by `openharmony.runtime.select`
+(`OPENHARMONY_KERNELS`), and the layers reach them only through `runtime.NativeKernels`.
+`available` and `unavailable_reason` say whether they can run here. Build the extension with
 `python -m openharmony.native.build` (scripts/test.sh and scripts/download_and_run.sh do).
 """
 
@@ -34,19 +36,17 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import warnings
 
 import mlx.core as mx
 
 from ..errors import OpenHarmonyError
 
-ENV_VAR = "OPENHARMONY_KERNELS"
-CHOICES = ("auto", "native", "mlx")
 ISA_ENV_VAR = "OPENHARMONY_NATIVE_ISA"
 
 
 class NativeKernelsError(OpenHarmonyError):
-    """The native kernels were asked for (OPENHARMONY_KERNELS=native) but cannot be used."""
+    """The native kernels were asked for (OPENHARMONY_KERNELS=native, `in_place=True`) but
+    cannot be used."""
 
 
 def _load():
@@ -71,31 +71,6 @@ def _load():
 
 _kernels, unavailable_reason = _load()
 available = _kernels is not None
-_warned = False
-
-
-def kernels_choice() -> str:
-    choice = os.environ.get(ENV_VAR, "auto").strip().lower() or "auto"
-    if choice not in CHOICES:
-        raise NativeKernelsError(f"{ENV_VAR} must be one of {', '.join(CHOICES)}, got {choice!r}")
-    return choice
-
-
-def use_native() -> bool:
-    """Whether the model's expert and dense matmuls run on these kernels now (the switch)."""
-    global _warned
-    choice = kernels_choice()
-    if choice == "mlx" or mx.default_device() != mx.cpu:
-        return False  # MLX's own kernels: asked for, or a GPU, where they are the fast ones
-    if available:
-        return True
-    if choice == "native":
-        raise NativeKernelsError(f"{ENV_VAR}=native, but {unavailable_reason}")
-    if not _warned:
-        _warned = True
-        warnings.warn(f"{unavailable_reason}; running on MLX's kernels (slower on the CPU)",
-                      stacklevel=2)
-    return False
 
 
 def isas() -> list[str]:
@@ -125,6 +100,25 @@ def take_rows(table, ids: mx.array) -> mx.array:
     """Rows `ids` [n] of a mapped table [V, H] -> [n, H] in the table's dtype; ids outside
     [0, V) give NaN rows instead of reading outside the mapping."""
     return _module().take_rows(table, ids)
+
+
+def attention(queries: mx.array, keys: tuple, values: tuple, *, scale: float,
+              sinks: mx.array | None, first: int, window: int | None = None, bits: int = 0,
+              group_size: int = 0, isa: str | None = None, splits: int = 0) -> mx.array:
+    """softmax([q.k * scale over the visible keys, sink]) @ v, flash style on the CPU
+    (csrc/attention.cpp) -> float32 [B, n_heads, T, D].
+
+    `keys`/`values`: the cache's arrays as stored, positions on axis 2: `(k,)` float32 or
+    bfloat16 [B, n_kv_heads, S, D], or `mx.quantize`'s `(packed, scales, biases)` with `bits`
+    and `group_size`; views of larger buffers are read in place. Query head h reads kv head
+    h // (n_heads / n_kv_heads). Query t sits at key index `first + t`: it sees keys up to
+    there, and with `window` only the last `window` of them. `sinks` [n_heads]: one logit per
+    head in the softmax, unscaled and never masked. `splits`: key ranges per item (0: chosen;
+    split-K for decode steps).
+    """
+    return _module().attention(queries, list(keys), list(values), sinks, float(scale),
+                               int(first), int(window or 0), int(bits), int(group_size),
+                               _isa(isa), int(splits))
 
 
 def map_file(path) -> "_kernels.Mapping":
