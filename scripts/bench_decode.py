@@ -4,13 +4,17 @@ limit").
 
     python scripts/bench_decode.py kernels [--threads N]      # GB/s of each kernel, one row
     python scripts/bench_decode.py steps CHECKPOINT [--depth 2048] [--blocks 5] [--steps 8]
+    python scripts/bench_decode.py mlp CHECKPOINT [--reps 300]  # one layer's MoE MLP, 1 token
 
 `kernels` times each kernel over weights several times the L3 (so they come from DRAM, as in
 a step) and over weights that stay in L2 (its compute bound), the minimum of many runs, and
 prints GB/s of weight bytes. `steps` evicts the checkpoint from the page cache, reads it back
 (decode is measured warm), prefills `--depth` tokens and then alternates blocks of decode
 steps with `Kernels.fused_moe` on and off in one process, so load on a shared machine hits
-both alike. Run it alone, under the benchmark lock, on a big checkpoint.
+both alike. Run it alone, under the benchmark lock, on a big checkpoint. `mlp` times one
+layer's MoE MLP for one token (each layer in turn, a different token each time, so the chosen
+experts come from DRAM), fused and unfused alternately; the best of many short runs is the
+figure that load moves least.
 """
 
 from __future__ import annotations
@@ -109,8 +113,7 @@ def steps(checkpoint: Path, depth: int, blocks: int, count: int) -> None:
         mx.async_eval([sampled] + [c.state for c in cache])
         return sampled
 
-    modes = {"fused": lambda: model.kernels.__dict__.pop("fused_moe", None),
-             "unfused": lambda: setattr(model.kernels, "fused_moe", None)}
+    modes = fused_modes(model)
     times = {mode: [] for mode in modes}
     for _ in range(blocks):
         for mode, switch in modes.items():
@@ -134,6 +137,38 @@ def steps(checkpoint: Path, depth: int, blocks: int, count: int) -> None:
               f"({1 / min(ts):.2f} tok/s)")
 
 
+def fused_modes(model) -> dict:
+    """Switches between the fused MoE op (the backend's `fused_moe`) and the unfused MLP."""
+    return {"fused": lambda: model.kernels.__dict__.pop("fused_moe", None),
+            "unfused": lambda: setattr(model.kernels, "fused_moe", None)}
+
+
+def mlp(checkpoint: Path, reps: int) -> None:
+    import mlx.core as mx
+    from openharmony.load import load_model
+
+    model = load_model(checkpoint)
+    xs = [mx.random.normal((1, 1, model.config.hidden_size), key=mx.random.key(i))
+          for i in range(64)]
+    mx.eval(xs)
+    best, total = {}, {}
+    for r in range(reps):
+        for mode, switch in fused_modes(model).items():
+            switch()
+            for index, layer in enumerate(model.layers):
+                start = time.perf_counter()
+                mx.eval(layer.mlp(xs[(7 * r + index) % len(xs)]))
+                seconds = time.perf_counter() - start
+                best[mode] = min(best.get(mode, float("inf")), seconds)
+                total[mode] = total.get(mode, 0.0) + seconds
+    expert_bytes = 4 * 3 * model.config.hidden_size ** 2 * 17 / 32  # 4 x (gate_up + down)
+    print(f"load average {os.getloadavg()[0]:.1f}; one layer's MoE MLP, 1 token")
+    for mode in best:
+        mean = total[mode] / reps / len(model.layers)
+        print(f"  {mode:8s} best {best[mode] * 1e3:.2f} ms ({expert_bytes / best[mode] / 1e9:.1f} "
+              f"GB/s), mean {mean * 1e3:.2f} ms")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="what", required=True)
@@ -144,9 +179,14 @@ def main() -> None:
     s.add_argument("--depth", type=int, default=0)
     s.add_argument("--blocks", type=int, default=5)
     s.add_argument("--steps", type=int, default=8)
+    m = sub.add_parser("mlp")
+    m.add_argument("checkpoint", type=Path)
+    m.add_argument("--reps", type=int, default=300)
     args = parser.parse_args()
     if args.what == "kernels":
         kernels(args.isa)
+    elif args.what == "mlp":
+        mlp(args.checkpoint, args.reps)
     else:
         steps(args.checkpoint, args.depth, args.blocks, args.steps)
 
