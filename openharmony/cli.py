@@ -521,17 +521,21 @@ def serve(
                                                           "reuse across requests, in GB.")
                         ] = 4.0,
     kv_bits: KVBits = None,
+    max_request_mb: Annotated[Optional[float], typer.Option(
+        min=0.001, help="The largest request body, in MB; larger ones get 413. Default: 16 "
+                        "bytes per token of the model's context (2.1 MB for 131072).")] = None,
 ) -> None:
     """An OpenAI-compatible server: the Responses API and Chat Completions (docs/server.md).
 
-    Ctrl-C or SIGTERM stops it cleanly.
+    Ctrl-C or SIGTERM stops it cleanly (exit status 130, or by SIGTERM).
     """
     import logging
-
-    import uvicorn
+    import signal
 
     from .server.app import create_app
+    from .server.run import listen, serve as run_server
 
+    sock = listen(host, port) if not settings.rank else None  # a busy port fails before loading
     tokenizer, loaded = _load(model, dtype)
     if kv_bits is not None:
         loaded.make_cache(kv_bits=kv_bits)  # a model that cannot take it fails now
@@ -544,10 +548,17 @@ def serve(
     logging.getLogger("openharmony.server").setLevel(logging.INFO)  # one line per request
     app_ = create_app(loaded, tokenizer, model_id, api_key=api_key, max_queue=max_queue,
                       max_cache_bytes=int(cache_gb * 1e9), kv_bits=kv_bits,
-                      max_batch=max_batch)
-    typer.echo(f"serving {model_id} on http://{host}:{port}/v1"
-               + (" (API key required)" if api_key else ""), err=True)
-    uvicorn.run(app_, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)
+                      max_batch=max_batch, max_request_bytes=None if max_request_mb is None
+                      else int(max_request_mb * 1e6))
+    stopped_by = run_server(app_, sock, on_ready=lambda: typer.echo(
+        f"serving {model_id} on http://{host}:{port}/v1"
+        + (" (API key required)" if api_key else ""), err=True))
+    if stopped_by == signal.SIGINT:
+        raise typer.Exit(EXIT_INTERRUPTED)
+    if stopped_by is not None:  # SIGTERM: end by it, after the clean shutdown, as expected
+        sys.stderr.flush()
+        signal.signal(stopped_by, signal.SIG_DFL)
+        signal.raise_signal(stopped_by)
 
 
 # -- download -----------------------------------------------------------------------------
