@@ -430,7 +430,9 @@ def free_port() -> int:
 
 
 def serve(folder: Path, port: int, wait: bool = True) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), OPENHARMONY_VOCAB=str(VOCAB))
+    # No Python warnings (the native kernels may be unbuilt here): the log is the server's.
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), OPENHARMONY_VOCAB=str(VOCAB),
+               PYTHONWARNINGS="ignore")
     process = subprocess.Popen(
         [sys.executable, "-m", "openharmony", "serve", "--model", str(folder), "--port",
          str(port)], env=env, stderr=subprocess.PIPE, text=True)

@@ -1,7 +1,8 @@
 """Running the app on uvicorn as `openharmony serve` does: the listening socket, the connection
 timeouts, and what the signals do.
 
-* The socket is bound before the model loads (`listen`): a busy port is one error at once.
+* The socket is bound by `listen` before uvicorn starts: a busy port is one error line
+  (an `OpenHarmonyError`), not uvicorn's three and a false "serving" line before them.
 * Timeouts (slowloris): a connection must send a request's complete headers within
   `HEADER_TIMEOUT_SECONDS` of opening (or of its previous response), else it is closed;
   uvicorn has no such timeout, so `TimedH11Protocol` adds it. An idle keep-alive connection
