@@ -293,6 +293,10 @@ BAD_BODIES = [
     ("whole body nested", "/v1/chat/completions", NESTED, None),
     ("messages nested", "/v1/chat/completions", b'{"messages": ' + NESTED + b"}", "messages"),
     ("input nested", "/v1/responses", b'{"input": ' + NESTED + b"}", "input"),
+    ("tool parameters nested", "/v1/chat/completions",
+     b'{"messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "function", '
+     b'"function": {"name": "f", "parameters": ' + b'{"a": ' * 500 + b"1" + b"}" * 500
+     + b"}}]}", "tools"),
     ("huge integer", "/v1/chat/completions",
      b'{"messages": [{"role": "user", "content": "hi"}], "max_tokens": ' + b"9" * 5000 + b"}",
      "max_tokens"),
@@ -464,33 +468,40 @@ def data_lines(data: bytes) -> list[str]:
             if line.startswith("data: ")]
 
 
-def stopped_mid_stream(folder: Path, signals: list[int]) -> tuple[int, list[str], str]:
-    """Start the command, start a stream, send `signals` once 5 tokens came: the exit status,
-    the stream's data and the log."""
+def read_to_end(sock: socket.socket, data: bytes = b"") -> bytes:
+    while chunk := sock.recv(65536):
+        data += chunk
+    sock.close()
+    return data
+
+
+def stopped_mid_stream(folder: Path, signals: list[int]):
+    """Start the command, start a Chat Completions stream and a Responses one, send `signals`
+    once 5 tokens came: the exit status, each stream's data and the log."""
     port = free_port()
     process = serve(folder, port)
     try:
-        sock = open_stream(port, ENDLESS)
+        chat = open_stream(port, ENDLESS)
+        responses = open_stream(port, {"model": "bigram", "input": "Go", "temperature": 0,
+                                       "max_output_tokens": 100000}, path="/v1/responses")
         data = b""
         while data.count(b'"content": " la"') < 5:  # tokens are flowing
-            chunk = sock.recv(65536)
+            chunk = chat.recv(65536)
             assert chunk, data
             data += chunk
         for sig in signals:
             process.send_signal(sig)
             time.sleep(0.05)
-        while chunk := sock.recv(65536):
-            data += chunk
-        sock.close()
+        chat_data, responses_data = read_to_end(chat, data), read_to_end(responses)
         code = process.wait(timeout=30)
     finally:
         if process.poll() is None:
             process.kill()
-    return code, data_lines(data), process.stderr.read()
+    return code, data_lines(chat_data), data_lines(responses_data), process.stderr.read()
 
 
 def test_sigterm_ends_streams_properly(endless_folder):
-    code, data, log = stopped_mid_stream(endless_folder, [signal.SIGTERM])
+    code, data, responses, log = stopped_mid_stream(endless_folder, [signal.SIGTERM])
     assert code == -signal.SIGTERM, log  # after a clean shutdown, by the signal it got
     assert data[-1] == "[DONE]", data[-3:]
     last = json.loads(data[-2])
@@ -501,11 +512,14 @@ def test_sigterm_ends_streams_properly(endless_folder):
     generated = int(line.split("generated=")[1].split()[0])
     assert generated >= sent, line  # what was sent, counted (plus the header tokens)
     assert "Traceback" not in log and "CancelledError" not in log, log
+    failed = json.loads(responses[-1])
+    assert failed["type"] == "response.failed", responses[-3:]
+    assert failed["response"]["error"]["code"] == "server_shutting_down"
 
 
 def test_ctrl_c_twice_exits_130_without_tracebacks(endless_folder):
     """The first Ctrl-C ends the streams as SIGTERM does; the second stops waiting."""
-    code, data, log = stopped_mid_stream(endless_folder, [signal.SIGINT, signal.SIGINT])
+    code, data, _, log = stopped_mid_stream(endless_folder, [signal.SIGINT, signal.SIGINT])
     assert code == 130 and data[-1] == "[DONE]", (code, data[-3:], log)
     assert "Traceback" not in log and "CancelledError" not in log, log
 

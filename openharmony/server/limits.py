@@ -19,6 +19,7 @@ BYTES_PER_TOKEN = 16  # the default body cap: the context's tokens times this
 MIN_REQUEST_BYTES = 10**6
 MAX_MESSAGES = 10_000  # messages (or Responses input items) in one request
 MAX_INT_DIGITS = 100  # longer integers are read as floats (inf): field checks refuse them
+MAX_DEPTH = 64  # arrays and objects within each other (JSON schemas of tools need ~10)
 
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -70,12 +71,29 @@ def parse_json(raw: bytes) -> dict[str, Any]:
                        code="invalid_json") from None
     if not isinstance(body, dict):
         raise ApiError(400, "the request body must be a JSON object", code="invalid_json")
+    if text.count("[") + text.count("{") > MAX_DEPTH:  # else it cannot be too deep
+        deep = _too_deep(body)
+        if deep is not None:  # later code (harmony's JSON of tools, replies) would recurse
+            raise invalid(deep, f"{deep} nests arrays or objects more than {MAX_DEPTH} deep")
     if _SURROGATE_ESCAPE.search(text):  # rare: then find the field (pairs are fine)
         where = _lone_surrogate(body)
         if where is not None:
             raise invalid(where, f"{where} holds a lone surrogate (\\ud800-\\udfff), which is "
                                  "not a character")
     return body
+
+
+def _too_deep(body: dict) -> str | None:
+    """The top-level field whose arrays or objects nest deeper than MAX_DEPTH."""
+    for key, value in body.items():
+        stack = [(value, 2)] if isinstance(value, (dict, list)) else []
+        while stack:
+            container, depth = stack.pop()
+            if depth > MAX_DEPTH:
+                return key
+            items = container.values() if isinstance(container, dict) else container
+            stack.extend((item, depth + 1) for item in items if isinstance(item, (dict, list)))
+    return None
 
 
 def _integer(digits: str) -> int | float:
