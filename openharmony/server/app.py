@@ -77,11 +77,11 @@ def create_app(model, tokenizer, model_id: str, *, api_key: str | None = None,
 
     @asynccontextmanager
     async def lifespan(app):
-        state["renderer"] = Renderer(tokenizer, render_workers)
-        state["renderer"].start()
         state["engine"] = app.state.engine = Engine(model, tokenizer, max_queue=max_queue,
                                                     max_cache_bytes=max_cache_bytes,
                                                     kv_bits=kv_bits, max_batch=max_batch)
+        state["renderer"] = Renderer(tokenizer, render_workers)
+        state["renderer"].start()
         try:
             yield
         finally:
