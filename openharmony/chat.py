@@ -75,25 +75,50 @@ def tool_name(recipient: str) -> str:
 
 @dataclass(frozen=True)
 class FunctionTool:
-    """A function the model may call: a name, a description and a JSON schema for arguments."""
+    """A tool the model may call: a name, a description and a JSON schema for arguments.
+
+    `strict`: the arguments are held to `parameters` (otherwise to any JSON object).
+    `custom`: a free-form tool (OpenAI's custom tools, e.g. Codex's apply_patch): its input is
+    the call's message as is, not JSON, in the language of `format` ({"type": "grammar",
+    "syntax": "lark" | "regex", "definition": ...}, or {"type": "text"}). `source`: the
+    request field it came from, named by errors about it."""
 
     name: str
     description: str = ""
     parameters: Mapping[str, Any] | None = None
+    strict: bool = False
+    custom: bool = False
+    format: Mapping[str, Any] | None = None
+    source: str | None = None
 
     @classmethod
     def from_dict(cls, spec: Mapping[str, Any]) -> FunctionTool:
-        """From `{"name", "description", "parameters"}` or OpenAI's `{"type": "function",
-        "function": {...}}`."""
+        """From `{"name", "description", "parameters", "strict"}`, OpenAI's `{"type":
+        "function", "function": {...}}`, or a custom tool `{"type": "custom", "name",
+        "description", "format"}`."""
+        custom = spec.get("type") == "custom" or bool(spec.get("custom"))
         if spec.get("type") == "function" and "function" in spec:
             spec = spec["function"]
         if not isinstance(spec.get("name"), str) or not spec["name"]:
             raise OpenHarmonyError(f"tool definition {dict(spec)!r} has no name")
-        return cls(spec["name"], spec.get("description", ""), spec.get("parameters"))
+        return cls(spec["name"], spec.get("description") or "",
+                   None if custom else spec.get("parameters"), bool(spec.get("strict")),
+                   custom, spec.get("format"), spec.get("source"))
 
     def to_harmony(self) -> ToolDescription:
+        if self.custom:
+            return ToolDescription.new(self.name, self._custom_description(), None)
         parameters = dict(self.parameters) if self.parameters is not None else None
         return ToolDescription.new(self.name, self.description, parameters)
+
+    def _custom_description(self) -> str:
+        text = (f"{self.description}\nA free-form tool: call it with its input as the "
+                "message, as is (not JSON).")
+        spec = self.format or {}
+        if spec.get("type") == "grammar":
+            text += (f" The input follows this {spec.get('syntax', '')} grammar:\n"
+                     f"{spec.get('definition', '')}")
+        return text
 
 
 @dataclass
@@ -227,13 +252,15 @@ class Chat:
         prompt once a final answer follows it."""
         self.add_assistant(text, channel="analysis")
 
-    def add_tool_call(self, name: str, arguments: str) -> None:
+    def add_tool_call(self, name: str, arguments: str, custom: bool = False) -> None:
         """A past call of function `name` with `arguments` (JSON text), as the model writes it:
-        `<|start|>assistant to=functions.NAME<|channel|>commentary <|constrain|>json...<|call|>`."""
+        `<|start|>assistant to=functions.NAME<|channel|>commentary <|constrain|>json...<|call|>`.
+        `custom`: a free-form tool's call, its input as is (no content type)."""
         recipient = name if "." in name else f"{FUNCTIONS_NAMESPACE}.{name}"
         message = (Message.from_role_and_content(Role.ASSISTANT, arguments)
-                   .with_channel("commentary").with_recipient(recipient)
-                   .with_content_type("<|constrain|>json"))
+                   .with_channel("commentary").with_recipient(recipient))
+        if not custom:
+            message = message.with_content_type("<|constrain|>json")
         self.messages.append(message)
 
     def add_tool_result(self, name: str, content: str | Any) -> None:
@@ -382,6 +409,13 @@ class ChatTurn:
     work; a reply that breaks the harmony format raises OpenHarmonyError while iterating.
     Stopping the iteration early (closing it) leaves `prompt_cache` consistent.
 
+    Structured output (openharmony/structured): `response_format` (OpenAI's {"type":
+    "json_schema", ...} or {"type": "json_object"}) holds the final answer to it; `tools` (the
+    `FunctionTool`s the prompt offers: strict ones hold their calls to their `parameters`,
+    the others to a JSON object, custom ones to their grammar) and `tool_choice` ("auto",
+    "none", "required", or {"type": "function", "name": ...}) what the model may call. The
+    reasoning stays free. Bad formats raise `ConstraintError` here, naming the field.
+
     Iterating decodes the turn alone. The server's batch instead steps `turn.decoding` (a
     `openharmony.generate.Decoding`) with other requests' and hands each chunk to
     `turn.feed`, until `turn.finish_reason` is set: the same code per token either way.
@@ -390,7 +424,8 @@ class ChatTurn:
     def __init__(self, model, tokenizer: Tokenizer, prompt: Sequence[int], *,
                  max_tokens: int, sampling=None, seed: int | None = None,
                  prompt_cache=None, logprobs: bool = False, top_logprobs: int = 0,
-                 stop: Sequence[str] = ()):
+                 stop: Sequence[str] = (), tools: Sequence = (), response_format=None,
+                 tool_choice=None):
         from .generate import StopStrings, make_decoding
 
         self.tokenizer = tokenizer
@@ -399,7 +434,9 @@ class ChatTurn:
         self.decoding = make_decoding(
             model, prompt, tokenizer=tokenizer, max_tokens=max_tokens, sampling=sampling,
             seed=seed, stop_tokens=chat_stop_tokens(tokenizer), prompt_cache=prompt_cache,
-            logprobs=logprobs, top_logprobs=top_logprobs, detokenize=False)
+            logprobs=logprobs, top_logprobs=top_logprobs, detokenize=False,
+            constraint=reply_constraint(tokenizer, model.config.vocab_size, tools,
+                                        response_format, tool_choice))
         self._parser = ChatStreamParser(tokenizer)
         self._call_token = tokenizer.special_ids["<|call|>"]
         self._last_text = None  # the latest event of text for the user (stop strings apply)
@@ -475,3 +512,18 @@ class ChatTurn:
         if found:
             current = dataclasses.replace(current, text=current.text[:min(found)])
         return self._parser.messages + [current]
+
+
+def reply_constraint(tokenizer: Tokenizer, vocab_size: int, tools: Sequence = (),
+                     response_format=None, tool_choice=None):
+    """The `ReplyConstraint` of a turn with these tools and formats, or None when it binds
+    nothing (see `ChatTurn`)."""
+    from .structured.formats import reply_format
+    from .structured.grammar import vocabulary
+    from .structured.harmony import ReplyConstraint
+
+    tools = [t if isinstance(t, FunctionTool) else FunctionTool.from_dict(t) for t in tools]
+    found = reply_format(tools, response_format, tool_choice)
+    if found is None:
+        return None
+    return ReplyConstraint(vocabulary(tokenizer, vocab_size), found)

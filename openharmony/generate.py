@@ -27,6 +27,12 @@ How a call runs:
   tokens comes out whole) and held back while it could be the start of a stop string, so the
   text deltas concatenate to exactly the final text. Token in, token out: a token-id prompt
   with `detokenize=False` and no `tokenizer` loads no vocabulary (it works offline).
+* Structured output: `json_schema=` (a JSON Schema) or `grammar=` (Lark; `regex=` a regular
+  expression) holds the whole completion to that language, then a stop token (llguidance,
+  openharmony/structured). A chat turn passes its own harmony-aware `constraint` instead
+  (`openharmony.chat.ChatTurn`). A constrained token's mask depends on the token before it,
+  so its sampling waits for that token to be read back; the model's forward is still queued
+  before the read, so the mask is computed on the host while the forward runs.
 * Bad input raises `GenerationError` (or `SamplingError`) at the call, naming the argument:
   token ids that are not integers (1.5, "7" and True are refused, not coerced) or outside the
   model's vocabulary (text prompts included: a tokenizer larger than the model's vocabulary
@@ -40,7 +46,7 @@ from __future__ import annotations
 import dataclasses
 import time
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
 import mlx.core as mx
@@ -149,6 +155,10 @@ def make_decoding(
     detokenize: bool = True,
     kv_bits: int | None = None,
     kv_dtype=None,
+    json_schema=None,
+    grammar: str | None = None,
+    regex: str | None = None,
+    constraint=None,
 ) -> "Decoding":
     """The checked decoding state of one request (what `stream_generate` steps alone, and the
     server's batch steps with others).
@@ -169,6 +179,10 @@ def make_decoding(
     token is decoded twice.
     `kv_bits` (4 or 8) / `kv_dtype`: the KV cache's storage (`Model.make_cache`, docs/cache.md);
     with a `prompt_cache`, they must be the options it was made with (or left out).
+    `json_schema` (a dict) / `grammar` (Lark) / `regex`: the completion is a document of that
+    language, then a stop token (at most one of the three). `constraint`: any object with
+    `mask()` (a bool mx.array over the vocabulary, or None: any token) and `advance(token)`,
+    asked before and told after each token (what a chat turn's `ReplyConstraint` is).
     """
     if not isinstance(detokenize, bool):
         raise GenerationError(f"detokenize must be True or False, got {detokenize!r}")
@@ -225,8 +239,35 @@ def make_decoding(
                               f"{prompt_cache.cache_options}, not {cache_options}")
     sampler = Sampler(options, config.vocab_size, prompt_tokens=prompt_ids, seed=seed,
                       group=getattr(model, "group", None))
+    asked = {name: value for name, value in
+             (("json_schema", json_schema), ("grammar", grammar), ("regex", regex),
+              ("constraint", constraint)) if value is not None}
+    if len(asked) > 1:
+        raise GenerationError(f"at most one of json_schema, grammar, regex and constraint, got "
+                              f"{', '.join(asked)}")
+    if asked and "constraint" not in asked:
+        constraint = _grammar_constraint(*asked.popitem(), tokenizer, config.vocab_size,
+                                         stop_ids)
     return Decoding(model, prompt_ids, tokenizer, max_tokens, sampler, stop_ids, stop_matcher,
-                    prompt_cache, prefill_chunk, logprobs, top_logprobs, detokenize)
+                    prompt_cache, prefill_chunk, logprobs, top_logprobs, detokenize,
+                    constraint)
+
+
+def _grammar_constraint(kind: str, source, tokenizer, vocab_size: int, stop_ids: set[int]):
+    """The whole completion in a grammar, then a stop token."""
+    from .structured import grammar as structured
+
+    if tokenizer is None:
+        from .tokenizer import load_tokenizer
+
+        tokenizer = load_tokenizer()
+    try:
+        compiled = structured.compile_grammar("lark" if kind == "grammar" else kind, source,
+                                              kind)
+    except structured.ConstraintError as error:
+        raise GenerationError(str(error)) from None
+    return structured.GrammarConstraint(structured.vocabulary(tokenizer, vocab_size),
+                                        compiled, sorted(stop_ids))
 
 
 def stream_decoding(decoding: "Decoding") -> Iterator[GenerationChunk]:
@@ -275,17 +316,17 @@ class Decoding:
     def __init__(self, model, prompt_ids: list[int], tokenizer, max_tokens: int,
                  sampler: Sampler, stop_ids: set[int], stop_matcher: "StopStrings",
                  prompt_cache: PromptCache, prefill_chunk: int, logprobs: bool,
-                 top_logprobs: int, detokenize: bool) -> None:
+                 top_logprobs: int, detokenize: bool, constraint=None) -> None:
         self.model, self.prompt_ids, self.tokenizer = model, prompt_ids, tokenizer
         self.max_tokens, self.sampler, self.stop_ids = max_tokens, sampler, stop_ids
         self.stop_matcher, self.prompt_cache = stop_matcher, prompt_cache
         self.prefill_chunk = prefill_chunk
         self.logprobs, self.top_logprobs = logprobs, top_logprobs
         self.detokenize = detokenize
+        self.constraint = constraint  # mask() / advance(token), or None
         self.generated = 0  # tokens read so far
         self.finish_reason: str | None = None
-        # Sampled tokens not read yet, oldest first: [token, finite, scores, fed to the caches].
-        self._queued: list[list] = []
+        self._queued: list[_Step] = []  # the steps whose token is not read yet, oldest first
         self.next_input: mx.array | None = None  # the token the next step feeds [1]
 
     @property
@@ -324,30 +365,42 @@ class Decoding:
     def sample(self, logits: mx.array) -> list[mx.array]:
         """The model has just run `next_input` through `caches`; `logits` [1, V] are its
         output. Queues the next token (lazy) and returns the arrays to evaluate (besides the
-        caches): the token, the sampler's state, the log-probabilities asked for."""
+        caches): the token, the sampler's state, the log-probabilities asked for.
+
+        With a constraint whose mask needs a token not read yet, the token is drawn by the
+        `read` of that token instead (the logits are evaluated meanwhile)."""
         if self._queued:
-            self._queued[-1][3] = True  # the input was the last queued token
+            self._queued[-1].fed = True  # the input was the last queued token
         else:  # the first step: the input was the prompt's last token
             self.prompt_cache.add_tokens(self.prompt_ids[-1:])
-        token = self.sampler(logits)
-        finite = mx.isfinite(logits).all()  # read with the token: no extra wait
-        scores = []
-        if self.logprobs or self.top_logprobs:
-            scores.append(log_probabilities(logits, token))
+        step = _Step(logits=logits, finite=mx.isfinite(logits).all())  # read with the token
+        self._queued.append(step)
+        if self.constraint is not None and len(self._queued) > 1:
+            return [logits, step.finite]
+        return self._draw(step)
+
+    def _draw(self, step: "_Step") -> list[mx.array]:
+        """Sample the step's token from its logits (masked by the constraint)."""
+        logits = step.logits
+        allowed = self.constraint.mask() if self.constraint is not None else None
+        step.token = self.sampler(logits if allowed is None
+                                  else mx.where(allowed, logits, -mx.inf))
+        if self.logprobs or self.top_logprobs:  # the model's own distribution, unmasked
+            step.scores.append(log_probabilities(logits, step.token))
         if self.top_logprobs:
             step_logits = logits[0].astype(mx.float32)
             all_logprobs = step_logits - mx.logsumexp(step_logits)
             top = mx.argpartition(-all_logprobs, self.top_logprobs - 1)[:self.top_logprobs]
-            scores += [top, all_logprobs[top]]
-        self._queued.append([token, finite, scores, False])
-        self.next_input = token
-        return [token, finite, *self.sampler.state, *scores]
+            step.scores += [top, all_logprobs[top]]
+        step.logits = None
+        self.next_input = step.token
+        return [step.token, step.finite, *self.sampler.state, *step.scores]
 
     def read(self) -> GenerationChunk:
         """The oldest queued token, read back (the one place decoding blocks), as a chunk."""
-        token, finite, scores, fed = self._queued.pop(0)
-        token_id = _read_token(token)
-        if not finite.item():
+        step = self._queued.pop(0)
+        token_id = _read_token(step.token)
+        if not step.finite.item():
             raise NonFiniteLogitsError(
                 f"the model's logits are not finite (NaN or inf) for generated token "
                 f"{self.generated + 1} (position {len(self.prompt_ids) + self.generated}); "
@@ -355,7 +408,7 @@ class Decoding:
                 "an MXFP4 scale byte 255, which is NaN) or the computation overflowed")
         if self._first_token_time is None:
             self._first_token_time = time.perf_counter()
-        if fed:
+        if step.fed:
             self.prompt_cache.add_tokens([token_id])  # the step that fed it ran
         self.generated += 1
         count, max_tokens, detokenizer = self.generated, self.max_tokens, self._detokenizer
@@ -377,6 +430,10 @@ class Decoding:
         if stopped:
             finish_reason = "stop_string"
         self.finish_reason = finish_reason
+        if self.constraint is not None:
+            self.constraint.advance(token_id)
+            if finish_reason is None and self._queued and self._queued[0].token is None:
+                mx.async_eval(self._draw(self._queued[0]))  # its mask is known now
 
         stats = None
         if finish_reason is not None:
@@ -394,6 +451,7 @@ class Decoding:
                                               if count > 1 and generation_seconds > 0 else 0.0),
                 peak_memory_bytes=mx.get_peak_memory(),
             )
+        scores = step.scores
         logprob = scores[0].item() if scores else None
         top = None
         if self.top_logprobs:
@@ -401,6 +459,17 @@ class Decoding:
         return GenerationChunk(token=token_id, text=text, logprob=logprob, top_logprobs=top,
                                finish_reason=finish_reason, stats=stats,
                                reused_prompt_tokens=self.reused if count == 1 else None)
+
+
+@dataclass(eq=False)
+class _Step:
+    """One decoding step whose token is not read yet."""
+
+    finite: mx.array  # whether the step's logits were finite (read with the token)
+    logits: mx.array | None = None  # kept until the token is drawn from them
+    token: mx.array | None = None  # [1] uint32, lazy; None until drawn
+    scores: list = field(default_factory=list)  # log-probabilities asked for
+    fed: bool = False  # a later step ran the model on this token
 
 
 def _read_token(token: mx.array) -> int:
