@@ -15,7 +15,7 @@ begins and ends) and binds only:
 * the body of the final answer, with `final` (response_format), then <|return|>;
 * the headers, with `tool_choice` "none" (no tool call), "required" (a tool call, after any
   reasoning) or a named tool (that one). Reasoning then ends only with <|end|>, so the reply
-  cannot end before the call.
+  cannot end before the call (with "none": not with <|call|>).
 
 The analysis channel is never constrained in what it says: a model that reasons first still
 reasons, and its reasoning is returned as usual. With `tool_choice` "auto" the headers are
@@ -121,7 +121,11 @@ class ReplyConstraint:
         self._message, self._end = special["<|message|>"], special["<|end|>"]
         self._start, self._call = special["<|start|>"], special["<|call|>"]
         self._return = special["<|return|>"]
-        self._reasoning_mask = vocab.text_mask([self._end])  # text, then <|end|> only
+        # A message that is neither a call nor a bound answer: free text, ended only by
+        # <|end|> when a call must come, or by anything but <|call|> when none may.
+        self._free_text = (vocab.text_mask([self._end]) if reply_format.must_call else
+                           vocab.text_mask([self._end, self._return])
+                           if reply_format.tool_choice == "none" else None)
         self._done = False
         self._begin_header(first=True)
 
@@ -169,7 +173,7 @@ class ReplyConstraint:
             grammar, self._ends = (tool.grammar if tool else None), [self._call]
         elif channel == "final":
             grammar, self._ends = self.format.final, [self._return]
-        elif self.format.must_call:  # reasoning (or a preamble) before the call
-            self._fixed = self._reasoning_mask
+        else:  # reasoning, or text for the user: free (but for its end, see __init__)
+            self._fixed = self._free_text
         if grammar is not None:
             self._matcher = Matcher(self.vocab, grammar)
