@@ -331,10 +331,15 @@ def generate(
     kv_bits: KVBits = None,
     show_reasoning: ShowReasoning = False,
     verbose: Verbose = False,
+    json_schema: Annotated[Optional[Path], typer.Option(
+        "--json-schema", metavar="FILE", help="Hold the output to this JSON Schema: the final "
+        "answer with --chat (the reasoning stays free), else the whole completion.")] = None,
 ) -> None:
     """Stream a completion of PROMPT to stdout."""
     from .cache import PromptCache
     from .generate import stream_generate
+
+    schema = _read_json_schema(json_schema) if json_schema is not None else None
 
     prompt = _one_of("PROMPT", prompt, "--prompt", prompt_option)
     group = _group()
@@ -353,12 +358,16 @@ def generate(
         conversation = Chat(tokenizer, ChatOptions(reasoning_effort=reasoning_effort.value,
                                                    system=system, developer=developer))
         conversation.add_user(prompt)
+        response_format = None if schema is None else {
+            "type": "json_schema", "json_schema": {"name": "schema", "schema": schema}}
         stats = _chat_turn(loaded, tokenizer, conversation, sampling, max_tokens, seed,
-                           show_reasoning, PromptCache(loaded, kv_bits=kv_bits))
+                           show_reasoning, PromptCache(loaded, kv_bits=kv_bits),
+                           response_format=response_format)
     else:
         stats = None
         for chunk in stream_generate(loaded, prompt, tokenizer=tokenizer, sampling=sampling,
-                                     max_tokens=max_tokens, seed=seed, kv_bits=kv_bits):
+                                     max_tokens=max_tokens, seed=seed, kv_bits=kv_bits,
+                                     json_schema=schema):
             _write(chunk.text)
             stats = chunk.stats or stats
         _write("\n")
@@ -389,13 +398,27 @@ def _read_prompt(prompt: str | None) -> str:
     return text
 
 
+def _read_json_schema(path: Path) -> dict:
+    """--json-schema FILE: a JSON Schema object (checked further when it is compiled)."""
+    try:
+        schema = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise typer.BadParameter(f"cannot read a JSON Schema from {path}: {error}",
+                                 param_hint="'--json-schema'") from None
+    if not isinstance(schema, dict):
+        raise typer.BadParameter(f"{path} holds a JSON {type(schema).__name__}, not a schema "
+                                 "object", param_hint="'--json-schema'")
+    return schema
+
+
 def _chat_turn(model, tokenizer, conversation, sampling, max_tokens, seed, show_reasoning,
-               prompt_cache):
+               prompt_cache, response_format=None):
     """Generate the assistant's reply to `conversation`, stream it, and append it."""
     from .chat import ChatTurn
 
     turn = ChatTurn(model, tokenizer, conversation.render(), max_tokens=max_tokens,
-                    sampling=sampling, seed=seed, prompt_cache=prompt_cache)
+                    sampling=sampling, seed=seed, prompt_cache=prompt_cache,
+                    response_format=response_format)
     printer = _ReplyPrinter(show_reasoning)
     for event in turn:
         printer(event)

@@ -170,12 +170,15 @@ def test_json_object_and_streams_that_concatenate_to_the_document(server):
 
 def test_max_tokens_inside_the_document_is_length_and_incomplete(server):
     client = server("answer").client()
-    cut = client.chat.completions.create(model="bigram", messages=USER, temperature=0,
-                                         max_tokens=6, response_format={"type": "json_object"})
+    schema_format = {"type": "json_schema", "name": "verdict", "schema": VERDICT}
+    cut = client.chat.completions.create(
+        model="bigram", messages=USER, temperature=0, max_tokens=6,
+        response_format={"type": "json_schema", "json_schema": schema_format})
     assert cut.choices[0].finish_reason == "length"
+    with pytest.raises(json.JSONDecodeError):  # the document is not complete
+        json.loads(cut.choices[0].message.content)
     with client.responses.stream(model="bigram", input="Hi", temperature=0,
-                                 max_output_tokens=6,
-                                 text={"format": {"type": "json_object"}}) as stream:
+                                 max_output_tokens=6, text={"format": schema_format}) as stream:
         events = list(stream)
     assert events[-1].type == "response.incomplete"  # OpenAI's streaming reference
     assert events[-1].response.status == "incomplete"
@@ -272,10 +275,10 @@ def test_custom_tool_input_follows_codex_apply_patch_grammar(server):
 def test_consecutive_analysis_messages(server):
     client = server("reasoning_loop").client()
     done = client.chat.completions.create(model="bigram", messages=USER, temperature=0,
-                                          max_tokens=14)
+                                          max_tokens=22)  # 9 tokens a message
     assert done.choices[0].message.reasoning.startswith(f"{THOUGHT}\n\n{THOUGHT}")
     done = client.responses.create(model="bigram", input="Hi", temperature=0,
-                                   max_output_tokens=14)
+                                   max_output_tokens=22)
     assert [item.content[0].text for item in done.output[:2]] == [THOUGHT, THOUGHT]
 
 

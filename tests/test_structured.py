@@ -16,7 +16,10 @@ import jsonschema
 import pytest
 
 from openharmony import batch
+from typer.testing import CliRunner
+
 from openharmony.cache import PromptCache
+from openharmony.cli import app
 from openharmony.chat import Chat, ChatOptions, ChatTurn, FunctionTool
 from openharmony.generate import GenerationError, generate, make_decoding
 from openharmony.load import load_model
@@ -49,19 +52,24 @@ def write_model(folder, tokenizer, channel: str):
     chat_reply = (encode("assistant") + [s["<|channel|>"]] + encode(channel)
                   + [s["<|message|>"]] + encode("Hello") + [s["<|return|>"]])
     chains = bigram_chains(encode("Hi") + encode(TEXT) + [s["<|endoftext|>"]], chat_reply)
-    return load_model(write_bigram_checkpoint(folder[0], folder[1], chains))
+    return write_bigram_checkpoint(folder[0], folder[1], chains)
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory, tiny_vocab_checkpoint, tokenizer):
+def model_folder(tmp_path_factory, tiny_vocab_checkpoint, tokenizer):
     return write_model((tiny_vocab_checkpoint, tmp_path_factory.mktemp("s") / "hf"), tokenizer,
                        "final")
 
 
 @pytest.fixture(scope="module")
+def model(model_folder):
+    return load_model(model_folder)
+
+
+@pytest.fixture(scope="module")
 def preamble_model(tmp_path_factory, tiny_vocab_checkpoint, tokenizer):
-    return write_model((tiny_vocab_checkpoint, tmp_path_factory.mktemp("p") / "hf"), tokenizer,
-                       "commentary")
+    return load_model(write_model((tiny_vocab_checkpoint, tmp_path_factory.mktemp("p") / "hf"),
+                                  tokenizer, "commentary"))
 
 
 def test_generate_holds_a_completion_to_a_json_schema(model, tokenizer):
@@ -128,6 +136,20 @@ def test_chat_turn_tool_choice_forces_a_strict_call(preamble_model, tokenizer):
     with pytest.raises(ConstraintError, match="not in tools"):
         ChatTurn(preamble_model, tokenizer, prompt, max_tokens=10, tools=tools,
                  tool_choice={"type": "function", "name": "other"})
+
+
+def test_cli_json_schema(model_folder, tmp_path):
+    schema = tmp_path / "schema.json"
+    schema.write_text(json.dumps(SCHEMA))
+    for chat in (["--chat"], []):
+        result = CliRunner().invoke(app, ["generate", *chat, "Hi", "-m", str(model_folder),
+                                          "--temperature", "0", "--json-schema", str(schema)])
+        assert result.exit_code == 0, result.output
+        jsonschema.validate(json.loads(result.stdout), SCHEMA)
+    schema.write_text("[1]")
+    result = CliRunner().invoke(app, ["generate", "--chat", "Hi", "-m", str(model_folder),
+                                      "--json-schema", str(schema)])
+    assert result.exit_code == 2 and "not a schema object" in result.stderr
 
 
 def test_a_batch_steps_constrained_and_free_rows_each_as_alone(model, tokenizer):
