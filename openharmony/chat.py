@@ -51,10 +51,9 @@ def today() -> str:
     return datetime.date.today().isoformat()
 
 
-# What an assistant message is for, from its header: the one classification the CLI and the
-# server use. A recipient other than the assistant or the user makes it a tool call (whatever
-# its channel); the analysis channel is reasoning (the chain of thought, never shown as the
-# answer); everything else is text for the user: the final answer, and commentary preambles.
+# What an assistant message is for, from its header (the CLI's and the server's one rule):
+# a recipient but the assistant or the user makes a tool call; the analysis channel is
+# reasoning (never shown as the answer); the rest (final answer, preambles) is text.
 TOOL_CALL, REASONING, TEXT = "tool_call", "reasoning", "text"
 
 
@@ -77,11 +76,10 @@ def tool_name(recipient: str) -> str:
 class FunctionTool:
     """A tool the model may call: a name, a description and a JSON schema for arguments.
 
-    `strict`: the arguments are held to `parameters` (otherwise to any JSON object).
-    `custom`: a free-form tool (OpenAI's custom tools, e.g. Codex's apply_patch): its input is
-    the call's message as is, not JSON, in the language of `format` ({"type": "grammar",
-    "syntax": "lark" | "regex", "definition": ...}, or {"type": "text"}). `source`: the
-    request field it came from, named by errors about it."""
+    `strict`: calls are held to `parameters` (else to any JSON object). `custom`: a free-form
+    tool (OpenAI's custom tools, e.g. Codex's apply_patch) whose input is the call's message
+    as is, in the language of `format` ({"type": "grammar", "syntax": "lark" | "regex",
+    "definition"} or {"type": "text"}). `source`: the request field errors name."""
 
     name: str
     description: str = ""
@@ -94,8 +92,7 @@ class FunctionTool:
     @classmethod
     def from_dict(cls, spec: Mapping[str, Any]) -> FunctionTool:
         """From `{"name", "description", "parameters", "strict"}`, OpenAI's `{"type":
-        "function", "function": {...}}`, or a custom tool `{"type": "custom", "name",
-        "description", "format"}`."""
+        "function", "function": {...}}` or `{"type": "custom", "name", "format", ...}`."""
         custom = spec.get("type") == "custom" or bool(spec.get("custom"))
         if spec.get("type") == "function" and "function" in spec:
             spec = spec["function"]
@@ -106,19 +103,15 @@ class FunctionTool:
                    custom, spec.get("format"), spec.get("source"))
 
     def to_harmony(self) -> ToolDescription:
-        if self.custom:
-            return ToolDescription.new(self.name, self._custom_description(), None)
-        parameters = dict(self.parameters) if self.parameters is not None else None
-        return ToolDescription.new(self.name, self.description, parameters)
-
-    def _custom_description(self) -> str:
-        text = (f"{self.description}\nA free-form tool: call it with its input as the "
-                "message, as is (not JSON).")
-        spec = self.format or {}
-        if spec.get("type") == "grammar":
-            text += (f" The input follows this {spec.get('syntax', '')} grammar:\n"
-                     f"{spec.get('definition', '')}")
-        return text
+        if not self.custom:
+            parameters = dict(self.parameters) if self.parameters is not None else None
+            return ToolDescription.new(self.name, self.description, parameters)
+        text = f"{self.description}\nA free-form tool: its input is the message, as is (not JSON)."
+        if (self.format or {}).get("type") == "grammar":
+            grammar = self.format.get("grammar") or self.format  # Chat Completions nests it
+            text += (f" The input follows this {grammar.get('syntax', '')} grammar:\n"
+                     f"{grammar.get('definition', '')}")
+        return ToolDescription.new(self.name, text, None)
 
 
 @dataclass
@@ -253,15 +246,14 @@ class Chat:
         self.add_assistant(text, channel="analysis")
 
     def add_tool_call(self, name: str, arguments: str, custom: bool = False) -> None:
-        """A past call of function `name` with `arguments` (JSON text), as the model writes it:
-        `<|start|>assistant to=functions.NAME<|channel|>commentary <|constrain|>json...<|call|>`.
-        `custom`: a free-form tool's call, its input as is (no content type)."""
-        recipient = name if "." in name else f"{FUNCTIONS_NAMESPACE}.{name}"
+        """A past call of function `name` with `arguments` (JSON text; a `custom` tool's input
+        as is), as the model writes it: `<|start|>assistant to=functions.NAME<|channel|>
+        commentary <|constrain|>json<|message|>...<|call|>` (no <|constrain|>json if custom)."""
         message = (Message.from_role_and_content(Role.ASSISTANT, arguments)
-                   .with_channel("commentary").with_recipient(recipient))
-        if not custom:
-            message = message.with_content_type("<|constrain|>json")
-        self.messages.append(message)
+                   .with_channel("commentary").with_recipient(
+                       name if "." in name else f"{FUNCTIONS_NAMESPACE}.{name}"))
+        self.messages.append(message if custom
+                             else message.with_content_type("<|constrain|>json"))
 
     def add_tool_result(self, name: str, content: str | Any) -> None:
         """The output of tool `name` ('get_weather' or 'functions.get_weather') for the model.
@@ -313,12 +305,9 @@ def parse_completion(tokenizer: Tokenizer, tokens: Sequence[int]) -> list[Parsed
 
 @dataclass(frozen=True)
 class StreamEvent:
-    """New text of the message being generated, with where it goes.
-
-    `message_index` counts the messages of the completion (0 for the first): a new index is
-    a new message. `token` is the token that added the text, `logprob` its log-probability
-    and `top_logprobs` the most likely tokens of that step, (token, log-probability), when the
-    generation computed them."""
+    """New text of the message being generated, with where it goes. `message_index` counts
+    the completion's messages (a new index is a new message); `token` added the text, with
+    its `logprob` and the step's `top_logprobs` [(token, log-probability)] when computed."""
 
     channel: str | None
     recipient: str | None
@@ -405,20 +394,15 @@ class ChatTurn:
     `finish_reason`: "tool_calls" (the reply ended with <|call|>), "stop" (<|return|>, or a
     `stop` string in the text for the user, which is then cut before it), "length"
     (`max_tokens`). A reply cut by `max_tokens` keeps its complete messages and the last one
-    as far as it got (dropped if cut inside its header). Bad arguments raise here, before any
-    work; a reply that breaks the harmony format raises OpenHarmonyError while iterating.
-    Stopping the iteration early (closing it) leaves `prompt_cache` consistent.
+    as far as it got (dropped if cut inside its header). Bad arguments raise here; a reply
+    that breaks the harmony format raises OpenHarmonyError while iterating; closing it early
+    leaves `prompt_cache` consistent. `response_format` (OpenAI's) binds the final answer,
+    `tools` (`FunctionTool`s or dicts) the calls, `tool_choice` what may be called (see
+    openharmony/structured); the reasoning stays free. Bad formats raise `ConstraintError`.
 
-    Structured output (openharmony/structured): `response_format` (OpenAI's {"type":
-    "json_schema", ...} or {"type": "json_object"}) holds the final answer to it; `tools` (the
-    `FunctionTool`s the prompt offers: strict ones hold their calls to their `parameters`,
-    the others to a JSON object, custom ones to their grammar) and `tool_choice` ("auto",
-    "none", "required", or {"type": "function", "name": ...}) what the model may call. The
-    reasoning stays free. Bad formats raise `ConstraintError` here, naming the field.
-
-    Iterating decodes the turn alone. The server's batch instead steps `turn.decoding` (a
-    `openharmony.generate.Decoding`) with other requests' and hands each chunk to
-    `turn.feed`, until `turn.finish_reason` is set: the same code per token either way.
+    Iterating decodes the turn alone. The server's batch instead steps `turn.decoding` (an
+    `openharmony.decoding.Decoding`) with other requests' and hands each chunk to `turn.feed`
+    until `turn.finish_reason` is set: the same code per token either way.
     """
 
     def __init__(self, model, tokenizer: Tokenizer, prompt: Sequence[int], *,
@@ -427,6 +411,7 @@ class ChatTurn:
                  stop: Sequence[str] = (), tools: Sequence = (), response_format=None,
                  tool_choice=None):
         from .generate import StopStrings, make_decoding
+        from .structured.formats import reply_constraint
 
         self.tokenizer = tokenizer
         self.prompt_tokens = len(prompt)
@@ -513,17 +498,3 @@ class ChatTurn:
             current = dataclasses.replace(current, text=current.text[:min(found)])
         return self._parser.messages + [current]
 
-
-def reply_constraint(tokenizer: Tokenizer, vocab_size: int, tools: Sequence = (),
-                     response_format=None, tool_choice=None):
-    """The `ReplyConstraint` of a turn with these tools and formats, or None when it binds
-    nothing (see `ChatTurn`)."""
-    from .structured.formats import reply_format
-    from .structured.grammar import vocabulary
-    from .structured.harmony import ReplyConstraint
-
-    tools = [t if isinstance(t, FunctionTool) else FunctionTool.from_dict(t) for t in tools]
-    found = reply_format(tools, response_format, tool_choice)
-    if found is None:
-        return None
-    return ReplyConstraint(vocabulary(tokenizer, vocab_size), found)

@@ -80,8 +80,8 @@ def chains(tokenizer, kind: str) -> dict[int, int]:
 class Server:
     """A server in a thread of this process, on a free loopback port."""
 
-    def __init__(self, folder: Path, tokenizer, **options):
-        self.app = create_app(load_model(folder), tokenizer, "bigram", **options)
+    def __init__(self, folder: Path, tokenizer, model_id: str = "bigram", **options):
+        self.app = create_app(load_model(folder), tokenizer, model_id, **options)
         sock = socket.socket()
         sock.bind(("127.0.0.1", 0))
         self.port = sock.getsockname()[1]

@@ -13,7 +13,9 @@ regular expression written from Codex's apply_patch grammar.
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Literal
@@ -24,7 +26,7 @@ import pytest
 from pydantic import BaseModel
 
 from openharmony.testing import bigram_chains, write_bigram_checkpoint
-from test_server import ANSWER, THOUGHT, Server, reply_tokens
+from test_server import CODEX_CONFIG, ANSWER, THOUGHT, Server, codex_binary, reply_tokens
 from vocab import requires_vocab
 
 pytestmark = requires_vocab
@@ -103,13 +105,13 @@ def scripted(tokenizer, kind: str) -> list[list[int]]:
 def server(tmp_path_factory, tiny_vocab_checkpoint, tokenizer):
     started = {}
 
-    def get(kind):
-        if kind not in started:
+    def get(kind, model_id="bigram"):
+        if (kind, model_id) not in started:
             folder = write_bigram_checkpoint(tiny_vocab_checkpoint,
                                              tmp_path_factory.mktemp(kind) / "hf",
                                              bigram_chains(*scripted(tokenizer, kind)))
-            started[kind] = Server(folder, tokenizer)
-        return started[kind]
+            started[kind, model_id] = Server(folder, tokenizer, model_id)
+        return started[kind, model_id]
 
     yield get
     for s in started.values():
@@ -270,6 +272,24 @@ def test_custom_tool_input_follows_codex_apply_patch_grammar(server):
                                    tools=[regex_tool], tool_choice="required")
     (item,) = done.output
     assert re.fullmatch("(sunny|rainy) in [a-z]{1,8}", item.input), item.input
+
+
+@pytest.mark.skipif(codex_binary() is None, reason="Codex CLI is not installed")
+def test_codex_sends_its_freeform_apply_patch_and_gets_the_answer(server, tmp_path):
+    """Codex CLI with a model it gives the freeform apply_patch (gpt-5.5): its real request,
+    the lark grammar included, compiles, and with tool_choice auto the answer comes free."""
+    served = server("answer", model_id="gpt-5.5")
+    home, work = tmp_path / "codex-home", tmp_path / "work"
+    home.mkdir()
+    work.mkdir()
+    config = CODEX_CONFIG.format(url=served.url).replace('model = "bigram"', 'model = "gpt-5.5"')
+    (home / "config.toml").write_text(config)
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "CODEX_HOME": str(home)}
+    done = subprocess.run([codex_binary(), "exec", "--skip-git-repo-check", "--sandbox",
+                           "workspace-write", "Say hello"], cwd=work, env=env,
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == ANSWER, done.stderr
 
 
 def test_consecutive_analysis_messages(server):

@@ -8,7 +8,7 @@
 * `formats`: OpenAI's `response_format` / `text.format`, strict and custom tools and
   `tool_choice`, read into a `ReplyFormat`.
 
-A constraint is what `openharmony.generate.Decoding` asks before each token: `mask()` (a
+A constraint is what `openharmony.decoding.Decoding` asks before each token: `mask()` (a
 bool mx.array over the vocabulary, or None for any token) and `advance(token)`.
 """
 

@@ -57,11 +57,14 @@ def tool_grammar(tool) -> Grammar | None:
                                   f"{where}.format.type")
         if spec["type"] == "text":
             return None
+        prefix = f"{where}.format"
+        if isinstance(spec.get("grammar"), Mapping):  # Chat Completions nests it
+            spec, prefix = spec["grammar"], f"{prefix}.grammar"
         syntax = spec.get("syntax")
         if syntax not in ("lark", "regex"):
-            raise ConstraintError(f"{where}.format.syntax must be lark or regex, got "
-                                  f"{syntax!r}", f"{where}.format.syntax")
-        return compile_grammar(syntax, spec.get("definition"), f"{where}.format.definition")
+            raise ConstraintError(f"{prefix}.syntax must be lark or regex, got {syntax!r}",
+                                  f"{prefix}.syntax")
+        return compile_grammar(syntax, spec.get("definition"), f"{prefix}.definition")
     if tool.strict:
         return json_schema(tool.parameters if tool.parameters is not None
                            else {"type": "object", "properties": {}},
@@ -109,3 +112,18 @@ def reply_format(tools: Sequence = (), response_format=None, tool_choice: Any = 
         tools=tuple(ToolFormat(t.name, tool_grammar(t), raw=t.custom) for t in tools),
         tool_choice=choice, named=named)
     return reply if reply.binds_anything else None
+
+
+def reply_constraint(tokenizer, vocab_size: int, tools: Sequence = (), response_format=None,
+                     tool_choice=None):
+    """The `ReplyConstraint` of a chat turn with these tools (chat.FunctionTools or their
+    dicts) and formats, or None when it binds nothing."""
+    from ..chat import FunctionTool
+    from .grammar import vocabulary
+    from .harmony import ReplyConstraint
+
+    tools = [t if isinstance(t, FunctionTool) else FunctionTool.from_dict(t) for t in tools]
+    found = reply_format(tools, response_format, tool_choice)
+    if found is None:
+        return None
+    return ReplyConstraint(vocabulary(tokenizer, vocab_size), found)

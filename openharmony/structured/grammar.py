@@ -181,6 +181,8 @@ class Matcher:
                 allowed[eos] = False  # the grammar's end is `ends`, not llguidance's eos
         if self._matcher.is_accepting():
             allowed[[t for t in ends if t < self.vocab.size]] = True
+        if not allowed.any():  # e.g. a grammar that needs a token the model cannot write
+            raise ConstraintError("no token can continue the constrained output")
         return mx.array(allowed)
 
     def consume(self, token: int) -> None:

@@ -3,7 +3,7 @@
 A gpt-oss reply is a sequence of messages, each a header then a body:
 
     <|channel|>analysis<|message|>...reasoning...<|end|>
-    <|start|>assistant<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>{...}<|call|>
+    <|start|>assistant<|channel|>commentary to=functions.f <|constrain|>json<|message|>{}<|call|>
     <|start|>assistant<|channel|>final<|message|>...answer...<|return|>
 
 `ReplyConstraint` follows the reply token by token (the special tokens mark where each part
