@@ -629,7 +629,7 @@ def info(
 
     Reads only the config and the safetensors headers: no weights are loaded.
     """
-    from .loader import open_checkpoint
+    from .weights import open_checkpoint
 
     model = _one_of("MODEL", model, "--model", model_option, DEFAULT_MODEL)
     checkpoint = open_checkpoint(resolve_model(model, download=False))

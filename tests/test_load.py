@@ -25,7 +25,7 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from openharmony import native
+from openharmony import native, runtime
 from openharmony.errors import CheckpointError
 from openharmony.load import load_model
 from openharmony.random_checkpoint import write_random_checkpoint
@@ -125,7 +125,7 @@ def test_in_place_weights_are_the_checkpoints_bytes(layout, tiny_checkpoint,
 
 
 def test_a_share_of_the_experts_is_a_byte_range_of_the_mapping(tiny_checkpoint):
-    from openharmony.loader import open_checkpoint
+    from openharmony.weights import open_checkpoint
 
     checkpoint = open_checkpoint(tiny_checkpoint)
     name = "layers.0.mlp.experts.gate_up_proj.blocks"
@@ -169,7 +169,7 @@ def test_a_model_maps_its_files_read_only_never_writes_them_and_unmaps_them_with
 
 
 def test_in_place_needs_the_native_kernels(monkeypatch, tiny_checkpoint):
-    monkeypatch.setenv(native.ENV_VAR, "mlx")
+    monkeypatch.setenv(runtime.ENV_VAR, "mlx")
     with pytest.raises(native.NativeKernelsError, match="in_place=True"):
         load_model(tiny_checkpoint, in_place=True)
     model = load_model(tiny_checkpoint)  # MLX's kernels: everything read, nothing mapped
