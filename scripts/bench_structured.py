@@ -20,11 +20,14 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+import time
 from pathlib import Path
+
+import mlx.core as mx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from openharmony.generate import generate  # noqa: E402
+from openharmony.generate import generate, make_decoding  # noqa: E402
 from openharmony.load import load_model  # noqa: E402
 from openharmony.sampling import SamplingOptions  # noqa: E402
 from openharmony.tokenizer import load_tokenizer  # noqa: E402
@@ -34,11 +37,22 @@ SCHEMA = {"type": "object", "properties": {"answer": {"type": "string"}},
 PROMPT = "Describe the weather in Paris as JSON:"
 
 
-def decode_rate(model, tokenizer, tokens: int, constrained: bool) -> tuple[float, int]:
+def decode_rate(model, tokenizer, tokens: int, constrained: bool) -> tuple[float, list[int]]:
     options = dict(json_schema=SCHEMA) if constrained else dict(ignore_eos=True)
     result = generate(model, PROMPT, tokenizer=tokenizer, max_tokens=tokens,
                       sampling=SamplingOptions(temperature=0), **options)
-    return result.stats.generation_tokens_per_second, len(result.tokens)
+    return result.stats.generation_tokens_per_second, result.tokens
+
+
+def mask_seconds(model, tokenizer, tokens: list[int]) -> float:
+    """The host's time per token to compute the mask and follow the token (what the decode
+    overlaps with the forward), replayed on the constrained run's tokens."""
+    decoding = make_decoding(model, PROMPT, tokenizer=tokenizer, json_schema=SCHEMA)
+    constraint, start = decoding.constraint, time.perf_counter()
+    for token in tokens:
+        mx.eval(constraint.mask())
+        constraint.advance(token)
+    return (time.perf_counter() - start) / len(tokens)
 
 
 def main() -> None:
@@ -52,11 +66,13 @@ def main() -> None:
     rates = {False: [], True: []}
     for round_ in range(args.repeats):
         for constrained in (False, True):
-            rate, count = decode_rate(model, tokenizer, args.tokens, constrained)
+            rate, tokens = decode_rate(model, tokenizer, args.tokens, constrained)
             rates[constrained].append(rate)
             print(f"round {round_ + 1}: {'constrained' if constrained else 'free':>11} "
-                  f"{count} tokens, {rate:.2f} tokens/s", flush=True)
+                  f"{len(tokens)} tokens, {rate:.2f} tokens/s", flush=True)
     free, constrained = (statistics.median(rates[c]) for c in (False, True))
+    print(f"mask + advance on the host: {mask_seconds(model, tokenizer, tokens) * 1e3:.3f} ms "
+          f"per token; a decode step: {1e3 / free:.1f} ms")
     print(f"decode tokens/s: unconstrained {free:.2f}, constrained {constrained:.2f}; "
           f"ratio constrained/unconstrained {constrained / free:.3f}")
 
