@@ -265,6 +265,11 @@ def test_custom_tool_input_follows_codex_apply_patch_grammar(server):
     (item,) = done.output
     assert item.type == "custom_tool_call" and item.name == "apply_patch"
     assert PATCH.fullmatch(item.input), item.input
+    with client.responses.stream(model="bigram", input="Add hello.txt", temperature=0,
+                                 tools=[APPLY_PATCH], tool_choice={"type": "custom",
+                                                                   "name": "apply_patch"}) as s:
+        deltas = [e.delta for e in s if e.type == "response.custom_tool_call_input.delta"]
+    assert "".join(deltas) == item.input
     regex_tool = {"type": "custom", "name": "forecast", "description": "The forecast.",
                   "format": {"type": "grammar", "syntax": "regex",
                              "definition": "(sunny|rainy) in [a-z]{1,8}"}}
@@ -336,6 +341,9 @@ def test_constrained_and_free_requests_share_a_batch(server):
         "x": {"type": "string", "pattern": "(("}}})]},
      "tools[0].function.parameters", "unclosed group"),
     ({"tool_choice": "required"}, "tool_choice", "no tools"),
+    ({"tools": [{"type": "custom", "custom": {"name": "x", "format": {
+        "type": "grammar", "grammar": {"syntax": "lark", "definition": "start: nope"}}}}]},
+     "tools[0].custom.format.grammar.definition", "nope"),
 ])
 def test_bad_formats_get_a_400_naming_the_field(server, fields, param, words):
     client = server("answer").client()
