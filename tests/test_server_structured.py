@@ -270,6 +270,21 @@ def test_custom_tool_input_follows_codex_apply_patch_grammar(server):
                                                                    "name": "apply_patch"}) as s:
         deltas = [e.delta for e in s if e.type == "response.custom_tool_call_input.delta"]
     assert "".join(deltas) == item.input
+    # Chat Completions: the tool and its call in their nested shapes; the call goes back in.
+    chat_patch = {"type": "custom", "custom": {
+        "name": "apply_patch", "description": APPLY_PATCH["description"],
+        "format": {"type": "grammar", "grammar": {
+            "syntax": "lark", "definition": APPLY_PATCH["format"]["definition"]}}}}
+    done = client.chat.completions.create(
+        model="bigram", messages=USER, temperature=0, tools=[chat_patch],
+        tool_choice={"type": "custom", "custom": {"name": "apply_patch"}})
+    (call,) = done.choices[0].message.tool_calls
+    assert call.type == "custom" and call.custom.input == item.input
+    again = client.chat.completions.create(
+        model="bigram", temperature=0, tools=[chat_patch], max_tokens=5,
+        messages=USER + [{"role": "assistant", "tool_calls": [call.model_dump()]},
+                         {"role": "tool", "tool_call_id": call.id, "content": "Done"}])
+    assert again.usage.prompt_tokens > done.usage.prompt_tokens
     regex_tool = {"type": "custom", "name": "forecast", "description": "The forecast.",
                   "format": {"type": "grammar", "syntax": "regex",
                              "definition": "(sunny|rainy) in [a-z]{1,8}"}}

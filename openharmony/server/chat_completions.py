@@ -81,6 +81,15 @@ def _add_chat_message(chat: Chat, message, param: str, call_names: dict,
                                channel="commentary" if tool_calls else "final")
         for j, call in enumerate(tool_calls):
             where = f"{param}.tool_calls[{j}]"
+            if isinstance(call, dict) and call.get("type") == "custom":  # its input as is
+                custom = get(call, "custom", dict, {}, param=f"{where}.custom")
+                name = get(custom, "name", str, param=f"{where}.custom.name")
+                if not name:
+                    raise invalid(f"{where}.custom.name", f"{where}.custom.name is required")
+                chat.add_tool_call(name, get(custom, "input", str, "",
+                                             param=f"{where}.custom.input"), custom=True)
+                call_names[get(call, "id", str, "", param=f"{where}.id")] = name
+                continue
             function = get(call, "function", dict, param=f"{where}.function") or {}
             name = get(function, "name", str, param=f"{where}.function.name")
             if not name:
@@ -193,8 +202,12 @@ class ChatCompletionBuilder:
         reasoning = "".join(self.reasoning) or None
         message = {"role": "assistant", "content": "".join(self.content) or None,
                    "reasoning": reasoning, "reasoning_content": reasoning}
-        if self.tool_calls:
-            message["tool_calls"] = self.tool_calls
+        if self.tool_calls:  # a custom tool's call in its own shape (streams have none)
+            message["tool_calls"] = [
+                {"id": c["id"], "type": "custom", "custom": {
+                    "name": c["function"]["name"], "input": c["function"]["arguments"]}}
+                if c["function"]["name"] in self.request.tools.custom else c
+                for c in self.tool_calls]
         choice = {"index": 0, "message": message, "finish_reason": self.finish_reason(turn),
                   "logprobs": {"content": self.logprobs} if self.request.logprobs else None}
         return {"id": self.id, "object": "chat.completion", "created": self.created,
