@@ -171,3 +171,18 @@ def test_a_batch_steps_constrained_and_free_rows_each_as_alone(model, tokenizer)
     assert re.fullmatch("[0-9]{3}", digits)
     assert constrained == generate(model, "Hi", tokenizer=tokenizer, sampling=GREEDY,
                                    max_tokens=60, json_schema=SCHEMA).text
+
+
+def test_whitespace_between_json_tokens_is_bounded(tmp_path, tiny_vocab_checkpoint, tokenizer):
+    """A model that would write spaces forever still finishes the document."""
+    space = tokenizer.encode(" ")
+    spaces = load_model(write_bigram_checkpoint(tiny_vocab_checkpoint, tmp_path / "hf",
+                                                bigram_chains(tokenizer.encode("Hi") + space
+                                                              + space)))
+    free = generate(spaces, "Hi", tokenizer=tokenizer, sampling=GREEDY, max_tokens=30)
+    assert free.finish_reason == "length" and free.text.strip() == ""
+    done = generate(spaces, "Hi", tokenizer=tokenizer, sampling=GREEDY, max_tokens=200,
+                    json_schema=SCHEMA)
+    assert done.finish_reason == "stop_token"
+    jsonschema.validate(json.loads(done.text), SCHEMA)
+    assert "  " not in done.text  # at most one space between two JSON tokens
