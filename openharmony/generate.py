@@ -55,6 +55,7 @@ from .cache import PromptCache
 from .decoding import (ContextLengthError, Decoding, GenerationChunk, GenerationError,
                        GenerationStats, NonFiniteLogitsError, StopStrings)
 from .errors import OpenHarmonyError
+from .memory import check_prompt_fits  # issue 20's memory guard
 from .sampling import Sampler, SamplingOptions
 
 __all__ = ["ContextLengthError", "Decoding", "GenerationChunk", "GenerationError",
@@ -202,6 +203,10 @@ def make_decoding(
              for name, value in cache_options.items()):
         raise GenerationError(f"prompt_cache was made with cache options "
                               f"{prompt_cache.cache_options}, not {cache_options}")
+    # Issue 20's memory guard: a prompt whose KV cache and prefill cannot fit is refused here,
+    # before anything is allocated (PromptMemoryError; the CLI prints it, the server: 400).
+    check_prompt_fits(model, len(prompt_ids), caches=prompt_cache.caches,
+                      cache_options=prompt_cache.cache_options, prefill_chunk=prefill_chunk)
     sampler = Sampler(options, config.vocab_size, prompt_tokens=prompt_ids, seed=seed,
                       group=getattr(model, "group", None))
     asked = {name: value for name, value in

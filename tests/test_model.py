@@ -351,6 +351,9 @@ def _patch_sinks(monkeypatch, change):
     monkeypatch.setattr(mx.fast, "scaled_dot_product_attention",
                         lambda q, k, v, *, scale, mask, sinks: sdpa(
                             q, k, v, scale=scale, mask=mask, sinks=change(sinks, scale)))
+    attention = native.attention  # the CPU's attention kernel (issue 20), where it runs
+    monkeypatch.setattr(native, "attention", lambda q, k, v, *, scale, sinks, **kw: attention(
+        q, k, v, scale=scale, sinks=change(sinks, scale), **kw))
 
 
 def _bug_sinks_missing(monkeypatch):

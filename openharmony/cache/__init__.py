@@ -19,15 +19,15 @@ import mlx.core as mx
 
 from ..config import ModelConfig
 from ..errors import ConfigError
-from .base import Cache, Storage, attention_mask
+from .base import Cache, Storage, Visible, attention_mask
 from .kv import FloatStorage, KVCache, RotatingKVCache
 from .prompt import PromptCache
 from .quantized import BITS, QuantizedStorage
 
 KV_DTYPES = {"float32": mx.float32, "bfloat16": mx.bfloat16, "float16": mx.float16}
 
-__all__ = ["Cache", "Storage", "attention_mask", "FloatStorage", "QuantizedStorage", "KVCache",
-           "RotatingKVCache", "PromptCache", "make_caches", "kv_dtype_of", "default_group_size",
+__all__ = ["Cache", "Storage", "Visible", "attention_mask", "FloatStorage", "QuantizedStorage",
+           "KVCache", "RotatingKVCache", "PromptCache", "make_caches", "kv_dtype_of", "default_group_size",
            "KV_DTYPES", "BITS"]
 
 

@@ -6,8 +6,12 @@ position is quantized on its own (groups run along head_dim), so a position's st
 not depend on how the sequence was chunked: trimming a quantized cache, or restoring a snapshot,
 gives exactly what a cold run holds (prefix reuse stays exact).
 
-A decode step multiplies the queries with the packed keys and the probabilities with the packed
-values (`mx.quantized_matmul`, which dequantizes group by group, never the whole cache). The
+On the CPU, every call runs openharmony's native attention kernel (csrc/attention.cpp), which
+reads the packed keys and values block by block, dequantizing each block into a tile in L1
+(never the whole cache), for decode steps and prefill chunks alike. Elsewhere (Metal, CUDA,
+or OPENHARMONY_KERNELS=mlx) a decode step multiplies the queries with the packed keys and the
+probabilities with the packed values (`mx.quantized_matmul`, which dequantizes group by
+group, never the whole cache). The
 scores and the softmax are float32, and the sink logit joins the softmax as one more column,
 unquantized and unmasked, then is dropped: the same math as the float path's
 `mx.fast.scaled_dot_product_attention(..., sinks=...)`. (mlx-lm's quantized cache has no sink
@@ -56,7 +60,7 @@ class QuantizedStorage:
     def attention(self, queries: mx.array, keys: tuple, values: tuple, *, scale: float,
                   sinks: mx.array, mask: Mask) -> mx.array:
         B, n_heads, T, D = queries.shape
-        if self.packed_attention is not None:
+        if self.packed_attention is not None:  # the native CPU kernel: any T, as stored
             return self.packed_attention(queries, keys, values, scale=scale, sinks=sinks,
                                          mask=mask, bits=self.bits, group_size=self.group_size)
         if T >= self.dequantize_from:

@@ -65,7 +65,11 @@ _TYPE_NAMES = {str: "a string", bool: "a boolean", int: "an integer", float: "a 
 
 
 def get(body: Mapping, name: str, kind, default=None, param: str | None = None):
-    """`body[name]`, checked to be of `kind` (a type or a tuple of them); null is the default."""
+    """`body[name]`, checked to be of `kind` (a type or a tuple of them); null is the default.
+    A `body` that is not an object is refused, named by `param` less its last part."""
+    if not isinstance(body, Mapping):
+        where = (param or name).rpartition(".")[0] or param or name
+        raise invalid(where, f"{where} must be an object")
     value = body.get(name)
     if value is None:
         return default
