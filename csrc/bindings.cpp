@@ -10,6 +10,9 @@
 #include "mapping.h"
 #include "mlx/version.h"
 #include "primitives.h"
+// decode: the fused MoE decode op
+#include <nanobind/stl/variant.h>
+#include "moe_decode.h"
 
 namespace nb = nanobind;
 using namespace nb::literals;
@@ -111,6 +114,12 @@ NB_MODULE(_kernels, m) {
         "softmax([q.k * scale over the visible keys, sink]) @ v -> float32 [B, H, T, D]; keys "
         "and values float [B, kv_heads, S, D] or mx.quantize's (packed, scales, biases); query "
         "t sees key indices (first + t - window, first + t] (window 0: [0, first + t])");
+  // decode: the fused mixture-of-experts MLP of a decode step (csrc/moe_decode.h).
+  m.def("moe_decode", &openharmony::moe_decode, "x"_a, "router_w"_a, "router_b"_a, "gate_up"_a,
+        "gate_up_scales"_a, "gate_up_bias"_a, "down"_a, "down_scales"_a, "down_bias"_a,
+        "top_k"_a, "limit"_a, "alpha"_a, "isa"_a = "auto",
+        "x [T, H] through the router, the top_k MXFP4 experts (SwiGLU) and their weighted sum "
+        "-> float32 [T, H], in one call");
   m.def("isas", &openharmony::supported_isas,
         "The instruction sets this build and CPU run, fastest first");
   m.def("threads", &openharmony::thread_count, "Threads of the kernels' pool");

@@ -495,7 +495,7 @@ def test_native_kernels_run_every_matmul_they_serve(cases, kernels, monkeypatch,
     only there), and the logits still match transformers'."""
     if kernels != "native":
         pytest.skip("the native path only")
-    calls = {"gather_mxfp4_matmul": 0, "bf16_matmul": 0, "take_rows": 0}
+    calls = {"gather_mxfp4_matmul": 0, "bf16_matmul": 0, "take_rows": 0, "moe_decode": 0}
     for name in calls:
         def counted(*args, _name=name, _kernel=getattr(native, name), **kwargs):
             calls[_name] += 1
@@ -512,8 +512,11 @@ def test_native_kernels_run_every_matmul_they_serve(cases, kernels, monkeypatch,
         steps = [case.model(mx.array(case.tokens[:, t:t + 1]), cache) for t in range(3)]
         assert max_diff(mx.concatenate(steps, axis=1), case.reference[:, :3]) <= TOLERANCE
     forwards = 1 if tokens == "prefill" else 3
-    # Per layer: gate_up and down; q, k, v, o; plus the lm_head.
-    assert calls == {"gather_mxfp4_matmul": 2 * layers * forwards,
+    # Per layer: gate_up and down (prefill), or the fused MLP (decode); q, k, v, o; plus the
+    # lm_head.
+    prefill = tokens == "prefill"
+    assert calls == {"gather_mxfp4_matmul": 2 * layers * forwards if prefill else 0,
+                     "moe_decode": 0 if prefill else layers * forwards,
                      "bf16_matmul": (4 * layers + 1) * forwards, "take_rows": forwards}
 
 

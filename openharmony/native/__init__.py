@@ -139,3 +139,22 @@ def _module():
     if _kernels is None:
         raise NativeKernelsError(unavailable_reason)
     return _kernels
+
+
+# -- decode: fused decode-step ops (csrc/moe_decode.h, docs/speed.md's decode section) ------
+
+
+def moe_decode(x: mx.array, router_w: mx.array, router_b: mx.array, gate_up, gate_up_scales,
+               gate_up_bias: mx.array, down, down_scales, down_bias: mx.array, top_k: int,
+               limit: float, alpha: float, isa: str | None = None) -> mx.array:
+    """The MoE MLP of a few tokens in one call: x [T, H] -> float32 [T, H].
+
+    The router (float32 logits `x @ router_w.T + router_b`, the `top_k` largest, softmax over
+    them), each chosen expert's gate_up (MXFP4, rows interleaved gate/up) plus its bias, the
+    clamped SwiGLU (`limit`, `alpha`), down plus its bias, and the routing-weighted sum: the
+    semantics of openharmony/moe.py's `MLP`. The expert weights and scales are MLX arrays
+    (uint32 [E, N, K/8], uint8 [E, N, K/32]) or mapped checkpoint tensors, all of one kind.
+    """
+    return _module().moe_decode(x, router_w, router_b, gate_up, gate_up_scales, gate_up_bias,
+                                down, down_scales, down_bias, int(top_k), float(limit),
+                                float(alpha), _isa(isa))

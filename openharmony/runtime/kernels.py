@@ -72,5 +72,10 @@ class Kernels:
     # runs its own path on MLX's quantized_matmul).
     packed_attention = None
 
+    # The whole MoE MLP of a few tokens in one call, `(mlp, x [N, H]) -> [N, H]` (`mlp` is
+    # `moe.MLP`), or None where the backend has no such kernel (the MLP then runs the router
+    # and `expert_pairs`); the call itself may return None for inputs it does not take.
+    fused_moe = None
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"

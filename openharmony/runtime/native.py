@@ -27,6 +27,12 @@ from ..errors import CheckpointError
 from .mlx import MLXKernels
 
 
+# (token, expert) pairs up to which the MoE MLP runs as one fused call (`fused_moe`): a decode
+# step's 4, or a small batch's; beyond it an expert likely gets 8+ rows, which the tiled
+# prefill path of gather_mxfp4_matmul multiplies faster than the fused op's row groups of 4.
+FUSED_MOE_MAX_PAIRS = 32
+
+
 class NativeKernels(MLXKernels):
     name = "native"
     reads_bf16 = True
@@ -58,6 +64,19 @@ class NativeKernels(MLXKernels):
         N, k = indices.shape
         return experts.mlp(x[:, None, None, :], indices, sorted_indices=False).reshape(
             N, k, x.shape[-1])
+
+    def fused_moe(self, mlp, x: mx.array) -> mx.array | None:
+        # Decode: router, top-k, softmax, both expert matmuls, SwiGLU, biases and the weighted
+        # sum in one native call (csrc/moe_decode.h) instead of ~20 MLX ops, each a node and a
+        # dispatch on MLX's stream thread. Prefill (more pairs) keeps the tiled kernel.
+        router, experts = mlp.router, mlp.experts
+        if x.shape[0] * router.top_k > FUSED_MOE_MAX_PAIRS:
+            return None
+        gate_up, down = experts.gate_up_proj, experts.down_proj
+        y = extension.moe_decode(x, router.weight, router.bias, gate_up.weight, gate_up.scales,
+                                 gate_up.bias, down.weight, down.scales, down.bias,
+                                 router.top_k, experts.limit, experts.alpha)
+        return y.astype(x.dtype)
 
     def pack_mxfp4(self, blocks, scales) -> tuple:
         if extension.is_mapped(blocks) != extension.is_mapped(scales):
