@@ -30,7 +30,7 @@ from typing import Sequence
 
 import mlx.core as mx
 
-from .generate import Decoding, GenerationChunk
+from .decoding import Decoding, GenerationChunk
 
 
 class BatchCache:

@@ -51,10 +51,9 @@ def today() -> str:
     return datetime.date.today().isoformat()
 
 
-# What an assistant message is for, from its header: the one classification the CLI and the
-# server use. A recipient other than the assistant or the user makes it a tool call (whatever
-# its channel); the analysis channel is reasoning (the chain of thought, never shown as the
-# answer); everything else is text for the user: the final answer, and commentary preambles.
+# What an assistant message is for, from its header (the CLI's and the server's one rule):
+# a recipient but the assistant or the user makes a tool call; the analysis channel is
+# reasoning (never shown as the answer); the rest (final answer, preambles) is text.
 TOOL_CALL, REASONING, TEXT = "tool_call", "reasoning", "text"
 
 
@@ -75,25 +74,44 @@ def tool_name(recipient: str) -> str:
 
 @dataclass(frozen=True)
 class FunctionTool:
-    """A function the model may call: a name, a description and a JSON schema for arguments."""
+    """A tool the model may call: a name, a description and a JSON schema for arguments.
+
+    `strict`: calls are held to `parameters` (else to any JSON object). `custom`: a free-form
+    tool (OpenAI's custom tools, e.g. Codex's apply_patch) whose input is the call's message
+    as is, in the language of `format` ({"type": "grammar", "syntax": "lark" | "regex",
+    "definition"} or {"type": "text"}). `source`: the request field errors name."""
 
     name: str
     description: str = ""
     parameters: Mapping[str, Any] | None = None
+    strict: bool = False
+    custom: bool = False
+    format: Mapping[str, Any] | None = None
+    source: str | None = None
 
     @classmethod
     def from_dict(cls, spec: Mapping[str, Any]) -> FunctionTool:
-        """From `{"name", "description", "parameters"}` or OpenAI's `{"type": "function",
-        "function": {...}}`."""
+        """From `{"name", "description", "parameters", "strict"}`, OpenAI's `{"type":
+        "function", "function": {...}}` or `{"type": "custom", "name", "format", ...}`."""
+        custom = spec.get("type") == "custom" or bool(spec.get("custom"))
         if spec.get("type") == "function" and "function" in spec:
             spec = spec["function"]
         if not isinstance(spec.get("name"), str) or not spec["name"]:
             raise OpenHarmonyError(f"tool definition {dict(spec)!r} has no name")
-        return cls(spec["name"], spec.get("description", ""), spec.get("parameters"))
+        return cls(spec["name"], spec.get("description") or "",
+                   None if custom else spec.get("parameters"), bool(spec.get("strict")),
+                   custom, spec.get("format"), spec.get("source"))
 
     def to_harmony(self) -> ToolDescription:
-        parameters = dict(self.parameters) if self.parameters is not None else None
-        return ToolDescription.new(self.name, self.description, parameters)
+        if not self.custom:
+            parameters = dict(self.parameters) if self.parameters is not None else None
+            return ToolDescription.new(self.name, self.description, parameters)
+        text = f"{self.description}\nA free-form tool: its input is the message, as is (not JSON)."
+        if (self.format or {}).get("type") == "grammar":
+            grammar = self.format.get("grammar") or self.format  # Chat Completions nests it
+            text += (f" The input follows this {grammar.get('syntax', '')} grammar:\n"
+                     f"{grammar.get('definition', '')}")
+        return ToolDescription.new(self.name, text, None)
 
 
 @dataclass
@@ -227,14 +245,15 @@ class Chat:
         prompt once a final answer follows it."""
         self.add_assistant(text, channel="analysis")
 
-    def add_tool_call(self, name: str, arguments: str) -> None:
-        """A past call of function `name` with `arguments` (JSON text), as the model writes it:
-        `<|start|>assistant to=functions.NAME<|channel|>commentary <|constrain|>json...<|call|>`."""
-        recipient = name if "." in name else f"{FUNCTIONS_NAMESPACE}.{name}"
+    def add_tool_call(self, name: str, arguments: str, custom: bool = False) -> None:
+        """A past call of function `name` with `arguments` (JSON text; a `custom` tool's input
+        as is), as the model writes it: `<|start|>assistant to=functions.NAME<|channel|>
+        commentary <|constrain|>json<|message|>...<|call|>` (no <|constrain|>json if custom)."""
         message = (Message.from_role_and_content(Role.ASSISTANT, arguments)
-                   .with_channel("commentary").with_recipient(recipient)
-                   .with_content_type("<|constrain|>json"))
-        self.messages.append(message)
+                   .with_channel("commentary").with_recipient(
+                       name if "." in name else f"{FUNCTIONS_NAMESPACE}.{name}"))
+        self.messages.append(message if custom
+                             else message.with_content_type("<|constrain|>json"))
 
     def add_tool_result(self, name: str, content: str | Any) -> None:
         """The output of tool `name` ('get_weather' or 'functions.get_weather') for the model.
@@ -286,12 +305,9 @@ def parse_completion(tokenizer: Tokenizer, tokens: Sequence[int]) -> list[Parsed
 
 @dataclass(frozen=True)
 class StreamEvent:
-    """New text of the message being generated, with where it goes.
-
-    `message_index` counts the messages of the completion (0 for the first): a new index is
-    a new message. `token` is the token that added the text, `logprob` its log-probability
-    and `top_logprobs` the most likely tokens of that step, (token, log-probability), when the
-    generation computed them."""
+    """New text of the message being generated, with where it goes. `message_index` counts
+    the completion's messages (a new index is a new message); `token` added the text, with
+    its `logprob` and the step's `top_logprobs` [(token, log-probability)] when computed."""
 
     channel: str | None
     recipient: str | None
@@ -378,20 +394,24 @@ class ChatTurn:
     `finish_reason`: "tool_calls" (the reply ended with <|call|>), "stop" (<|return|>, or a
     `stop` string in the text for the user, which is then cut before it), "length"
     (`max_tokens`). A reply cut by `max_tokens` keeps its complete messages and the last one
-    as far as it got (dropped if cut inside its header). Bad arguments raise here, before any
-    work; a reply that breaks the harmony format raises OpenHarmonyError while iterating.
-    Stopping the iteration early (closing it) leaves `prompt_cache` consistent.
+    as far as it got (dropped if cut inside its header). Bad arguments raise here; a reply
+    that breaks the harmony format raises OpenHarmonyError while iterating; closing it early
+    leaves `prompt_cache` consistent. `response_format` (OpenAI's) binds the final answer,
+    `tools` (`FunctionTool`s or dicts) the calls, `tool_choice` what may be called (see
+    openharmony/structured); the reasoning stays free. Bad formats raise `ConstraintError`.
 
-    Iterating decodes the turn alone. The server's batch instead steps `turn.decoding` (a
-    `openharmony.generate.Decoding`) with other requests' and hands each chunk to
-    `turn.feed`, until `turn.finish_reason` is set: the same code per token either way.
+    Iterating decodes the turn alone. The server's batch instead steps `turn.decoding` (an
+    `openharmony.decoding.Decoding`) with other requests' and hands each chunk to `turn.feed`
+    until `turn.finish_reason` is set: the same code per token either way.
     """
 
     def __init__(self, model, tokenizer: Tokenizer, prompt: Sequence[int], *,
                  max_tokens: int, sampling=None, seed: int | None = None,
                  prompt_cache=None, logprobs: bool = False, top_logprobs: int = 0,
-                 stop: Sequence[str] = ()):
+                 stop: Sequence[str] = (), tools: Sequence = (), response_format=None,
+                 tool_choice=None):
         from .generate import StopStrings, make_decoding
+        from .structured.formats import reply_constraint
 
         self.tokenizer = tokenizer
         self.prompt_tokens = len(prompt)
@@ -399,7 +419,9 @@ class ChatTurn:
         self.decoding = make_decoding(
             model, prompt, tokenizer=tokenizer, max_tokens=max_tokens, sampling=sampling,
             seed=seed, stop_tokens=chat_stop_tokens(tokenizer), prompt_cache=prompt_cache,
-            logprobs=logprobs, top_logprobs=top_logprobs, detokenize=False)
+            logprobs=logprobs, top_logprobs=top_logprobs, detokenize=False,
+            constraint=reply_constraint(tokenizer, model.config.vocab_size, tools,
+                                        response_format, tool_choice))
         self._parser = ChatStreamParser(tokenizer)
         self._call_token = tokenizer.special_ids["<|call|>"]
         self._last_text = None  # the latest event of text for the user (stop strings apply)
@@ -475,3 +497,4 @@ class ChatTurn:
         if found:
             current = dataclasses.replace(current, text=current.text[:min(found)])
         return self._parser.messages + [current]
+

@@ -27,6 +27,12 @@ How a call runs:
   tokens comes out whole) and held back while it could be the start of a stop string, so the
   text deltas concatenate to exactly the final text. Token in, token out: a token-id prompt
   with `detokenize=False` and no `tokenizer` loads no vocabulary (it works offline).
+* Structured output: `json_schema=` (a JSON Schema) or `grammar=` (Lark; `regex=` a regular
+  expression) holds the whole completion to that language, then a stop token (llguidance,
+  openharmony/structured). A chat turn passes its own harmony-aware `constraint` instead
+  (`openharmony.chat.ChatTurn`). A constrained token's mask depends on the token before it,
+  so its sampling waits for that token to be read back; the model's forward is still queued
+  before the read, so the mask is computed on the host while the forward runs.
 * Bad input raises `GenerationError` (or `SamplingError`) at the call, naming the argument:
   token ids that are not integers (1.5, "7" and True are refused, not coerced) or outside the
   model's vocabulary (text prompts included: a tokenizer larger than the model's vocabulary
@@ -38,7 +44,6 @@ How a call runs:
 from __future__ import annotations
 
 import dataclasses
-import time
 import functools
 from dataclasses import dataclass
 from typing import Iterator, Sequence
@@ -47,52 +52,18 @@ import mlx.core as mx
 import numpy as np
 
 from .cache import PromptCache
+from .decoding import (ContextLengthError, Decoding, GenerationChunk, GenerationError,
+                       GenerationStats, NonFiniteLogitsError, StopStrings)
 from .errors import OpenHarmonyError
 from .memory import check_prompt_fits  # issue 20's memory guard
-from .sampling import Sampler, SamplingOptions, log_probabilities
+from .sampling import Sampler, SamplingOptions
+
+__all__ = ["ContextLengthError", "Decoding", "GenerationChunk", "GenerationError",
+           "GenerationResult", "GenerationStats", "NonFiniteLogitsError", "StopStrings",
+           "generate", "make_decoding", "stream_decoding", "stream_generate"]
 
 
 MAX_TOP_LOGPROBS = 20  # as OpenAI's API
-
-
-class GenerationError(OpenHarmonyError, ValueError):
-    """A generation request that cannot run as asked (empty prompt, bad max_tokens, ...)."""
-
-
-class ContextLengthError(GenerationError):
-    """The prompt plus max_tokens do not fit in the model's context."""
-
-
-class NonFiniteLogitsError(GenerationError):
-    """The model produced NaN or infinite logits: there is no distribution to sample from."""
-
-
-@dataclass(frozen=True)
-class GenerationStats:
-    prompt_tokens: int
-    reused_prompt_tokens: int  # taken from the prompt cache, not computed
-    prompt_seconds: float  # from the call until the first token was known
-    prompt_tokens_per_second: float  # computed prompt tokens / prompt_seconds
-    generated_tokens: int
-    generation_seconds: float  # from the first token to the last
-    generation_tokens_per_second: float  # tokens after the first / generation_seconds
-    peak_memory_bytes: int  # mx.get_peak_memory() over the call
-
-
-@dataclass(frozen=True)
-class GenerationChunk:
-    """One generated token. The last chunk of a stream has `finish_reason` and `stats`."""
-
-    token: int
-    text: str  # the new text; may be "" (held back, or detokenize=False)
-    logprob: float | None = None  # log-probability under the model (with logprobs=True)
-    # With top_logprobs=k: the k most likely tokens and their log-probabilities, most likely first.
-    top_logprobs: list[tuple[int, float]] | None = None
-    finish_reason: str | None = None  # "stop_token" | "stop_string" | "length"
-    stats: GenerationStats | None = None
-    # On the first chunk: the prompt tokens taken from the prompt cache (known before the end,
-    # for a caller that may stop the stream early).
-    reused_prompt_tokens: int | None = None
 
 
 @dataclass(frozen=True)
@@ -150,6 +121,10 @@ def make_decoding(
     detokenize: bool = True,
     kv_bits: int | None = None,
     kv_dtype=None,
+    json_schema=None,
+    grammar: str | None = None,
+    regex: str | None = None,
+    constraint=None,
 ) -> "Decoding":
     """The checked decoding state of one request (what `stream_generate` steps alone, and the
     server's batch steps with others).
@@ -170,6 +145,10 @@ def make_decoding(
     token is decoded twice.
     `kv_bits` (4 or 8) / `kv_dtype`: the KV cache's storage (`Model.make_cache`, docs/cache.md);
     with a `prompt_cache`, they must be the options it was made with (or left out).
+    `json_schema` (a dict) / `grammar` (Lark) / `regex`: the completion is a document of that
+    language, then a stop token (at most one of the three). `constraint`: any object with
+    `mask()` (a bool mx.array over the vocabulary, or None: any token) and `advance(token)`,
+    asked before and told after each token (what a chat turn's `ReplyConstraint` is).
     """
     if not isinstance(detokenize, bool):
         raise GenerationError(f"detokenize must be True or False, got {detokenize!r}")
@@ -230,8 +209,35 @@ def make_decoding(
                       cache_options=prompt_cache.cache_options, prefill_chunk=prefill_chunk)
     sampler = Sampler(options, config.vocab_size, prompt_tokens=prompt_ids, seed=seed,
                       group=getattr(model, "group", None))
+    asked = {name: value for name, value in
+             (("json_schema", json_schema), ("grammar", grammar), ("regex", regex),
+              ("constraint", constraint)) if value is not None}
+    if len(asked) > 1:
+        raise GenerationError(f"at most one of json_schema, grammar, regex and constraint, got "
+                              f"{', '.join(asked)}")
+    if asked and "constraint" not in asked:
+        constraint = _grammar_constraint(*asked.popitem(), tokenizer, config.vocab_size,
+                                         stop_ids)
     return Decoding(model, prompt_ids, tokenizer, max_tokens, sampler, stop_ids, stop_matcher,
-                    prompt_cache, prefill_chunk, logprobs, top_logprobs, detokenize)
+                    prompt_cache, prefill_chunk, logprobs, top_logprobs, detokenize,
+                    constraint)
+
+
+def _grammar_constraint(kind: str, source, tokenizer, vocab_size: int, stop_ids: set[int]):
+    """The whole completion in a grammar, then a stop token."""
+    from .structured import grammar as structured
+
+    if tokenizer is None:
+        from .tokenizer import load_tokenizer
+
+        tokenizer = load_tokenizer()
+    try:
+        compiled = structured.compile_grammar("lark" if kind == "grammar" else kind, source,
+                                              kind)
+    except structured.ConstraintError as error:
+        raise GenerationError(str(error)) from None
+    return structured.GrammarConstraint(structured.vocabulary(tokenizer, vocab_size),
+                                        compiled, sorted(stop_ids))
 
 
 def stream_decoding(decoding: "Decoding") -> Iterator[GenerationChunk]:
@@ -256,194 +262,6 @@ def stream_decoding(decoding: "Decoding") -> Iterator[GenerationChunk]:
         yield chunk
         if chunk.finish_reason is not None:
             return
-
-
-class Decoding:
-    """One request's decoding state, stepped by `stream_generate` (alone) or by the server's
-    batch (with other requests' rows in one forward): the one implementation of what happens
-    per token.
-
-        decoding.prefill()                  # the prompt into its own prompt cache
-        while ...:
-            if decoding.needs_step:         # it wants another token after the queued ones
-                logits = <the model on decoding.next_input with decoding.caches>  # [1, V]
-                mx.async_eval(decoding.sample(logits) + <the caches' state>)
-            chunk = decoding.read()         # the oldest sampled token, read back: text,
-                                            # stops, stats; chunk.finish_reason at the end
-
-    `sample` queues a lazy token; `read` blocks on the oldest queued one. Between them the
-    caller may queue the next step first (pipelining), so up to two tokens are in flight.
-    A decoding that stops being stepped (finished, or its client left) leaves its prompt
-    cache consistent: the cache holds exactly the tokens `read` has recorded.
-    """
-
-    def __init__(self, model, prompt_ids: list[int], tokenizer, max_tokens: int,
-                 sampler: Sampler, stop_ids: set[int], stop_matcher: "StopStrings",
-                 prompt_cache: PromptCache, prefill_chunk: int, logprobs: bool,
-                 top_logprobs: int, detokenize: bool) -> None:
-        self.model, self.prompt_ids, self.tokenizer = model, prompt_ids, tokenizer
-        self.max_tokens, self.sampler, self.stop_ids = max_tokens, sampler, stop_ids
-        self.stop_matcher, self.prompt_cache = stop_matcher, prompt_cache
-        self.prefill_chunk = prefill_chunk
-        self.logprobs, self.top_logprobs = logprobs, top_logprobs
-        self.detokenize = detokenize
-        self.generated = 0  # tokens read so far
-        self.finish_reason: str | None = None
-        # Sampled tokens not read yet, oldest first: [token, finite, scores, fed to the caches].
-        self._queued: list[list] = []
-        self.next_input: mx.array | None = None  # the token the next step feeds [1]
-
-    @property
-    def caches(self) -> list:
-        return self.prompt_cache.caches
-
-    def prefill(self) -> None:
-        """Reuse the prompt cache's prefix and compute the rest of the prompt but its last
-        token (only the caches are wanted, so only they are evaluated: the lm_head of these
-        positions is never computed)."""
-        self._start_time = time.perf_counter()
-        self._first_token_time = None
-        self.reused = self.prompt_cache.reuse(self.prompt_ids)
-        rest = self.prompt_ids[self.reused:]
-        for begin in range(0, len(rest) - 1, self.prefill_chunk):
-            chunk = rest[begin:min(begin + self.prefill_chunk, len(rest) - 1)]
-            self.model(mx.array([chunk]), cache=self.caches)
-            mx.eval(self.prompt_cache.state)
-            self.prompt_cache.add_tokens(chunk)
-        self.prompt_cache.snapshot()
-        self.next_input = mx.array(rest[-1:], dtype=mx.uint32)
-        self._detokenizer = (self.tokenizer.detokenizer() if self.tokenizer is not None
-                             else None)
-
-    @property
-    def queued(self) -> int:
-        """Tokens sampled and not read yet (0, 1, or 2 while pipelined)."""
-        return len(self._queued)
-
-    @property
-    def needs_step(self) -> bool:
-        """Whether another token is wanted after the ones already sampled."""
-        return (self.finish_reason is None
-                and self.generated + len(self._queued) < self.max_tokens)
-
-    def sample(self, logits: mx.array) -> list[mx.array]:
-        """The model has just run `next_input` through `caches`; `logits` [1, V] are its
-        output. Queues the next token (lazy) and returns the arrays to evaluate (besides the
-        caches): the token, the sampler's state, the log-probabilities asked for."""
-        if self._queued:
-            self._queued[-1][3] = True  # the input was the last queued token
-        else:  # the first step: the input was the prompt's last token
-            self.prompt_cache.add_tokens(self.prompt_ids[-1:])
-        token = self.sampler(logits)
-        finite = mx.isfinite(logits).all()  # read with the token: no extra wait
-        scores = []
-        if self.logprobs or self.top_logprobs:
-            scores.append(log_probabilities(logits, token))
-        if self.top_logprobs:
-            step_logits = logits[0].astype(mx.float32)
-            all_logprobs = step_logits - mx.logsumexp(step_logits)
-            top = mx.argpartition(-all_logprobs, self.top_logprobs - 1)[:self.top_logprobs]
-            scores += [top, all_logprobs[top]]
-        self._queued.append([token, finite, scores, False])
-        self.next_input = token
-        return [token, finite, *self.sampler.state, *scores]
-
-    def read(self) -> GenerationChunk:
-        """The oldest queued token, read back (the one place decoding blocks), as a chunk."""
-        token, finite, scores, fed = self._queued.pop(0)
-        token_id = _read_token(token)
-        if not finite.item():
-            raise NonFiniteLogitsError(
-                f"the model's logits are not finite (NaN or inf) for generated token "
-                f"{self.generated + 1} (position {len(self.prompt_ids) + self.generated}); "
-                "generation stopped rather than sample from them. The weights are broken (e.g. "
-                "an MXFP4 scale byte 255, which is NaN) or the computation overflowed")
-        if self._first_token_time is None:
-            self._first_token_time = time.perf_counter()
-        if fed:
-            self.prompt_cache.add_tokens([token_id])  # the step that fed it ran
-        self.generated += 1
-        count, max_tokens, detokenizer = self.generated, self.max_tokens, self._detokenizer
-
-        finish_reason = None
-        if not self.detokenize:
-            text = ""
-            if token_id in self.stop_ids:
-                finish_reason = "stop_token"
-            elif count == max_tokens:
-                finish_reason = "length"
-        elif token_id in self.stop_ids:
-            finish_reason, text = "stop_token", detokenizer.finish()
-        else:
-            text = detokenizer.add(token_id)
-            if count == max_tokens:
-                finish_reason, text = "length", text + detokenizer.finish()
-        text, stopped = self.stop_matcher.feed(text, final=finish_reason is not None)
-        if stopped:
-            finish_reason = "stop_string"
-        self.finish_reason = finish_reason
-
-        stats = None
-        if finish_reason is not None:
-            end_time = time.perf_counter()
-            prompt_seconds = self._first_token_time - self._start_time
-            generation_seconds = end_time - self._first_token_time
-            stats = GenerationStats(
-                prompt_tokens=len(self.prompt_ids),
-                reused_prompt_tokens=self.reused,
-                prompt_seconds=prompt_seconds,
-                prompt_tokens_per_second=(len(self.prompt_ids) - self.reused) / prompt_seconds,
-                generated_tokens=count,
-                generation_seconds=generation_seconds,
-                generation_tokens_per_second=((count - 1) / generation_seconds
-                                              if count > 1 and generation_seconds > 0 else 0.0),
-                peak_memory_bytes=mx.get_peak_memory(),
-            )
-        logprob = scores[0].item() if scores else None
-        top = None
-        if self.top_logprobs:
-            top = sorted(zip(scores[1].tolist(), scores[2].tolist()), key=lambda t: -t[1])
-        return GenerationChunk(token=token_id, text=text, logprob=logprob, top_logprobs=top,
-                               finish_reason=finish_reason, stats=stats,
-                               reused_prompt_tokens=self.reused if count == 1 else None)
-
-
-def _read_token(token: mx.array) -> int:
-    """Wait for a token and bring it to the host (the one place decoding blocks)."""
-    return token.item()
-
-
-class StopStrings:
-    """Finds stop strings in streamed text, holding back text that may begin one."""
-
-    def __init__(self, stop_strings: Sequence[str]) -> None:
-        if isinstance(stop_strings, str):
-            stop_strings = [stop_strings]
-        for s in stop_strings:
-            if not isinstance(s, str) or not s:
-                raise GenerationError(f"stop strings must be non-empty strings, got {s!r}")
-        self.stop_strings = list(stop_strings)
-        self.pending = ""
-
-    def feed(self, text: str, final: bool) -> tuple[str, bool]:
-        """Add streamed text; returns (text safe to emit, whether a stop string was found)."""
-        self.pending += text
-        found = [i for i in (self.pending.find(s) for s in self.stop_strings) if i >= 0]
-        if found:
-            emit, self.pending = self.pending[:min(found)], ""
-            return emit, True
-        cut = len(self.pending) - (0 if final else self._longest_stop_prefix_suffix())
-        emit, self.pending = self.pending[:cut], self.pending[cut:]
-        return emit, False
-
-    def _longest_stop_prefix_suffix(self) -> int:
-        """The length of the longest end of the pending text that begins some stop string."""
-        longest = max((len(s) for s in self.stop_strings), default=1) - 1
-        for n in range(min(longest, len(self.pending)), 0, -1):
-            tail = self.pending[-n:]
-            if any(s.startswith(tail) for s in self.stop_strings):
-                return n
-        return 0
 
 
 def _prompt_ids(prompt, tokenizer, vocab_size: int) -> list[int]:

@@ -25,6 +25,7 @@ from openharmony.generate import (ContextLengthError, GenerationError, StopStrin
 
 # Not `import openharmony.generate`: the package exports a function of that name.
 generate_module = importlib.import_module("openharmony.generate")
+decoding_module = importlib.import_module("openharmony.decoding")
 from openharmony.load import load_model
 from openharmony.random_checkpoint import write_random_checkpoint
 from openharmony.sampling import SamplingError, SamplingOptions
@@ -297,7 +298,7 @@ def test_single_options_override_sampling(model, tokenizer):
 def test_next_step_is_queued_before_a_token_is_read(model, tokenizer, monkeypatch):
     events = []  # ("step", n): the model called for decode step n; ("read", n): token n read
     steered = Steered(model, prompt_length=10)
-    real_call, real_read = Steered.__call__, generate_module._read_token
+    real_call, real_read = Steered.__call__, decoding_module._read_token
 
     def call(self, tokens, cache=None, **kwargs):
         if self.calls:  # after the one prefill call
@@ -309,7 +310,7 @@ def test_next_step_is_queued_before_a_token_is_read(model, tokenizer, monkeypatc
         return real_read(token)
 
     monkeypatch.setattr(Steered, "__call__", call)
-    monkeypatch.setattr(generate_module, "_read_token", read)
+    monkeypatch.setattr(decoding_module, "_read_token", read)
     tokens = greedy(steered, random_prompt(10, seed=7), tokenizer, 5).tokens
     assert len(tokens) == 5 and steered.calls == [9, 1, 1, 1, 1, 1]
     # Step n computes token n; step n+1 is queued before token n is read, none past the last.

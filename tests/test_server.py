@@ -12,6 +12,7 @@ from __future__ import annotations
 import gc
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -79,8 +80,8 @@ def chains(tokenizer, kind: str) -> dict[int, int]:
 class Server:
     """A server in a thread of this process, on a free loopback port."""
 
-    def __init__(self, folder: Path, tokenizer, **options):
-        self.app = create_app(load_model(folder), tokenizer, "bigram", **options)
+    def __init__(self, folder: Path, tokenizer, model_id: str = "bigram", **options):
+        self.app = create_app(load_model(folder), tokenizer, model_id, **options)
         sock = socket.socket()
         sock.bind(("127.0.0.1", 0))
         self.port = sock.getsockname()[1]
@@ -556,16 +557,25 @@ def test_errors(servers):
     with pytest.raises(openai.BadRequestError) as error:
         client.responses.create(model="bigram", input="Hi", max_output_tokens=10 ** 6)
     assert error.value.body["code"] == "context_length_exceeded"
+    # OpenAI's wording, which clients match (litellm's ContextWindowExceededError) ...
+    message = error.value.body["message"]
+    prompt = int(re.search(r"\((\d+) in the messages", message).group(1))
+    context = server.engine.model.config.max_position_embeddings
+    assert message == (f"This model's maximum context length is {context} tokens. However, you "
+                       f"requested {prompt + 10 ** 6} tokens ({prompt} in the messages, "
+                       f"{10 ** 6} in the completion). Please reduce the length of the messages "
+                       "or completion.")
     with pytest.raises(openai.BadRequestError) as error:
         client.responses.create(model="bigram", input=[{"type": "function_call_output",
                                                         "call_id": "nope", "output": "x"}])
     assert error.value.body["param"] == "input[0].call_id"
     with pytest.raises(openai.NotFoundError):
         client.responses.create(model="bigram", input="Hi", previous_response_id="resp_nope")
-    with client.responses.stream(model="bigram", input="Hi", max_output_tokens=10 ** 6) as s:
-        events = list(s)
-    assert events[-1].type == "response.failed"
-    assert events[-1].response.error.code == "context_length_exceeded"
+    # ... and a stream that cannot fit gets the same 400 before any event, as from OpenAI.
+    with pytest.raises(openai.BadRequestError) as error:
+        with client.responses.stream(model="bigram", input="Hi", max_output_tokens=10 ** 6):
+            pass
+    assert error.value.body["code"] == "context_length_exceeded"
     for body in (b"{not json", b"[1]"):
         status, text = http("POST", server.url + "/v1/chat/completions", body)
         assert status == 400 and "Traceback" not in text

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import sys
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -25,12 +27,16 @@ def generate(
     chat: Annotated[bool, typer.Option("--chat", help="Send the prompt as a harmony user "
                                                       "message and print the final answer.")
                     ] = False,
+    json_schema: Annotated[Optional[Path], typer.Option(
+        "--json-schema", metavar="FILE", help="Hold the output to this JSON Schema: the final "
+        "answer with --chat (the reasoning stays free), else the whole completion.")] = None,
     flags: TurnFlags = None,
 ) -> None:
     """Stream a completion of PROMPT to stdout."""
     from ..cache import PromptCache
     from ..generate import stream_generate
 
+    schema = read_json_schema(json_schema) if json_schema is not None else None
     session = ctx.obj
     prompt = one_of("PROMPT", prompt, "--prompt", prompt_option)
     group = session.group()
@@ -46,13 +52,16 @@ def generate(
 
         conversation = Chat(tokenizer, flags.chat_options())
         conversation.add_user(prompt)
+        response_format = None if schema is None else {
+            "type": "json_schema", "json_schema": {"name": "schema", "schema": schema}}
         stats = chat_turn(loaded, tokenizer, conversation, flags,
-                          PromptCache(loaded, kv_bits=flags.kv_bits))
+                          PromptCache(loaded, kv_bits=flags.kv_bits), response_format)
     else:
         stats = None
         for chunk in stream_generate(loaded, prompt, tokenizer=tokenizer,
                                      sampling=flags.sampling(), max_tokens=flags.max_tokens,
-                                     seed=flags.seed, kv_bits=flags.kv_bits):
+                                     seed=flags.seed, kv_bits=flags.kv_bits,
+                                     json_schema=schema):
             write(chunk.text)
             stats = chunk.stats or stats
         write("\n")
@@ -72,3 +81,16 @@ def read_prompt(prompt: str | None) -> str:
     if not text:
         raise typer.BadParameter("stdin is empty", param_hint="'PROMPT'")
     return text
+
+
+def read_json_schema(path: Path) -> dict:
+    """--json-schema FILE: a JSON Schema object (checked further when it is compiled)."""
+    try:
+        schema = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise typer.BadParameter(f"cannot read a JSON Schema from {path}: {error}",
+                                 param_hint="'--json-schema'") from None
+    if not isinstance(schema, dict):
+        raise typer.BadParameter(f"{path} holds a JSON {type(schema).__name__}, not a schema "
+                                 "object", param_hint="'--json-schema'")
+    return schema

@@ -60,13 +60,14 @@ def print_stats(stats) -> None:
         f"peak memory {stats.peak_memory_bytes / 1e9:.2f} GB", err=True)
 
 
-def chat_turn(model, tokenizer, conversation, flags, prompt_cache):
-    """Generate the assistant's reply to `conversation` (options from `flags`, a TurnFlags),
-    stream it, and append it; its statistics."""
+def chat_turn(model, tokenizer, conversation, flags, prompt_cache, response_format=None):
+    """Generate the assistant's reply to `conversation` (options from `flags`, a TurnFlags;
+    `response_format` binds the final answer), stream it, and append it; its statistics."""
     from ..chat import ChatTurn
 
     turn = ChatTurn(model, tokenizer, conversation.render(), max_tokens=flags.max_tokens,
-                    sampling=flags.sampling(), seed=flags.seed, prompt_cache=prompt_cache)
+                    sampling=flags.sampling(), seed=flags.seed, prompt_cache=prompt_cache,
+                    response_format=response_format)
     printer = ReplyPrinter(flags.show_reasoning)
     for event in turn:
         printer(event)

@@ -128,8 +128,11 @@ def create_app(model, tokenizer, model_id: str, *, api_key: str | None = None,
         room = context - len(prompt)
         max_tokens = turn.max_tokens if turn.max_tokens is not None else room
         if max_tokens > room or room < 1:
-            raise ApiError(400, f"the prompt ({len(prompt)} tokens) plus the tokens to generate "
-                           f"({max_tokens}) exceed the model's context of {context} tokens",
+            completion = max(max_tokens, 1)  # OpenAI's wording: litellm and others match it
+            raise ApiError(400, f"This model's maximum context length is {context} tokens. "
+                           f"However, you requested {len(prompt) + completion} tokens "
+                           f"({len(prompt)} in the messages, {completion} in the completion). "
+                           "Please reduce the length of the messages or completion.",
                            param=param, code="context_length_exceeded")
         # Issue 20's memory guard: 400 before queueing a prompt whose KV cache cannot fit.
         try:
@@ -244,14 +247,7 @@ def create_app(model, tokenizer, model_id: str, *, api_key: str | None = None,
             remember()
             return JSONResponse(builder.response())
 
-        try:
-            job = await submit(request, turn)
-        except ApiError as error:
-            if error.code != "context_length_exceeded":
-                raise
-            # A stream reports that generation cannot run as response.failed.
-            events = builder.start() + builder.fail(error.code, error.message)
-            return sse_response(iter_async(sse(e) for e in events))
+        job = await submit(request, turn)  # a 400 before any event, as OpenAI
 
         async def stream() -> AsyncIterator[str]:
             for event in builder.start():
@@ -353,11 +349,6 @@ def internal_error() -> JSONResponse:
 def sse_response(body) -> StreamingResponse:
     return StreamingResponse(body, media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache"})
-
-
-async def iter_async(items) -> AsyncIterator:
-    for item in items:
-        yield item
 
 
 class ApiKey:

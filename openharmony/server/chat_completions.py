@@ -10,9 +10,13 @@ from typing import Any, Mapping
 from ..chat import REASONING, TEXT, Chat, ChatOptions, tool_name
 from ..generate import MAX_TOP_LOGPROBS
 from .protocol import (
-    TurnRequest, Usage, get, invalid, new_id, positive_int, read_tools, reasoning_effort,
-    sampling_options, seed, text_of,
+    TurnRequest, Usage, get, invalid, new_id, positive_int, read_formats, read_tools,
+    reasoning_effort, sampling_options, seed, text_of,
 )
+
+# Consecutive analysis messages in one reasoning text: the Responses API returns them as
+# separate reasoning items (as OpenAI's reference server); one string needs a separator.
+REASONING_SEPARATOR = "\n\n"
 
 DEFAULT_EFFORT = "medium"  # the OpenAI API's default
 
@@ -20,6 +24,9 @@ DEFAULT_EFFORT = "medium"  # the OpenAI API's default
 def chat_request(body: Mapping, tokenizer) -> TurnRequest:
     """A Chat Completions request."""
     tools = read_tools(body.get("tools"), body.get("tool_choice"))
+    response_format, tool_choice = body.get("response_format"), body.get("tool_choice")
+    read_formats(tools, read_tools(body.get("tools"), None), response_format, tool_choice,
+                 "response_format")
     chat = Chat(tokenizer, ChatOptions(reasoning_effort=reasoning_effort(
         body, DEFAULT_EFFORT), tools=tools.functions))
     messages = body.get("messages")
@@ -50,7 +57,8 @@ def chat_request(body: Mapping, tokenizer) -> TurnRequest:
                        stop=stop, logprobs=logprobs, top_logprobs=top_logprobs,
                        include_usage=get(stream_options, "include_usage", bool, False,
                                          param="stream_options.include_usage"),
-                       call_names=call_names)
+                       call_names=call_names, response_format=response_format,
+                       tool_choice=tool_choice)
 
 
 def _add_chat_message(chat: Chat, message, param: str, call_names: dict,
@@ -73,6 +81,15 @@ def _add_chat_message(chat: Chat, message, param: str, call_names: dict,
                                channel="commentary" if tool_calls else "final")
         for j, call in enumerate(tool_calls):
             where = f"{param}.tool_calls[{j}]"
+            if isinstance(call, dict) and call.get("type") == "custom":  # its input as is
+                custom = get(call, "custom", dict, {}, param=f"{where}.custom")
+                name = get(custom, "name", str, param=f"{where}.custom.name")
+                if not name:
+                    raise invalid(f"{where}.custom.name", f"{where}.custom.name is required")
+                chat.add_tool_call(name, get(custom, "input", str, "",
+                                             param=f"{where}.custom.input"), custom=True)
+                call_names[get(call, "id", str, "", param=f"{where}.id")] = name
+                continue
             function = get(call, "function", dict, param=f"{where}.function") or {}
             name = get(function, "name", str, param=f"{where}.function.name")
             if not name:
@@ -130,8 +147,11 @@ class ChatCompletionBuilder:
         self._index = event.message_index
         if event.kind == REASONING:
             self.reasoning_tokens += 1
-            self.reasoning.append(event.delta)
-            return [self.chunk({"reasoning": event.delta, "reasoning_content": event.delta})]
+            delta = event.delta
+            if new_message and self.reasoning:  # another analysis message
+                delta = REASONING_SEPARATOR + delta
+            self.reasoning.append(delta)
+            return [self.chunk({"reasoning": delta, "reasoning_content": delta})]
         if event.kind == TEXT:
             self.content.append(event.delta)
             delta = {"content": event.delta}
@@ -182,8 +202,12 @@ class ChatCompletionBuilder:
         reasoning = "".join(self.reasoning) or None
         message = {"role": "assistant", "content": "".join(self.content) or None,
                    "reasoning": reasoning, "reasoning_content": reasoning}
-        if self.tool_calls:
-            message["tool_calls"] = self.tool_calls
+        if self.tool_calls:  # a custom tool's call in its own shape (streams have none)
+            message["tool_calls"] = [
+                {"id": c["id"], "type": "custom", "custom": {
+                    "name": c["function"]["name"], "input": c["function"]["arguments"]}}
+                if c["function"]["name"] in self.request.tools.custom else c
+                for c in self.tool_calls]
         choice = {"index": 0, "message": message, "finish_reason": self.finish_reason(turn),
                   "logprobs": {"content": self.logprobs} if self.request.logprobs else None}
         return {"id": self.id, "object": "chat.completion", "created": self.created,

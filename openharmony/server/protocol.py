@@ -8,9 +8,14 @@ gets one clear 400 and nothing runs. Harmony specifics of the wire formats:
   `message.reasoning_content`), never `content`; the final channel (and commentary preambles
   without a recipient) is the text; a message to a recipient is a tool call;
 * tools become harmony function tools: `function` as given, `custom` (free-form, e.g. Codex's
-  `apply_patch`) as a function of one string `input` whose calls come back as
-  `custom_tool_call` items, `namespace` flattened to its tools; built-in tools the server does
-  not run (`web_search`, ...) are left out;
+  `apply_patch`) as a function whose call's message is its input as is (not JSON), coming
+  back as `custom_tool_call` items, `namespace` flattened to its tools; built-in tools the
+  server does not run (`web_search`, ...) are left out;
+* structured outputs (openharmony/structured): `response_format` / `text.format`, strict
+  functions (Chat Completions: `strict: true`; the Responses API: unless `strict: false`, as
+  OpenAI), custom tools' grammars and `tool_choice` are checked here (`read_formats`: a 400
+  naming the field) and enforced by the chat turn, on the final answer, the calls and the
+  headers; the reasoning stays free;
 * history keeps the chain-of-thought rule of OpenAI's harmony guide: openai-harmony drops past
   analysis once a final answer follows it and keeps it while tool calls are in progress.
 
@@ -19,18 +24,15 @@ The API-specific halves: `responses.py` (the Responses API) and `chat_completion
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from ..chat import Chat, FunctionTool
 from ..sampling import SamplingError, SamplingOptions
-
-CUSTOM_TOOL_PARAMETERS = {
-    "type": "object",
-    "properties": {"input": {"type": "string", "description": "The tool's free-form input."}},
-    "required": ["input"],
-}
+from ..structured import ConstraintError
+from ..structured.formats import reply_format
 
 
 class ApiError(Exception):
@@ -156,51 +158,66 @@ class Tools:
     custom: set[str] = field(default_factory=set)
 
 
-def read_tools(tools, tool_choice) -> Tools:
+def read_tools(tools, tool_choice, strict_default: bool = False) -> Tools:
+    """The tools of a request; a function is strict (its calls held to its parameters) when
+    it says so, or by `strict_default` (the Responses API's default is strict)."""
     found = Tools()
     if tools is None:
         return found
     if not isinstance(tools, list):
         raise invalid("tools", "tools must be an array")
     for i, tool in enumerate(tools):
-        _read_tool(tool, f"tools[{i}]", found)
+        _read_tool(tool, f"tools[{i}]", found, strict_default)
     if tool_choice == "none":  # the model is not told about tools it may not call
         return Tools()
     return found
 
 
-def _read_tool(tool, param: str, found: Tools) -> None:
+def _read_tool(tool, param: str, found: Tools, strict_default: bool) -> None:
     if not isinstance(tool, dict):
         raise invalid(param, f"{param} must be an object")
     kind = tool.get("type")
     if kind == "function":
-        spec = tool.get("function", tool)  # Chat Completions nests it, the Responses API not
+        nested = "function" in tool  # Chat Completions nests it, the Responses API not
+        spec, where = (tool["function"], f"{param}.function") if nested else (tool, param)
         if not isinstance(spec, dict):
-            raise invalid(f"{param}.function", f"{param}.function must be an object")
-        name = get(spec, "name", str, param=f"{param}.name")
+            raise invalid(where, f"{where} must be an object")
+        name = get(spec, "name", str, param=f"{where}.name")
         if not name:
-            raise invalid(f"{param}.name", f"{param} has no name")
-        parameters = get(spec, "parameters", dict, param=f"{param}.parameters")
-        found.functions.append(FunctionTool(name, get(spec, "description", str, ""), parameters))
+            raise invalid(f"{where}.name", f"{param} has no name")
+        parameters = get(spec, "parameters", dict, param=f"{where}.parameters")
+        strict = get(spec, "strict", bool, strict_default, param=f"{where}.strict")
+        found.functions.append(FunctionTool(name, get(spec, "description", str, ""), parameters,
+                                            strict=strict, source=where))
     elif kind == "custom":
-        name = get(tool, "name", str, param=f"{param}.name")
+        nested = isinstance(tool.get("custom"), dict)  # Chat Completions nests it
+        spec, where = (tool["custom"], f"{param}.custom") if nested else (tool, param)
+        name = get(spec, "name", str, param=f"{where}.name")
         if not name:
-            raise invalid(f"{param}.name", f"{param} has no name")
-        description = get(tool, "description", str, "")
-        grammar = get(get(tool, "format", dict, {}, param=f"{param}.format"), "definition", str,
-                      param=f"{param}.format.definition")
-        if grammar:  # the model has no grammar-constrained decoding: it reads the grammar
-            description += f"\nThe input follows this grammar:\n{grammar}"
-        found.functions.append(FunctionTool(name, description, CUSTOM_TOOL_PARAMETERS))
+            raise invalid(f"{where}.name", f"{param} has no name")
+        found.functions.append(FunctionTool(
+            name, get(spec, "description", str, ""), custom=True,
+            format=get(spec, "format", dict, param=f"{where}.format"), source=where))
         found.custom.add(name)
     elif kind == "namespace":
         inner = get(tool, "tools", list, [], param=f"{param}.tools")
         for j, sub in enumerate(inner):
-            _read_tool(sub, f"{param}.tools[{j}]", found)
+            _read_tool(sub, f"{param}.tools[{j}]", found, strict_default)
     elif isinstance(kind, str):
         pass  # built-in tools (web_search, ...) that this server does not run
     else:
         raise invalid(f"{param}.type", f"{param} has no type")
+
+
+def read_formats(tools: Tools, all_tools: Tools, response_format, tool_choice,
+                 format_param: str) -> None:
+    """Check the structured-output fields (400 naming the field): the response format, the
+    tools' schemas and grammars, tool_choice (a named tool must be in `all_tools`)."""
+    try:
+        reply_format(tools.functions, response_format, None, param=format_param)
+        reply_format(all_tools.functions, None, tool_choice)
+    except ConstraintError as error:
+        raise invalid(error.param or format_param, str(error)) from None
 
 
 # -- one request, read --------------------------------------------------------------------
@@ -221,10 +238,15 @@ class TurnRequest:
     top_logprobs: int = 0
     include_usage: bool = False
     call_names: dict[str, str] = field(default_factory=dict)  # call_id -> function name
+    response_format: Any = None  # checked by read_formats; enforced by the turn
+    tool_choice: Any = None
 
     def turn_options(self, max_tokens: int) -> dict[str, Any]:
+        """ChatTurn's options (plain JSON values: a distributed server broadcasts them)."""
         return dict(max_tokens=max_tokens, sampling=self.sampling, seed=self.seed,
-                    logprobs=self.logprobs, top_logprobs=self.top_logprobs, stop=self.stop)
+                    logprobs=self.logprobs, top_logprobs=self.top_logprobs, stop=self.stop,
+                    tools=[dataclasses.asdict(t) for t in self.tools.functions],
+                    response_format=self.response_format, tool_choice=self.tool_choice)
 
 
 # -- usage -----------------------------------------------------------------------------------

@@ -9,8 +9,8 @@ from typing import Any, Mapping
 
 from ..chat import REASONING, TEXT, Chat, ChatOptions, tool_name
 from .protocol import (
-    TurnRequest, Usage, get, invalid, new_id, positive_int, read_tools, reasoning_effort,
-    sampling_options, seed, text_of,
+    TurnRequest, Usage, get, invalid, new_id, positive_int, read_formats, read_tools,
+    reasoning_effort, sampling_options, seed, text_of,
 )
 
 DEFAULT_EFFORT = "low"  # as OpenAI's gpt-oss reference server (gpt_oss.responses_api)
@@ -19,7 +19,12 @@ DEFAULT_EFFORT = "low"  # as OpenAI's gpt-oss reference server (gpt_oss.response
 def responses_request(body: Mapping, tokenizer, previous=None) -> TurnRequest:
     """A Responses API request; `previous` is the stored (messages, call_names) of
     `previous_response_id`, whose conversation this one continues."""
-    tools = read_tools(body.get("tools"), body.get("tool_choice"))
+    # Function tools are strict unless they say otherwise, as in OpenAI's Responses API.
+    tools = read_tools(body.get("tools"), body.get("tool_choice"), strict_default=True)
+    text_format = get(get(body, "text", dict, {}), "format", dict, param="text.format")
+    tool_choice = body.get("tool_choice")
+    read_formats(tools, read_tools(body.get("tools"), None, strict_default=True), text_format,
+                 tool_choice, "text.format")
     developer = get(body, "instructions", str)
     chat = Chat(tokenizer, ChatOptions(reasoning_effort=reasoning_effort(
         body, DEFAULT_EFFORT), tools=tools.functions))
@@ -39,12 +44,13 @@ def responses_request(body: Mapping, tokenizer, previous=None) -> TurnRequest:
         _add_input_item(chat, item, f"input[{i}]", call_names, instructions)
     chat.options.developer = "\n\n".join(instructions) or None
     # Accepted and not needed: `include` (reasoning content is always included),
-    # `prompt_cache_key` (caching is automatic), `metadata`, `client_metadata`, `text`,
+    # `prompt_cache_key` (caching is automatic), `metadata`, `client_metadata`,
     # `parallel_tool_calls` (harmony makes one call per reply); `store` is read by the app.
     return TurnRequest(chat=chat, max_tokens=positive_int(body, "max_output_tokens"),
                        sampling=sampling_options(body), seed=seed(body),
                        stream=get(body, "stream", bool, False), tools=tools,
-                       call_names=call_names)
+                       call_names=call_names, response_format=text_format,
+                       tool_choice=tool_choice)
 
 
 def _add_input_item(chat: Chat, item, param: str, call_names: dict, instructions: list) -> None:
@@ -73,10 +79,10 @@ def _add_input_item(chat: Chat, item, param: str, call_names: dict, instructions
         if not name:
             raise invalid(f"{param}.name", f"{param}.name is required")
         if kind == "function_call":
-            arguments = get(item, "arguments", str, "", param=f"{param}.arguments")
-        else:
-            arguments = json.dumps({"input": get(item, "input", str, "", param=f"{param}.input")})
-        chat.add_tool_call(name, arguments)
+            chat.add_tool_call(name, get(item, "arguments", str, "", param=f"{param}.arguments"))
+        else:  # a custom tool's input is the call's message as is
+            chat.add_tool_call(name, get(item, "input", str, "", param=f"{param}.input"),
+                               custom=True)
         call_id = get(item, "call_id", str, param=f"{param}.call_id")
         if call_id:
             call_names[call_id] = name
@@ -168,8 +174,10 @@ class ResponseBuilder:
             item["arguments"] += event.delta
             events.append(self._event("response.function_call_arguments.delta",
                                       delta=event.delta, **where))
-        else:  # custom_tool_call: the JSON text of its one argument, decoded when it is done
-            item["_arguments"] += event.delta
+        else:  # custom_tool_call: its input, as the model writes it
+            item["input"] += event.delta
+            events.append(self._event("response.custom_tool_call_input.delta",
+                                      delta=event.delta, **where))
         return events
 
     def _open_item(self, event) -> list[dict[str, Any]]:
@@ -186,7 +194,7 @@ class ResponseBuilder:
             if name in self.request.tools.custom:
                 item = {"type": "custom_tool_call", "id": new_id("ctc"),
                         "call_id": new_id("call"), "name": name, "input": "",
-                        "status": "in_progress", "_arguments": ""}
+                        "status": "in_progress"}
             else:
                 item = {"type": "function_call", "id": new_id("fc"), "call_id": new_id("call"),
                         "name": name, "arguments": "", "status": "in_progress"}
@@ -220,11 +228,8 @@ class ResponseBuilder:
             events.append(self._event("response.function_call_arguments.done",
                                       arguments=item["arguments"], name=item["name"], **where))
         else:
-            item["input"] = _custom_input(item.pop("_arguments"))
-            events += [self._event("response.custom_tool_call_input.delta", delta=item["input"],
-                                   **where),
-                       self._event("response.custom_tool_call_input.done", input=item["input"],
-                                   **where)]
+            events.append(self._event("response.custom_tool_call_input.done",
+                                      input=item["input"], **where))
         events.append(self._event("response.output_item.done",
                                   output_index=len(self.output) - 1, item=_public(item)))
         return events
@@ -236,9 +241,9 @@ class ResponseBuilder:
             self.status, self.incomplete = "incomplete", {"reason": "max_output_tokens"}
         else:
             self.status = "completed"
-        # A stream always ends with response.completed or response.failed; a reply cut by
-        # max_output_tokens says so in its status and incomplete_details.
-        return events + [self._event("response.completed", response=self.response())]
+        # As OpenAI's streaming reference: a reply cut by max_output_tokens ends the stream
+        # with response.incomplete (its status and incomplete_details say why).
+        return events + [self._event(f"response.{self.status}", response=self.response())]
 
     def fail(self, code: str, message: str) -> list[dict[str, Any]]:
         events = self._close_item()
@@ -261,7 +266,7 @@ class ResponseBuilder:
                 chat.add_tool_call(item["name"], item["arguments"])
                 call_names[item["call_id"]] = item["name"]
             else:
-                chat.add_tool_call(item["name"], json.dumps({"input": item["input"]}))
+                chat.add_tool_call(item["name"], item["input"], custom=True)
                 call_names[item["call_id"]] = item["name"]
         return [chat.messages, call_names]
 
@@ -276,18 +281,6 @@ def _public(item: dict[str, Any], empty: bool = False) -> dict[str, Any]:
             if name in item:
                 item[name] = ""
     return item
-
-
-def _custom_input(arguments: str) -> str:
-    """A custom tool's input from the model's call `{"input": "..."}`; the text as written
-    when the model wrote something else."""
-    try:
-        value = json.loads(arguments)
-    except json.JSONDecodeError:
-        return arguments
-    if isinstance(value, dict) and isinstance(value.get("input"), str):
-        return value["input"]
-    return arguments
 
 
 def sse(event: Mapping[str, Any]) -> str:
