@@ -39,10 +39,11 @@ void arrange(const float* x, int64_t K, float* out) {
 // 16 E8M0 scale bytes -> their float32 values 2**(s - 127): the exponent field s, except that
 // 0 (2**-127, a subnormal) and 255 (NaN) also set the mantissa's top bit.
 inline __m512 scales16(const uint8_t* s) {
-  const __m512i bytes = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(s)));
+  const __m512i bytes =
+      _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(s)));
   const __m512i bits = _mm512_slli_epi32(bytes, 23);
-  const __mmask16 normal =
-      _mm512_cmplt_epu32_mask(_mm512_sub_epi32(bytes, _mm512_set1_epi32(1)), _mm512_set1_epi32(254));
+  const __mmask16 normal = _mm512_cmplt_epu32_mask(
+      _mm512_sub_epi32(bytes, _mm512_set1_epi32(1)), _mm512_set1_epi32(254));
   return _mm512_castsi512_ps(
       _mm512_mask_or_epi32(bits, _knot_mask16(normal), bits, _mm512_set1_epi32(0x400000)));
 }
@@ -60,9 +61,10 @@ void gemv_rows(const float* x, const uint8_t* w, const uint8_t* scales, int64_t 
     for (int q = 0; q < 4; ++q) {
       const int64_t g = k + q * kGroup;
       // Lane d of the scale vector: block 4q + d/4 of these 16.
-      const __m512i pick = _mm512_add_epi32(_mm512_set1_epi32(4 * q),
-                                            _mm512_srli_epi32(_mm512_setr_epi32(
-                                                0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), 2));
+      const __m512i lanes =
+          _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+      const __m512i pick =
+          _mm512_add_epi32(_mm512_set1_epi32(4 * q), _mm512_srli_epi32(lanes, 2));
       __m512 xs[8];
       for (int j = 0; j < 8; ++j) xs[j] = _mm512_loadu_ps(x + g + 16 * j);
       for (int c = 0; c < C; ++c) {
@@ -74,7 +76,8 @@ void gemv_rows(const float* x, const uint8_t* w, const uint8_t* scales, int64_t 
         const __m512i v = _mm512_loadu_si512(w + (n + c) * (K / 2) + g / 2);
         __m512 t = _mm512_mul_ps(xs[0], _mm512_permutexvar_ps(v, table));
         for (int j = 1; j < 8; ++j)
-          t = _mm512_fmadd_ps(xs[j], _mm512_permutexvar_ps(_mm512_srli_epi32(v, 4 * j), table), t);
+          t = _mm512_fmadd_ps(xs[j], _mm512_permutexvar_ps(_mm512_srli_epi32(v, 4 * j), table),
+                              t);
         acc[c] = _mm512_fmadd_ps(t, _mm512_permutexvar_ps(pick, s[c]), acc[c]);
       }
     }
@@ -84,12 +87,14 @@ void gemv_rows(const float* x, const uint8_t* w, const uint8_t* scales, int64_t 
     __m512 tail = _mm512_setzero_ps();
     for (int64_t b = main; b < K; b += kBlock) {
       const uint8_t* bytes = w + (n + c) * (K / 2) + b / 2;
-      const __m512i codes = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(bytes)));
+      const __m512i codes =
+          _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(bytes)));
       const __m512 even = _mm512_permutexvar_ps(codes, table);
       const __m512 odd = _mm512_permutexvar_ps(_mm512_srli_epi32(codes, 4), table);
       const __m512 block = _mm512_fmadd_ps(_mm512_loadu_ps(x + b + 16), odd,
                                            _mm512_mul_ps(_mm512_loadu_ps(x + b), even));
-      tail = _mm512_fmadd_ps(block, _mm512_set1_ps(scale_value(scales[(n + c) * groups + b / kBlock])), tail);
+      const float scale = scale_value(scales[(n + c) * groups + b / kBlock]);
+      tail = _mm512_fmadd_ps(block, _mm512_set1_ps(scale), tail);
     }
     y[n + c] = _mm512_reduce_add_ps(_mm512_add_ps(acc[c], tail));
   }

@@ -45,11 +45,15 @@ void measure(const char* where, int64_t N, int64_t copies, int reps) {
   std::vector<float> x(K), split(K), arranged(K), y(static_cast<size_t>(N));
   for (auto& v : x) v = float(rng() % 1000) / 500 - 1;
   for (int64_t g = 0; g < K; g += kBlock)
-    for (int i = 0; i < kBlock / 2; ++i) split[g + i] = x[g + 2 * i], split[g + 16 + i] = x[g + 2 * i + 1];
+    for (int i = 0; i < kBlock / 2; ++i) {
+      split[g + i] = x[g + 2 * i];
+      split[g + kBlock / 2 + i] = x[g + 2 * i + 1];
+    }
   const IsaKernels* isa = avx512_kernels();
   const DecodeKernels* decode = avx512_decode_kernels();
   decode->arrange(x.data(), K, arranged.data());
-  const double mxfp4_bytes = double(N) * K * 17 / 32 * copies, bf16_bytes = double(N) * K * 2 * copies;
+  const double mxfp4_bytes = double(N) * K * 17 / 32 * copies;
+  const double bf16_bytes = double(N) * K * 2 * copies;
   const double shared = best_gbs([&] {
     const float* xr[1] = {split.data()};
     for (int64_t c = 0; c < copies; ++c)
