@@ -79,15 +79,17 @@ NB_MODULE(_kernels, m) {
 
   m.def("gather_mxfp4_matmul",
         nb::overload_cast<const mx::array&, const mx::array&, const mx::array&, const mx::array&,
-                          const std::string&>(&openharmony::gather_mxfp4_matmul),
-        "x"_a, "w"_a, "scales"_a, "experts"_a, "isa"_a = "auto",
+                          const std::string&, const std::string&>(
+            &openharmony::gather_mxfp4_matmul),
+        "x"_a, "w"_a, "scales"_a, "experts"_a, "isa"_a = "auto", "precision"_a = "exact",
         "x [R, K] times MXFP4 expert experts[r] (MLX's packed uint32 weights [E, N, K/8], "
-        "uint8 scales [E, N, K/32]) transposed -> float32 [R, N]");
+        "uint8 scales [E, N, K/32]) transposed -> float32 [R, N]; precision 'fast': experts "
+        "with 8+ rows in int8, activations quantized per 32-block");
   m.def("gather_mxfp4_matmul",
         nb::overload_cast<const mx::array&, const MappedTensor&, const MappedTensor&,
-                          const mx::array&, const std::string&>(
+                          const mx::array&, const std::string&, const std::string&>(
             &openharmony::gather_mxfp4_matmul),
-        "x"_a, "w"_a, "scales"_a, "experts"_a, "isa"_a = "auto",
+        "x"_a, "w"_a, "scales"_a, "experts"_a, "isa"_a = "auto", "precision"_a = "exact",
         "The same with mapped checkpoint tensors: blocks uint8 [E, N, K/32, 16], scales uint8 "
         "[E, N, K/32]");
   m.def("bf16_matmul",

@@ -3,9 +3,11 @@
 #include "kernels.h"
 
 #include <algorithm>
+#include <cmath>
 #include <limits>
 #include <stdexcept>
 
+#include "int8.h"
 #include "thread_pool.h"
 
 namespace openharmony {
@@ -34,6 +36,8 @@ bool cpu_has(const char* feature) {
 #if defined(__x86_64__) || defined(_M_X64)
   __builtin_cpu_init();
   if (std::string(feature) == "avx512") return __builtin_cpu_supports("avx512f");
+  if (std::string(feature) == "avx512vnni")
+    return __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vnni");
   if (std::string(feature) == "avx2")
     return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
 #endif
@@ -45,6 +49,14 @@ const IsaKernels* kernels_for(const std::string& name) {
   if (name == "portable") return portable_kernels();
   if (name == "avx2" && cpu_has("avx2")) return avx2_kernels();
   if (name == "avx512" && cpu_has("avx512")) return avx512_kernels();
+  return nullptr;
+}
+
+// The fast-precision table of an ISA: AVX-512 needs BW and VNNI too, and falls back to AVX2's.
+const Int8Kernels* int8_kernels_for(const std::string& name) {
+  if (name == "portable") return int8_portable_kernels();
+  if (name == "avx512" && cpu_has("avx512vnni")) return int8_avx512_kernels();
+  if ((name == "avx512" || name == "avx2") && cpu_has("avx2")) return int8_avx2_kernels();
   return nullptr;
 }
 
@@ -64,8 +76,9 @@ struct Panel {
 //   kDecode: `count` (<= 4) rows of `rows`, decoded on the fly by the ISA's dot kernel.
 //   kTile:   [n0, n1) dequantized once, then `count` rows of `rows` through f32_dot.
 //   kPanels: [n0, n1) dequantized once, then panels [panel, panel + count) through panel_dot.
+//   kInt8:   [n0, n1) expanded to int8 once, then int8 panels [panel, panel + count) (fast).
 struct Item {
-  enum Kind { kDecode, kTile, kPanels } kind;
+  enum Kind { kDecode, kTile, kPanels, kInt8 } kind;
   int64_t weight;
   const int64_t* rows;
   int64_t panel;
@@ -75,22 +88,41 @@ struct Item {
 
 struct Plan {
   std::vector<Item> items;
-  std::vector<Panel> panels;
+  std::vector<Panel> panels;       // float32 panels (kPanels)
+  std::vector<Panel> int8_panels;  // quantized panels (kInt8)
 };
+
+// The fast path's tiles: 24 weight rows (twice the AVX-512 kernel's 12) times up to
+// kPanelsPerItem panels.
+constexpr int64_t kInt8TileN = 24;
+
+// Splits `count` rows into near-equal panels of at most `size` rows, appended to `panels`.
+int64_t add_panels(std::vector<Panel>& panels, const int64_t* rows, int64_t count, int size) {
+  const int64_t n_panels = (count + size - 1) / size;
+  for (int64_t i = 0, begin = 0; i < n_panels; ++i) {
+    const int64_t end = count * (i + 1) / n_panels;
+    panels.push_back({rows + begin, int(end - begin)});
+    begin = end;
+  }
+  return n_panels;
+}
 
 // Cuts the rows on one weight into items: tiles when there are many rows, chunks otherwise.
 // Panels get nearly equal sizes (21 rows: 11 + 10, not 16 + 5: the kernel's 16-row form is
 // its fast one, and a short last panel would waste most of it).
 void plan(Plan& p, const IsaKernels& isa, int64_t weight, const int64_t* rows, int64_t count,
-          int64_t N) {
-  if (count >= kTileMinRows && isa.panel_dot) {
-    const int64_t n_panels = (count + kPanelRows - 1) / kPanelRows;
+          int64_t N, bool fast = false) {
+  if (count >= kTileMinRows && fast) {
+    const int64_t first = int64_t(p.int8_panels.size());
+    const int64_t n_panels = add_panels(p.int8_panels, rows, count, kInt8PanelRows);
+    for (int64_t q = 0; q < n_panels; q += kPanelsPerItem)
+      for (int64_t n = 0; n < N; n += kInt8TileN)
+        p.items.push_back({Item::kInt8, weight, nullptr, first + q,
+                           std::min(kPanelsPerItem, n_panels - q), n,
+                           std::min(N, n + kInt8TileN)});
+  } else if (count >= kTileMinRows && isa.panel_dot) {
     const int64_t first = int64_t(p.panels.size());
-    for (int64_t i = 0, begin = 0; i < n_panels; ++i) {
-      const int64_t end = count * (i + 1) / n_panels;
-      p.panels.push_back({rows + begin, int(end - begin)});
-      begin = end;
-    }
+    const int64_t n_panels = add_panels(p.panels, rows, count, kPanelRows);
     for (int64_t q = 0; q < n_panels; q += kPanelsPerItem)
       for (int64_t n = 0; n < N; n += kPanelTileN)
         p.items.push_back({Item::kPanels, weight, nullptr, first + q,
@@ -110,14 +142,49 @@ void plan(Plan& p, const IsaKernels& isa, int64_t weight, const int64_t* rows, i
   }
 }
 
+// Rounds half to even, as np.rint, for |v| < 2**22 (the current rounding mode, round to nearest
+// by default): adding and subtracting 1.5 * 2**23 leaves no fraction bits.
+inline float round_even(float v) {
+  return (v + 12582912.0f) - 12582912.0f;
+}
+
+// One quantized panel (int8.h): per row and 32-block, d = max|x| / 127 and q = round(x / d).
+void quantize_panel(const float* x, const Panel& panel, int64_t K, uint8_t* out, float* scales) {
+  const int64_t groups = K / kBlock;
+  std::fill(out, out + K * kInt8PanelRows, uint8_t(128));
+  std::fill(scales, scales + groups * kInt8PanelRows, 0.0f);
+  for (int r = 0; r < panel.count; ++r) {
+    const float* row = x + panel.rows[r] * K;
+    for (int64_t g = 0; g < groups; ++g) {
+      float amax = 0.0f;
+      for (int i = 0; i < kBlock; ++i) amax = std::max(amax, std::fabs(row[g * kBlock + i]));
+      const float d = amax / 127.0f, inverse = d > 0.0f ? 1.0f / d : 0.0f;
+      scales[g * kInt8PanelRows + r] = d;
+      for (int i = 0; i < kBlock; ++i) {
+        const int64_t k = g * kBlock + i;
+        const float q = std::clamp(round_even(row[k] * inverse), -127.0f, 127.0f);
+        out[(k / 4) * 4 * kInt8PanelRows + r * 4 + k % 4] = uint8_t(int(q) + 128);
+      }
+    }
+  }
+}
+
 // Runs the plan: `dot` decodes on the fly, `dequantize` fills a float32 tile for f32_dot or
-// panel_dot. `x` holds the activations in the weights' k order (block-split for MXFP4).
-template <typename Dot, typename Dequantize>
+// panel_dot, `to_int8` an int8 tile for the fast table `fast`. `x` holds the activations in the
+// weights' k order (block-split for MXFP4).
+template <typename Dot, typename Dequantize, typename ToInt8>
 void run(const IsaKernels& isa, const Plan& p, const float* x, float* y, int64_t N, int64_t K,
-         Dot dot, Dequantize dequantize) {
+         Dot dot, Dequantize dequantize, const Int8Kernels* fast, ToInt8 to_int8) {
   ThreadPool& pool = ThreadPool::global();
   // The panels, k-major, zero past each panel's last row; built in parallel, once per call.
   std::vector<float> panel_data(p.panels.size() * size_t(K * kPanelRows));
+  const int64_t groups = K / kBlock;
+  std::vector<uint8_t> int8_data(p.int8_panels.size() * size_t(K * kInt8PanelRows));
+  std::vector<float> int8_scales(p.int8_panels.size() * size_t(groups * kInt8PanelRows));
+  pool.parallel_for(int64_t(p.int8_panels.size()), [&](int64_t i) {
+    quantize_panel(x, p.int8_panels[i], K, int8_data.data() + i * K * kInt8PanelRows,
+                   int8_scales.data() + i * groups * kInt8PanelRows);
+  });
   pool.parallel_for(int64_t(p.panels.size()), [&](int64_t i) {
     const Panel& panel = p.panels[i];
     float* out = panel_data.data() + i * K * kPanelRows;
@@ -139,6 +206,24 @@ void run(const IsaKernels& isa, const Plan& p, const float* x, float* y, int64_t
         yr[r] = y + item.rows[r] * N + item.n0;
       }
       dot(item, xr, yr);
+      return;
+    }
+    if (item.kind == Item::kInt8) {
+      // One buffer: the int8 values, then the block scales and the corrections.
+      thread_local std::vector<int32_t> tile;
+      const int64_t cols = item.n1 - item.n0;
+      tile.resize(size_t(kInt8TileN * (K / 4 + 2 * groups)));
+      int8_t* values = reinterpret_cast<int8_t*>(tile.data());
+      float* tile_scales = reinterpret_cast<float*>(tile.data() + kInt8TileN * K / 4);
+      int32_t* corrections = tile.data() + kInt8TileN * (K / 4 + groups);
+      to_int8(item, values, tile_scales, corrections);
+      for (int64_t q = item.panel; q < item.panel + item.count; ++q) {
+        const Panel& panel = p.int8_panels[q];
+        for (int r = 0; r < panel.count; ++r) yr[r] = y + panel.rows[r] * N + item.n0;
+        fast->panel_dot(int8_data.data() + q * K * kInt8PanelRows,
+                        int8_scales.data() + q * groups * kInt8PanelRows, panel.count, values,
+                        tile_scales, corrections, K, cols, yr);
+      }
       return;
     }
     std::vector<float>& tile = tile_buffer();
@@ -184,11 +269,16 @@ const IsaKernels& select_isa(const std::string& name) {
   return *isa;
 }
 
+const Int8Kernels& select_int8(const std::string& name) {
+  const std::string isa = select_isa(name).name;  // an unknown name fails as in select_isa
+  return *int8_kernels_for(isa);
+}
+
 int thread_count() { return ThreadPool::global().size(); }
 
 void run_gather_mxfp4_matmul(const IsaKernels& isa, const float* x, const uint8_t* w,
                          const uint8_t* scales, const uint32_t* experts, float* y, int64_t R,
-                         int64_t E, int64_t N, int64_t K) {
+                         int64_t E, int64_t N, int64_t K, const Int8Kernels* fast) {
   // Activations in block-split order (isa.h), once per call.
   std::vector<float> split(static_cast<size_t>(R * K));
   for (int64_t r = 0; r < R; ++r)
@@ -216,7 +306,7 @@ void run_gather_mxfp4_matmul(const IsaKernels& isa, const float* x, const uint8_
   Plan p;
   for (int64_t e = 0; e < E; ++e)
     if (begin[e + 1] > begin[e])
-      plan(p, isa, e, order.data() + begin[e], begin[e + 1] - begin[e], N);
+      plan(p, isa, e, order.data() + begin[e], begin[e + 1] - begin[e], N, fast != nullptr);
 
   const int64_t code_bytes = N * (K / 2), scale_bytes = N * (K / kBlock);
   run(isa, p, split.data(), y, N, K,
@@ -227,6 +317,10 @@ void run_gather_mxfp4_matmul(const IsaKernels& isa, const float* x, const uint8_
       [&](const Item& item, float* tile) {
         isa.mxfp4_dequantize(w + item.weight * code_bytes, scales + item.weight * scale_bytes,
                              K, item.n0, item.n1, tile);
+      },
+      fast, [&](const Item& item, int8_t* values, float* tile_scales, int32_t* corrections) {
+        fast->mxfp4_to_int8(w + item.weight * code_bytes, scales + item.weight * scale_bytes, K,
+                            item.n0, item.n1, values, tile_scales, corrections);
       });
 }
 
@@ -240,7 +334,8 @@ void run_bf16_matmul(const IsaKernels& isa, const float* x, const uint16_t* w, f
       [&](const Item& item, const float* const* xr, float* const* yr) {
         isa.bf16_dot(xr, int(item.count), w, K, item.n0, item.n1, yr);
       },
-      [&](const Item& item, float* tile) { isa.bf16_widen(w, K, item.n0, item.n1, tile); });
+      [&](const Item& item, float* tile) { isa.bf16_widen(w, K, item.n0, item.n1, tile); },
+      nullptr, [](const Item&, int8_t*, float*, int32_t*) {});
 }
 
 }  // namespace openharmony

@@ -64,17 +64,25 @@ void check_mxfp4(const mx::array& x, const mx::Shape& w, const mx::Shape& scales
           "gather_mxfp4_matmul: experts must be integer [rows], got " + shape_of(experts));
 }
 
+// "exact" -> false, "fast" -> true; anything else is refused by name.
+bool is_fast(const std::string& precision) {
+  require(precision == "exact" || precision == "fast",
+          "precision must be 'exact' or 'fast', got '" + precision + "'");
+  return precision == "fast";
+}
+
 // The node: inputs x, the weights when they are arrays (none when mapped), experts.
 mx::array mxfp4_node(const mx::array& x, int N, const mx::array& experts,
                      std::vector<mx::array> weights, const std::string& isa,
-                     std::optional<MappedTensor> blocks, std::optional<MappedTensor> scales) {
+                     std::optional<MappedTensor> blocks, std::optional<MappedTensor> scales,
+                     bool fast) {
   auto s = cpu_stream();
   std::vector<mx::array> inputs = {as_contiguous(x, mx::float32, s)};
   for (auto& w : weights) inputs.push_back(mx::contiguous(w, false, s));
   inputs.push_back(as_contiguous(experts, mx::uint32, s));
   return mx::array({x.shape(0), N}, mx::float32,
                    std::make_shared<GatherMXFP4Matmul>(s, isa, std::move(blocks),
-                                                       std::move(scales)),
+                                                       std::move(scales), fast),
                    std::move(inputs));
 }
 
@@ -85,8 +93,10 @@ bool same(const std::optional<MappedTensor>& a, const std::optional<MappedTensor
 }  // namespace
 
 mx::array gather_mxfp4_matmul(const mx::array& x, const mx::array& w, const mx::array& scales,
-                              const mx::array& experts, const std::string& isa) {
+                              const mx::array& experts, const std::string& isa,
+                              const std::string& precision) {
   select_isa(isa);  // an unknown or unsupported ISA fails here, not inside the graph
+  const bool fast = is_fast(precision);
   require(w.ndim() == 3 && w.dtype() == mx::uint32 && x.ndim() == 2 &&
               int64_t(w.shape(2)) * 8 == x.shape(1),
           "gather_mxfp4_matmul: w must be uint32 [experts, N, K/8] for x " + shape_of(x) +
@@ -94,13 +104,14 @@ mx::array gather_mxfp4_matmul(const mx::array& x, const mx::array& w, const mx::
   require(scales.dtype() == mx::uint8, "gather_mxfp4_matmul: scales must be uint8");
   check_mxfp4(x, w.shape(), scales.shape(), experts);
   return mxfp4_node(x, w.shape(1), experts, {w, scales}, isa, std::nullopt,
-                    std::nullopt);
+                    std::nullopt, fast);
 }
 
 mx::array gather_mxfp4_matmul(const mx::array& x, const MappedTensor& blocks,
                               const MappedTensor& scales, const mx::array& experts,
-                              const std::string& isa) {
+                              const std::string& isa, const std::string& precision) {
   select_isa(isa);
+  const bool fast = is_fast(precision);
   const auto& b = blocks.shape;
   require(blocks.dtype == mx::uint8 && b.size() == 4 && b[3] == kBlock / 2 && x.ndim() == 2 &&
               int64_t(b[2]) * kBlock == x.shape(1),
@@ -108,12 +119,13 @@ mx::array gather_mxfp4_matmul(const mx::array& x, const MappedTensor& blocks,
               shape_of(x) + ", got " + shape_of(b));
   require(scales.dtype == mx::uint8, "gather_mxfp4_matmul: scales must be uint8");
   check_mxfp4(x, b, scales.shape, experts);
-  return mxfp4_node(x, b[1], experts, {}, isa, blocks, scales);
+  return mxfp4_node(x, b[1], experts, {}, isa, blocks, scales, fast);
 }
 
 bool GatherMXFP4Matmul::is_equivalent(const mx::Primitive& other) const {
   const auto& o = static_cast<const GatherMXFP4Matmul&>(other);
-  return isa_ == o.isa_ && same(blocks_, o.blocks_) && same(scales_, o.scales_);
+  return isa_ == o.isa_ && fast_ == o.fast_ && same(blocks_, o.blocks_) &&
+         same(scales_, o.scales_);
 }
 
 void GatherMXFP4Matmul::eval_cpu(const std::vector<mx::array>& inputs,
@@ -133,10 +145,11 @@ void GatherMXFP4Matmul::eval_cpu(const std::vector<mx::array>& inputs,
   }
   // The lambda holds the mapping (if any) and the inputs until the kernel has run.
   encoder.dispatch([inputs, keep = blocks_ ? blocks_->mapping : nullptr, w, scales, E, N,
-                    y = out.data<float>(), isa = &select_isa(isa_)]() {
+                    y = out.data<float>(), isa = &select_isa(isa_),
+                    fast = fast_ ? &select_int8(isa_) : nullptr]() {
     const auto& x = inputs.front();
     run_gather_mxfp4_matmul(*isa, x.data<float>(), w, scales, inputs.back().data<uint32_t>(), y,
-                            x.shape(0), E, N, x.shape(1));
+                            x.shape(0), E, N, x.shape(1), fast);
   });
 }
 

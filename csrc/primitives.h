@@ -20,14 +20,16 @@ namespace mx = mlx::core;
 // x [R, K] (cast to float32), w uint32 [E, N, K/8] and uint8 scales [E, N, K/32] (MLX's
 // mode="mxfp4" packing), experts [R] -> float32 [R, N]: row r times expert experts[r],
 // transposed. The semantics of mx.gather_qmm(x[:, None], w, scales, rhs_indices=experts,
-// transpose=True, mode="mxfp4")[:, 0].
+// transpose=True, mode="mxfp4")[:, 0]. precision "exact" (float32 throughout) or "fast": experts
+// with 8 or more rows multiply in int8 with the activations quantized per 32-block (int8.h).
 mx::array gather_mxfp4_matmul(const mx::array& x, const mx::array& w, const mx::array& scales,
-                              const mx::array& experts, const std::string& isa);
+                              const mx::array& experts, const std::string& isa,
+                              const std::string& precision = "exact");
 // The same with the checkpoint's own tensors: blocks uint8 [E, N, K/32, 16] (the same bytes
 // as MLX's packing) and scales uint8 [E, N, K/32].
 mx::array gather_mxfp4_matmul(const mx::array& x, const MappedTensor& blocks,
                               const MappedTensor& scales, const mx::array& experts,
-                              const std::string& isa);
+                              const std::string& isa, const std::string& precision = "exact");
 
 // x [R, K] (cast to float32) times bfloat16 w [N, K] transposed -> float32 [R, N].
 mx::array bf16_matmul(const mx::array& x, const mx::array& w, const std::string& isa);
@@ -41,9 +43,9 @@ mx::array take_rows(const MappedTensor& table, const mx::array& ids);
 class GatherMXFP4Matmul : public mx::Primitive {
  public:
   GatherMXFP4Matmul(mx::Stream stream, std::string isa, std::optional<MappedTensor> blocks,
-                    std::optional<MappedTensor> scales)
+                    std::optional<MappedTensor> scales, bool fast)
       : mx::Primitive(stream), isa_(std::move(isa)), blocks_(std::move(blocks)),
-        scales_(std::move(scales)) {}
+        scales_(std::move(scales)), fast_(fast) {}
   void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override;
   void eval_gpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override;
   const char* name() const override { return "GatherMXFP4Matmul"; }
@@ -52,6 +54,7 @@ class GatherMXFP4Matmul : public mx::Primitive {
  private:
   std::string isa_;
   std::optional<MappedTensor> blocks_, scales_;  // set: the weights are mapped
+  bool fast_;                                     // precision "fast"
 };
 
 class BF16Matmul : public mx::Primitive {

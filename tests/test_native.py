@@ -125,6 +125,97 @@ def test_gather_mxfp4_matmul_decodes_extreme_scales_as_the_spec(isa):
     assert np.all(np.abs(y[finite] - reference[finite]) <= 1e-5 * bound[finite] + 1e-30)
 
 
+# -- the fast precision: int8 products on MXFP4, activations quantized per 32-block -----------
+
+
+def spec_fast_model(x, codes, scales, experts):
+    """precision="fast" as csrc/int8.h states it, from the spec: per row and 32-block
+    d = max|x| / 127 and q = rint(x / d) in float32; weights 2 * E2M1 (integers) times
+    2**(s - 128); y = sum over blocks of the exact integer block dot product times d times the
+    scale (float64 here). Returns y and the sum of the terms' magnitudes."""
+    rows, K = x.shape
+    blocks = x.reshape(rows, K // 32, 32)
+    d = np.max(np.abs(blocks), axis=-1) / np.float32(127)
+    inverse = np.where(d > 0, np.float32(1) / np.where(d > 0, d, 1), np.float32(0))
+    q = np.clip(np.rint(blocks * inverse[..., None]), -127, 127).astype(np.int64)
+    elements = np.stack([codes & 0xF, codes >> 4], axis=-1).reshape(*codes.shape[:-1], 32)
+    ints = (2 * SPEC_E2M1[elements]).astype(np.int64)[experts]       # [rows, N, G, 32]
+    scale = np.where(scales == 255, np.nan, np.exp2(scales.astype(np.float64) - 128))[experts]
+    dots = np.einsum("rgk,rngk->rng", q, ints).astype(np.float64)     # exact integers
+    terms = dots * d.astype(np.float64)[:, None, :] * scale
+    return terms.sum(-1), np.abs(terms).sum(-1), d
+
+
+def fast_rows(experts):
+    """Which rows the fast kernel multiplies in int8: those of experts with >= 8 rows."""
+    counts = np.bincount(experts.astype(np.int64))
+    return counts[experts] >= 8
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("rows", [1, 7, 8, 9, 37, 600])
+@pytest.mark.parametrize("K", [96, 544])
+def test_fast_mxfp4_matmul_matches_its_int8_model_and_stays_near_the_exact_result(isa, rows, K):
+    isa_or_skip(isa)
+    rng = np.random.default_rng(100 + rows)
+    E, N = 5 if rows > 8 else 1, 70  # one expert for 8-9 rows: its rows take the int8 path
+    codes, scales = random_mxfp4(rng, E, N, K)
+    w, s = as_mlx(codes, scales)
+    x = rng.standard_normal((rows, K)).astype(np.float32)
+    x[0, :32] = 0.0  # an all-zero block: scale 0, no contribution
+    x[-1, 32:64] *= 1e4  # one large block beside ordinary ones
+    experts = rng.integers(0, E, rows).astype(np.uint32)
+
+    y = np.array(native.gather_mxfp4_matmul(mx.array(x), w, s, mx.array(experts), isa=isa,
+                                            precision="fast"), dtype=np.float64)
+    weights = spec_decode(codes, scales)[experts]
+    exact = np.einsum("rk,rnk->rn", x.astype(np.float64), weights)
+    bound = np.einsum("rk,rnk->rn", np.abs(x.astype(np.float64)), np.abs(weights))
+    model, magnitude, d = spec_fast_model(x, codes, scales, experts)
+    int8 = fast_rows(experts)
+    # Rows on experts with few rows: the exact kernel.
+    assert np.all(np.abs(y[~int8] - exact[~int8]) <= 1e-5 * bound[~int8] + 1e-30)
+    # The others: the int8 model up to float32 summation, ...
+    assert np.all(np.abs(y[int8] - model[int8]) <= 1e-5 * magnitude[int8] + 1e-30)
+    # ... and within the quantization's own bound of the exact product: each activation moves
+    # by at most half its block's step d (0.51: the float32 reciprocal's rounding).
+    step = np.repeat(d.astype(np.float64), 32, axis=1)  # [rows, K]
+    budget = np.einsum("rk,rnk->rn", 0.51 * step, np.abs(weights))
+    assert np.all(np.abs(y[int8] - exact[int8]) <= budget[int8] + 1e-5 * bound[int8])
+    if int8.any():  # it did quantize: the int8 rows are not the exact ones
+        assert not np.allclose(y[int8], exact[int8], rtol=1e-6, atol=0)
+
+
+@needs_native
+def test_fast_mxfp4_matmul_is_the_same_on_every_isa_and_keeps_nan_scales():
+    # The int8 sums are exact and the float steps the same fma per block: identical bits.
+    rng = np.random.default_rng(7)
+    E, N, K, rows = 2, 30, 128, 40
+    codes, scales = random_mxfp4(rng, E, N, K)
+    scales[0, 3, 1] = 255  # NaN per the spec
+    scales[1, 4, :] = 0  # 2**-128, a float32 subnormal
+    w, s = as_mlx(codes, scales)
+    x = mx.array(rng.standard_normal((rows, K)).astype(np.float32))
+    experts = mx.array(rng.integers(0, E, rows).astype(np.uint32))
+    outs = [np.array(native.gather_mxfp4_matmul(x, w, s, experts, isa=isa, precision="fast"))
+            for isa in native.isas()]
+    for other in outs[1:]:
+        assert np.array_equal(outs[0], other, equal_nan=True)
+    on_zero = np.array(experts) == 0
+    assert np.isnan(outs[0][on_zero, 3]).all() and not np.isnan(outs[0][~on_zero, 3]).any()
+    model, _, _ = spec_fast_model(np.array(x), codes, scales, np.array(experts))
+    # Scale byte 0 is 2**-128 (not 0, not 2**-127); d * 2**-128 is a float32 subnormal, with
+    # fewer significant bits, hence the looser tolerance.
+    assert np.allclose(outs[0][:, 4], model[:, 4], rtol=1e-3, atol=0)
+
+
+@needs_native
+def test_an_unknown_precision_is_refused_by_name():
+    w, s = mx.zeros((1, 4, 4), dtype=mx.uint32), mx.zeros((1, 4, 1), dtype=mx.uint8)
+    with pytest.raises(ValueError, match="precision must be 'exact' or 'fast'"):
+        native.gather_mxfp4_matmul(mx.ones((2, 32)), w, s, mx.zeros((2,)), precision="int4")
+
+
 @needs_native
 def test_an_out_of_range_expert_gives_nan_rows_and_leaves_the_others():
     rng = np.random.default_rng(2)
@@ -206,6 +297,7 @@ experts = mx.array(rng.integers(0, 4, 80).astype(np.uint32))
 wb = mx.array(rng.standard_normal((100, 96)).astype(np.float32)).astype(mx.bfloat16)
 outs = [native.gather_mxfp4_matmul(x[:n], w, s, experts[:n]) for n in (1, 80)]
 outs += [native.bf16_matmul(x[:n], wb) for n in (1, 80)]
+outs += [native.gather_mxfp4_matmul(x, w, s, experts, precision="fast")]
 np.save(sys.argv[1], np.concatenate([np.array(o).ravel() for o in outs]))
 print(native.threads())
 """

@@ -108,12 +108,14 @@ def threads() -> int:
 
 
 def gather_mxfp4_matmul(x: mx.array, w, scales, experts: mx.array,
-                        isa: str | None = None) -> mx.array:
+                        isa: str | None = None, precision: str = "exact") -> mx.array:
     """x [R, K], w uint32 [E, N, K/8], scales uint8 [E, N, K/32], experts [R] -> float32 [R, N].
 
     Or w and scales both `MappedTensor`s: blocks uint8 [E, N, K/32, 16], scales [E, N, K/32].
+    `precision="fast"`: experts with 8 or more rows multiply in int8, the activations quantized
+    per 32-element block (csrc/int8.h; docs/speed.md gives its accuracy).
     """
-    return _module().gather_mxfp4_matmul(x, w, scales, experts, _isa(isa))
+    return _module().gather_mxfp4_matmul(x, w, scales, experts, _isa(isa), precision)
 
 
 def bf16_matmul(x: mx.array, w, isa: str | None = None) -> mx.array:
