@@ -93,14 +93,16 @@ NB_MODULE(_kernels, m) {
         "The same with mapped checkpoint tensors: blocks uint8 [E, N, K/32, 16], scales uint8 "
         "[E, N, K/32]");
   m.def("bf16_matmul",
-        nb::overload_cast<const mx::array&, const mx::array&, const std::string&>(
-            &openharmony::bf16_matmul),
-        "x"_a, "w"_a, "isa"_a = "auto",
-        "x [R, K] times bfloat16 w [N, K] transposed -> float32 [R, N]");
+        nb::overload_cast<const mx::array&, const mx::array&, const std::string&,
+                          const std::string&>(&openharmony::bf16_matmul),
+        "x"_a, "w"_a, "isa"_a = "auto", "precision"_a = "exact",
+        "x [R, K] times bfloat16 w [N, K] transposed -> float32 [R, N]; precision 'fast': "
+        "with 8+ rows the activations are rounded to bfloat16");
   m.def("bf16_matmul",
-        nb::overload_cast<const mx::array&, const MappedTensor&, const std::string&>(
-            &openharmony::bf16_matmul),
-        "x"_a, "w"_a, "isa"_a = "auto", "The same with a mapped bfloat16 w [N, K]");
+        nb::overload_cast<const mx::array&, const MappedTensor&, const std::string&,
+                          const std::string&>(&openharmony::bf16_matmul),
+        "x"_a, "w"_a, "isa"_a = "auto", "precision"_a = "exact",
+        "The same with a mapped bfloat16 w [N, K]");
   m.def("take_rows", &openharmony::take_rows, "table"_a, "ids"_a,
         "Rows ids [n] of a mapped table [V, H] -> [n, H] in its dtype (NaN rows for ids "
         "outside it)");

@@ -1,5 +1,5 @@
-// One MXFP4 block (16 bytes of codes) -> its 32 int8 values (int8.h) and their sum, with SSE
-// shuffles: shared by int8_avx2.cpp and int8_avx512.cpp, each compiling its own `static` copy
+// One MXFP4 block (16 bytes of codes) -> its 32 int8 values (fast.h) and their sum, with SSE
+// shuffles: shared by fast_avx2.cpp and fast_avx512.cpp, each compiling its own `static` copy
 // for its ISA (as mxfp4_values.h).
 #pragma once
 

@@ -4,10 +4,11 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <stdexcept>
 
-#include "int8.h"
+#include "fast.h"
 #include "thread_pool.h"
 
 namespace openharmony {
@@ -36,8 +37,9 @@ bool cpu_has(const char* feature) {
 #if defined(__x86_64__) || defined(_M_X64)
   __builtin_cpu_init();
   if (std::string(feature) == "avx512") return __builtin_cpu_supports("avx512f");
-  if (std::string(feature) == "avx512vnni")
-    return __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vnni");
+  if (std::string(feature) == "avx512vnni")  // and BF16: the fast AVX-512 table needs both
+    return __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vnni") &&
+           __builtin_cpu_supports("avx512bf16");
   if (std::string(feature) == "avx2")
     return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
 #endif
@@ -52,11 +54,11 @@ const IsaKernels* kernels_for(const std::string& name) {
   return nullptr;
 }
 
-// The fast-precision table of an ISA: AVX-512 needs BW and VNNI too, and falls back to AVX2's.
-const Int8Kernels* int8_kernels_for(const std::string& name) {
-  if (name == "portable") return int8_portable_kernels();
-  if (name == "avx512" && cpu_has("avx512vnni")) return int8_avx512_kernels();
-  if ((name == "avx512" || name == "avx2") && cpu_has("avx2")) return int8_avx2_kernels();
+// The fast-precision table of an ISA: AVX-512 needs BW, VNNI and BF16 too, else AVX2's runs.
+const FastKernels* fast_kernels_for(const std::string& name) {
+  if (name == "portable") return fast_portable_kernels();
+  if (name == "avx512" && cpu_has("avx512vnni")) return fast_avx512_kernels();
+  if ((name == "avx512" || name == "avx2") && cpu_has("avx2")) return fast_avx2_kernels();
   return nullptr;
 }
 
@@ -77,8 +79,9 @@ struct Panel {
 //   kTile:   [n0, n1) dequantized once, then `count` rows of `rows` through f32_dot.
 //   kPanels: [n0, n1) dequantized once, then panels [panel, panel + count) through panel_dot.
 //   kInt8:   [n0, n1) expanded to int8 once, then int8 panels [panel, panel + count) (fast).
+//   kBf16:   bf16 panels [panel, panel + count) times bf16 weight rows [n0, n1) as stored (fast).
 struct Item {
-  enum Kind { kDecode, kTile, kPanels, kInt8 } kind;
+  enum Kind { kDecode, kTile, kPanels, kInt8, kBf16 } kind;
   int64_t weight;
   const int64_t* rows;
   int64_t panel;
@@ -89,7 +92,7 @@ struct Item {
 struct Plan {
   std::vector<Item> items;
   std::vector<Panel> panels;       // float32 panels (kPanels)
-  std::vector<Panel> int8_panels;  // quantized panels (kInt8)
+  std::vector<Panel> int8_panels;  // quantized panels (kInt8) or bf16 ones (kBf16)
 };
 
 // The fast path's tiles: 24 weight rows (twice the AVX-512 kernel's 12) times up to
@@ -110,14 +113,15 @@ int64_t add_panels(std::vector<Panel>& panels, const int64_t* rows, int64_t coun
 // Cuts the rows on one weight into items: tiles when there are many rows, chunks otherwise.
 // Panels get nearly equal sizes (21 rows: 11 + 10, not 16 + 5: the kernel's 16-row form is
 // its fast one, and a short last panel would waste most of it).
+// `fast`: kInt8 or kBf16 items for many rows (kDecode: none, exact).
 void plan(Plan& p, const IsaKernels& isa, int64_t weight, const int64_t* rows, int64_t count,
-          int64_t N, bool fast = false) {
-  if (count >= kTileMinRows && fast) {
+          int64_t N, Item::Kind fast = Item::kDecode) {
+  if (count >= kTileMinRows && fast != Item::kDecode) {
     const int64_t first = int64_t(p.int8_panels.size());
     const int64_t n_panels = add_panels(p.int8_panels, rows, count, kInt8PanelRows);
     for (int64_t q = 0; q < n_panels; q += kPanelsPerItem)
       for (int64_t n = 0; n < N; n += kInt8TileN)
-        p.items.push_back({Item::kInt8, weight, nullptr, first + q,
+        p.items.push_back({fast, weight, nullptr, first + q,
                            std::min(kPanelsPerItem, n_panels - q), n,
                            std::min(N, n + kInt8TileN)});
   } else if (count >= kTileMinRows && isa.panel_dot) {
@@ -148,7 +152,34 @@ inline float round_even(float v) {
   return (v + 12582912.0f) - 12582912.0f;
 }
 
-// One quantized panel (int8.h): per row and 32-block, d = max|x| / 127 and q = round(x / d).
+// float32 -> bfloat16 bits, rounded to nearest even (NaN stays NaN).
+inline uint16_t to_bf16(float v) {
+  uint32_t bits;
+  std::memcpy(&bits, &v, sizeof bits);
+  if ((bits & 0x7FFFFFFFu) > 0x7F800000u) return uint16_t((bits >> 16) | 0x40);
+  bits += 0x7FFFu + ((bits >> 16) & 1u);
+  return uint16_t(bits >> 16);
+}
+
+inline float bf16_float(uint16_t b) {
+  const uint32_t bits = uint32_t(b) << 16;
+  float v;
+  std::memcpy(&v, &bits, sizeof v);
+  return v;
+}
+
+// One bf16 panel (fast.h): the rows rounded to bf16, k-major in pairs.
+void bf16_panel(const float* x, const Panel& panel, int64_t K, uint16_t* out) {
+  const int64_t pairs = (K + 1) / 2;
+  std::fill(out, out + pairs * 2 * kInt8PanelRows, uint16_t(0));
+  for (int r = 0; r < panel.count; ++r) {
+    const float* row = x + panel.rows[r] * K;
+    for (int64_t k = 0; k < K; ++k)
+      out[((k / 2) * kInt8PanelRows + r) * 2 + k % 2] = to_bf16(row[k]);
+  }
+}
+
+// One quantized panel (fast.h): per row and 32-block, d = max|x| / 127 and q = round(x / d).
 void quantize_panel(const float* x, const Panel& panel, int64_t K, uint8_t* out, float* scales) {
   const int64_t groups = K / kBlock;
   std::fill(out, out + K * kInt8PanelRows, uint8_t(128));
@@ -174,16 +205,26 @@ void quantize_panel(const float* x, const Panel& panel, int64_t K, uint8_t* out,
 // weights' k order (block-split for MXFP4).
 template <typename Dot, typename Dequantize, typename ToInt8>
 void run(const IsaKernels& isa, const Plan& p, const float* x, float* y, int64_t N, int64_t K,
-         Dot dot, Dequantize dequantize, const Int8Kernels* fast, ToInt8 to_int8) {
+         Dot dot, Dequantize dequantize, const FastKernels* fast, ToInt8 to_int8,
+         const uint16_t* bf16_weights = nullptr) {
   ThreadPool& pool = ThreadPool::global();
   // The panels, k-major, zero past each panel's last row; built in parallel, once per call.
   std::vector<float> panel_data(p.panels.size() * size_t(K * kPanelRows));
+  // The fast panels: int8 ones for MXFP4, or bf16 pairs ((K + 1) / 2 of 4 bytes per row)
+  // when the weights are bf16.
   const int64_t groups = K / kBlock;
-  std::vector<uint8_t> int8_data(p.int8_panels.size() * size_t(K * kInt8PanelRows));
-  std::vector<float> int8_scales(p.int8_panels.size() * size_t(groups * kInt8PanelRows));
+  const int64_t panel_bytes = bf16_weights ? ((K + 1) / 2) * 4 * kInt8PanelRows
+                                           : K * kInt8PanelRows;
+  std::vector<uint8_t> int8_data(p.int8_panels.size() * size_t(panel_bytes));
+  std::vector<float> int8_scales(bf16_weights ? 0 : p.int8_panels.size() * size_t(groups * kInt8PanelRows));
   pool.parallel_for(int64_t(p.int8_panels.size()), [&](int64_t i) {
-    quantize_panel(x, p.int8_panels[i], K, int8_data.data() + i * K * kInt8PanelRows,
-                   int8_scales.data() + i * groups * kInt8PanelRows);
+    if (bf16_weights) {
+      bf16_panel(x, p.int8_panels[i], K,
+                 reinterpret_cast<uint16_t*>(int8_data.data() + i * panel_bytes));
+    } else {
+      quantize_panel(x, p.int8_panels[i], K, int8_data.data() + i * panel_bytes,
+                     int8_scales.data() + i * groups * kInt8PanelRows);
+    }
   });
   pool.parallel_for(int64_t(p.panels.size()), [&](int64_t i) {
     const Panel& panel = p.panels[i];
@@ -208,6 +249,15 @@ void run(const IsaKernels& isa, const Plan& p, const float* x, float* y, int64_t
       dot(item, xr, yr);
       return;
     }
+    if (item.kind == Item::kBf16) {
+      for (int64_t q = item.panel; q < item.panel + item.count; ++q) {
+        const Panel& panel = p.int8_panels[q];
+        for (int r = 0; r < panel.count; ++r) yr[r] = y + panel.rows[r] * N + item.n0;
+        fast->bf16_panel_dot(reinterpret_cast<const uint16_t*>(int8_data.data() + q * panel_bytes),
+                             panel.count, bf16_weights + item.n0 * K, K, item.n1 - item.n0, yr);
+      }
+      return;
+    }
     if (item.kind == Item::kInt8) {
       // One buffer: the int8 values, then the block scales and the corrections.
       thread_local std::vector<int32_t> tile;
@@ -220,7 +270,7 @@ void run(const IsaKernels& isa, const Plan& p, const float* x, float* y, int64_t
       for (int64_t q = item.panel; q < item.panel + item.count; ++q) {
         const Panel& panel = p.int8_panels[q];
         for (int r = 0; r < panel.count; ++r) yr[r] = y + panel.rows[r] * N + item.n0;
-        fast->panel_dot(int8_data.data() + q * K * kInt8PanelRows,
+        fast->panel_dot(int8_data.data() + q * panel_bytes,
                         int8_scales.data() + q * groups * kInt8PanelRows, panel.count, values,
                         tile_scales, corrections, K, cols, yr);
       }
@@ -269,16 +319,16 @@ const IsaKernels& select_isa(const std::string& name) {
   return *isa;
 }
 
-const Int8Kernels& select_int8(const std::string& name) {
+const FastKernels& select_fast(const std::string& name) {
   const std::string isa = select_isa(name).name;  // an unknown name fails as in select_isa
-  return *int8_kernels_for(isa);
+  return *fast_kernels_for(isa);
 }
 
 int thread_count() { return ThreadPool::global().size(); }
 
 void run_gather_mxfp4_matmul(const IsaKernels& isa, const float* x, const uint8_t* w,
                          const uint8_t* scales, const uint32_t* experts, float* y, int64_t R,
-                         int64_t E, int64_t N, int64_t K, const Int8Kernels* fast) {
+                         int64_t E, int64_t N, int64_t K, const FastKernels* fast) {
   // Activations in block-split order (isa.h), once per call.
   std::vector<float> split(static_cast<size_t>(R * K));
   for (int64_t r = 0; r < R; ++r)
@@ -306,7 +356,8 @@ void run_gather_mxfp4_matmul(const IsaKernels& isa, const float* x, const uint8_
   Plan p;
   for (int64_t e = 0; e < E; ++e)
     if (begin[e + 1] > begin[e])
-      plan(p, isa, e, order.data() + begin[e], begin[e + 1] - begin[e], N, fast != nullptr);
+      plan(p, isa, e, order.data() + begin[e], begin[e + 1] - begin[e], N,
+           fast ? Item::kInt8 : Item::kDecode);
 
   const int64_t code_bytes = N * (K / 2), scale_bytes = N * (K / kBlock);
   run(isa, p, split.data(), y, N, K,
@@ -325,17 +376,25 @@ void run_gather_mxfp4_matmul(const IsaKernels& isa, const float* x, const uint8_
 }
 
 void run_bf16_matmul(const IsaKernels& isa, const float* x, const uint16_t* w, float* y, int64_t R,
-                 int64_t N, int64_t K) {
+                 int64_t N, int64_t K, const FastKernels* fast) {
+  std::vector<float> rounded;
+  if (fast && R >= kTileMinRows && !fast->bf16_panel_dot) {
+    // No bf16 dot product here: the same sums from activations rounded to bf16, in float32.
+    rounded.resize(size_t(R * K));
+    for (int64_t i = 0; i < R * K; ++i) rounded[i] = bf16_float(to_bf16(x[i]));
+    x = rounded.data();
+    fast = nullptr;
+  }
   std::vector<int64_t> rows(static_cast<size_t>(R));
   for (int64_t r = 0; r < R; ++r) rows[r] = r;
   Plan p;
-  plan(p, isa, 0, rows.data(), R, N);
+  plan(p, isa, 0, rows.data(), R, N, fast ? Item::kBf16 : Item::kDecode);
   run(isa, p, x, y, N, K,
       [&](const Item& item, const float* const* xr, float* const* yr) {
         isa.bf16_dot(xr, int(item.count), w, K, item.n0, item.n1, yr);
       },
       [&](const Item& item, float* tile) { isa.bf16_widen(w, K, item.n0, item.n1, tile); },
-      nullptr, [](const Item&, int8_t*, float*, int32_t*) {});
+      fast, [](const Item&, int8_t*, float*, int32_t*) {}, fast ? w : nullptr);
 }
 
 }  // namespace openharmony

@@ -146,7 +146,7 @@ void GatherMXFP4Matmul::eval_cpu(const std::vector<mx::array>& inputs,
   // The lambda holds the mapping (if any) and the inputs until the kernel has run.
   encoder.dispatch([inputs, keep = blocks_ ? blocks_->mapping : nullptr, w, scales, E, N,
                     y = out.data<float>(), isa = &select_isa(isa_),
-                    fast = fast_ ? &select_int8(isa_) : nullptr]() {
+                    fast = fast_ ? &select_fast(isa_) : nullptr]() {
     const auto& x = inputs.front();
     run_gather_mxfp4_matmul(*isa, x.data<float>(), w, scales, inputs.back().data<uint32_t>(), y,
                             x.shape(0), E, N, x.shape(1), fast);
@@ -157,8 +157,10 @@ void GatherMXFP4Matmul::eval_gpu(const std::vector<mx::array>&, std::vector<mx::
   throw std::runtime_error("GatherMXFP4Matmul runs on the CPU only");
 }
 
-mx::array bf16_matmul(const mx::array& x, const mx::array& w, const std::string& isa) {
+mx::array bf16_matmul(const mx::array& x, const mx::array& w, const std::string& isa,
+                      const std::string& precision) {
   select_isa(isa);
+  const bool fast = is_fast(precision);
   require(x.ndim() == 2, "bf16_matmul: x must be [rows, K], got " + shape_of(x));
   require(w.ndim() == 2 && w.dtype() == mx::bfloat16 && w.shape(1) == x.shape(1),
           "bf16_matmul: w must be bfloat16 [N, K] with K = x's " + std::to_string(x.shape(1)) +
@@ -167,23 +169,26 @@ mx::array bf16_matmul(const mx::array& x, const mx::array& w, const std::string&
   std::vector<mx::array> inputs = {as_contiguous(x, mx::float32, s),
                                    mx::contiguous(w, false, s)};
   return mx::array({x.shape(0), w.shape(0)}, mx::float32,
-                   std::make_shared<BF16Matmul>(s, isa, std::nullopt), std::move(inputs));
+                   std::make_shared<BF16Matmul>(s, isa, std::nullopt, fast), std::move(inputs));
 }
 
-mx::array bf16_matmul(const mx::array& x, const MappedTensor& w, const std::string& isa) {
+mx::array bf16_matmul(const mx::array& x, const MappedTensor& w, const std::string& isa,
+                      const std::string& precision) {
   select_isa(isa);
+  const bool fast = is_fast(precision);
   require(x.ndim() == 2, "bf16_matmul: x must be [rows, K], got " + shape_of(x));
   require(w.shape.size() == 2 && w.dtype == mx::bfloat16 && w.shape[1] == x.shape(1),
           "bf16_matmul: mapped w must be bfloat16 [N, K] with K = x's " +
               std::to_string(x.shape(1)) + ", got " + shape_of(w.shape));
   auto s = cpu_stream();
   return mx::array({x.shape(0), w.shape[0]}, mx::float32,
-                   std::make_shared<BF16Matmul>(s, isa, w), {as_contiguous(x, mx::float32, s)});
+                   std::make_shared<BF16Matmul>(s, isa, w, fast),
+                   {as_contiguous(x, mx::float32, s)});
 }
 
 bool BF16Matmul::is_equivalent(const mx::Primitive& other) const {
   const auto& o = static_cast<const BF16Matmul&>(other);
-  return isa_ == o.isa_ && same(w_, o.w_);
+  return isa_ == o.isa_ && fast_ == o.fast_ && same(w_, o.w_);
 }
 
 void BF16Matmul::eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) {
@@ -193,9 +198,9 @@ void BF16Matmul::eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::
                          : reinterpret_cast<const uint16_t*>(inputs[1].data<mx::bfloat16_t>());
   const int64_t N = w_ ? w_->shape[0] : inputs[1].shape(0);
   encoder.dispatch([inputs, keep = w_ ? w_->mapping : nullptr, w, N, y = out.data<float>(),
-                    isa = &select_isa(isa_)]() {
+                    isa = &select_isa(isa_), fast = fast_ ? &select_fast(isa_) : nullptr]() {
     const auto& x = inputs.front();
-    run_bf16_matmul(*isa, x.data<float>(), w, y, x.shape(0), N, x.shape(1));
+    run_bf16_matmul(*isa, x.data<float>(), w, y, x.shape(0), N, x.shape(1), fast);
   });
 }
 

@@ -21,7 +21,7 @@ namespace mx = mlx::core;
 // mode="mxfp4" packing), experts [R] -> float32 [R, N]: row r times expert experts[r],
 // transposed. The semantics of mx.gather_qmm(x[:, None], w, scales, rhs_indices=experts,
 // transpose=True, mode="mxfp4")[:, 0]. precision "exact" (float32 throughout) or "fast": experts
-// with 8 or more rows multiply in int8 with the activations quantized per 32-block (int8.h).
+// with 8 or more rows multiply in int8 with the activations quantized per 32-block (fast.h).
 mx::array gather_mxfp4_matmul(const mx::array& x, const mx::array& w, const mx::array& scales,
                               const mx::array& experts, const std::string& isa,
                               const std::string& precision = "exact");
@@ -31,9 +31,12 @@ mx::array gather_mxfp4_matmul(const mx::array& x, const MappedTensor& blocks,
                               const MappedTensor& scales, const mx::array& experts,
                               const std::string& isa, const std::string& precision = "exact");
 
-// x [R, K] (cast to float32) times bfloat16 w [N, K] transposed -> float32 [R, N].
-mx::array bf16_matmul(const mx::array& x, const mx::array& w, const std::string& isa);
-mx::array bf16_matmul(const mx::array& x, const MappedTensor& w, const std::string& isa);
+// x [R, K] (cast to float32) times bfloat16 w [N, K] transposed -> float32 [R, N]. precision
+// "fast": with 8 or more rows, the activations are rounded to bfloat16 (fast.h).
+mx::array bf16_matmul(const mx::array& x, const mx::array& w, const std::string& isa,
+                      const std::string& precision = "exact");
+mx::array bf16_matmul(const mx::array& x, const MappedTensor& w, const std::string& isa,
+                      const std::string& precision = "exact");
 
 // Rows ids [n] of a mapped table [V, H] -> [n, H] in the table's dtype; an id outside
 // [0, V) gives a row of NaN (the model checks ids before; this keeps a bad one from reading
@@ -59,8 +62,8 @@ class GatherMXFP4Matmul : public mx::Primitive {
 
 class BF16Matmul : public mx::Primitive {
  public:
-  BF16Matmul(mx::Stream stream, std::string isa, std::optional<MappedTensor> w)
-      : mx::Primitive(stream), isa_(std::move(isa)), w_(std::move(w)) {}
+  BF16Matmul(mx::Stream stream, std::string isa, std::optional<MappedTensor> w, bool fast)
+      : mx::Primitive(stream), isa_(std::move(isa)), w_(std::move(w)), fast_(fast) {}
   void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override;
   void eval_gpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override;
   const char* name() const override { return "BF16Matmul"; }
@@ -69,6 +72,7 @@ class BF16Matmul : public mx::Primitive {
  private:
   std::string isa_;
   std::optional<MappedTensor> w_;  // set: the weight is mapped
+  bool fast_;                      // precision "fast"
 };
 
 class TakeRows : public mx::Primitive {

@@ -22,6 +22,9 @@ from . import native
 
 
 class Linear(nn.Module):
+    # "exact" or "fast" (native.precision_choice; load_model sets it): the native kernel's.
+    precision = "exact"
+
     def __init__(self, in_dims: int, out_dims: int, bias: bool = True):
         super().__init__()
         self.weight = mx.zeros((out_dims, in_dims))
@@ -32,7 +35,8 @@ class Linear(nn.Module):
         if native.is_mapped(self.weight) or (self.weight.dtype == mx.bfloat16
                                              and native.use_native()):
             rows = x.reshape(-1, x.shape[-1])
-            y = native.bf16_matmul(rows, self.weight).reshape(*x.shape[:-1], -1).astype(x.dtype)
+            y = native.bf16_matmul(rows, self.weight, precision=self.precision)
+            y = y.reshape(*x.shape[:-1], -1).astype(x.dtype)
             return y + self.bias.astype(x.dtype) if "bias" in self else y
         weight = self.weight.astype(x.dtype)
         if "bias" in self:

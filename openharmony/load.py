@@ -10,12 +10,14 @@ import mlx.core as mx
 from . import loader, native, parallel
 from .loader import open_checkpoint
 from .model import Model
+from .linear import Linear
+from .moe import MXFP4SwitchLinear
 
 
 def load_model(path: str | Path, dtype: mx.Dtype | str | None = None, *,
                quantized_lm_head: bool = False,
                group: mx.distributed.Group | None = None,
-               in_place: bool | None = None) -> Model:
+               in_place: bool | None = None, precision: str | None = None) -> Model:
     """Load a checkpoint folder of either layout (HF or `original/`) into a `Model`.
 
     `dtype` is the compute dtype (default: `default_dtype()`). With the native CPU kernels
@@ -33,7 +35,14 @@ def load_model(path: str | Path, dtype: mx.Dtype | str | None = None, *,
     under `mlx.launch`) makes this rank hold, and read from the checkpoint, only its share of
     every layer's experts (docs/distributed.md). Every rank must call this; it returns once
     all of them have loaded.
+
+    `precision`: "exact" (default; float32 arithmetic throughout) or "fast": on the native CPU
+    kernels, the matmuls of a prefill chunk (8 or more rows on a weight) take int8 products for
+    the experts (activations quantized per 32-block) and bf16 ones for the bf16 dense weights
+    (activations rounded to bf16); decode stays exact. docs/speed.md gives its accuracy cost.
+    None reads OPENHARMONY_PRECISION.
     """
+    precision = native.precision_choice(precision)
     if in_place and not native.use_native():
         raise native.NativeKernelsError("in_place=True needs the native CPU kernels, the only "
                                         "ones that read mapped weights: "
@@ -68,6 +77,9 @@ def load_model(path: str | Path, dtype: mx.Dtype | str | None = None, *,
             read_ahead.reached(index)
             mx.eval(group_params)
     model.load_weights(list(params.items()), strict=True)
+    for module in model.modules():
+        if isinstance(module, (MXFP4SwitchLinear, Linear)):
+            module.precision = precision
     model.freeze()
     model.eval()
     if model.group is not None:

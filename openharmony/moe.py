@@ -67,6 +67,9 @@ class MXFP4SwitchLinear(nn.Module):
     (`native.MappedTensor`s, openharmony/load.py), which only the native kernels read.
     """
 
+    # "exact" or "fast" (native.precision_choice; load_model sets it): the native kernel's.
+    precision = "exact"
+
     def __init__(self, num_experts: int, in_dims: int, out_dims: int):
         super().__init__()
         groups = in_dims // MXFP4_BLOCK
@@ -82,7 +85,8 @@ class MXFP4SwitchLinear(nn.Module):
         """x [..., 1, in] and expert ids [...] -> [..., 1, out]: row r goes through expert[r]."""
         if self.runs_native:
             rows = mx.broadcast_to(x, (*expert.shape, 1, x.shape[-1])).reshape(-1, x.shape[-1])
-            y = native.gather_mxfp4_matmul(rows, self.weight, self.scales, expert.reshape(-1))
+            y = native.gather_mxfp4_matmul(rows, self.weight, self.scales, expert.reshape(-1),
+                                           precision=self.precision)
             y = y.reshape(*expert.shape, 1, -1).astype(x.dtype)
             return y + mx.expand_dims(self.bias[expert], -2)
         y = mx.gather_qmm(x, self.weight, self.scales, None, rhs_indices=expert, transpose=True,

@@ -282,6 +282,85 @@ def test_bf16_matmul_matches_mlx_and_float64(isa, rows, K):
     assert_close(y, np.array(mx.array(x) @ w.astype(mx.float32).T, dtype=np.float64), bound)
 
 
+def to_bf16(x):
+    """float32 -> the nearest bfloat16 (ties to even), as float64: from the format's definition
+    (a float32 with the low 16 bits of the significand rounded off)."""
+    bits = np.asarray(x, np.float32).view(np.uint32).astype(np.uint64)
+    rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16) << 16
+    return rounded.astype(np.uint32).view(np.float32).astype(np.float64)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("rows", [1, 7, 8, 9, 130, 600])
+@pytest.mark.parametrize("K", [77, 555])
+def test_fast_bf16_matmul_rounds_the_activations_to_bf16(isa, rows, K):
+    isa_or_skip(isa)
+    rng = np.random.default_rng(200 + rows)
+    N = 70
+    w = mx.array(rng.standard_normal((N, K)).astype(np.float32)).astype(mx.bfloat16)
+    x = rng.standard_normal((rows, K)).astype(np.float32)
+    y = np.array(native.bf16_matmul(mx.array(x), w, isa=isa, precision="fast"), np.float64)
+    wide = np.array(w.astype(mx.float32), dtype=np.float64)
+    bound = np.abs(x.astype(np.float64)) @ np.abs(wide).T
+    exact = x.astype(np.float64) @ wide.T
+    if rows < 8:  # decode: exact
+        assert_close(y, exact, bound)
+        return
+    model = to_bf16(x) @ wide.T  # bf16 activations, exact products, float32 sums
+    assert_close(y, model, bound)
+    # Within bf16's rounding of the exact result (half an ulp: 2**-9 relative) ...
+    assert np.all(np.abs(y - exact) <= 2.0 ** -9 * bound + 1e-5 * bound)
+    assert not np.allclose(y, exact, rtol=1e-6, atol=0)  # ... and really rounded
+
+
+@needs_native
+def test_load_model_takes_the_precision_from_the_argument_or_the_environment(
+        tiny_checkpoint, monkeypatch):
+    from openharmony import load_model
+    from openharmony.errors import OpenHarmonyError
+    from openharmony.moe import MXFP4SwitchLinear
+
+    def precisions(model):
+        return {m.precision for m in model.modules() if isinstance(m, MXFP4SwitchLinear)}
+
+    monkeypatch.delenv(native.PRECISION_ENV_VAR, raising=False)
+    assert precisions(load_model(tiny_checkpoint)) == {"exact"}
+    assert precisions(load_model(tiny_checkpoint, precision="fast")) == {"fast"}
+    monkeypatch.setenv(native.PRECISION_ENV_VAR, "fast")
+    assert precisions(load_model(tiny_checkpoint)) == {"fast"}
+    assert precisions(load_model(tiny_checkpoint, precision="exact")) == {"exact"}
+    monkeypatch.setenv(native.PRECISION_ENV_VAR, "half")
+    with pytest.raises(OpenHarmonyError, match="OPENHARMONY_PRECISION must be one of exact, fast"):
+        load_model(tiny_checkpoint)
+    with pytest.raises(OpenHarmonyError, match="precision must be one of exact, fast, got 'int4'"):
+        load_model(tiny_checkpoint, precision="int4")
+
+
+@needs_native
+def test_a_fast_model_stays_close_to_transformers_and_the_exact_one_matches_it(tiny_checkpoint):
+    # 256 tokens, so that every expert gets the 8+ rows that take the int8 path. The stated
+    # tolerance of the fast mode on this checkpoint (docs/speed.md has the measured figures):
+    # top-1 agreement >= 0.97 and mean KL <= 5e-3; the exact mode keeps <= 1e-4.
+    from openharmony import load_model
+    from reference import load_reference, reference_logits
+
+    tokens = np.random.default_rng(0).integers(0, 1024, (1, 256))
+    reference = reference_logits(load_reference(tiny_checkpoint), tokens)[0].astype(np.float64)
+    exact = np.array(load_model(tiny_checkpoint, precision="exact")(mx.array(tokens)))[0]
+    fast = np.array(load_model(tiny_checkpoint, precision="fast")(mx.array(tokens)))[0]
+    assert np.abs(exact - reference).max() <= 1e-4
+
+    def log_softmax(z):
+        z = z - z.max(-1, keepdims=True)
+        return z - np.log(np.exp(z).sum(-1, keepdims=True))
+
+    p, q = log_softmax(reference), log_softmax(fast.astype(np.float64))
+    kl = (np.exp(p) * (p - q)).sum(-1).mean()
+    top1 = (fast.argmax(-1) == reference.argmax(-1)).mean()
+    assert top1 >= 0.97 and kl <= 5e-3, (top1, kl)
+    assert np.abs(fast - reference).max() > 1e-3  # the fast path did run
+
+
 @needs_native
 def test_results_do_not_depend_on_the_number_of_threads(tmp_path):
     # Each output element is computed by exactly one work item, in a fixed order: one thread
@@ -298,6 +377,7 @@ wb = mx.array(rng.standard_normal((100, 96)).astype(np.float32)).astype(mx.bfloa
 outs = [native.gather_mxfp4_matmul(x[:n], w, s, experts[:n]) for n in (1, 80)]
 outs += [native.bf16_matmul(x[:n], wb) for n in (1, 80)]
 outs += [native.gather_mxfp4_matmul(x, w, s, experts, precision="fast")]
+outs += [native.bf16_matmul(x, wb, precision="fast")]
 np.save(sys.argv[1], np.concatenate([np.array(o).ravel() for o in outs]))
 print(native.threads())
 """

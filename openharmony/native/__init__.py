@@ -118,9 +118,13 @@ def gather_mxfp4_matmul(x: mx.array, w, scales, experts: mx.array,
     return _module().gather_mxfp4_matmul(x, w, scales, experts, _isa(isa), precision)
 
 
-def bf16_matmul(x: mx.array, w, isa: str | None = None) -> mx.array:
-    """x [R, K] times bfloat16 w [N, K] (an array or a `MappedTensor`) -> float32 [R, N]."""
-    return _module().bf16_matmul(x, w, _isa(isa))
+def bf16_matmul(x: mx.array, w, isa: str | None = None, precision: str = "exact") -> mx.array:
+    """x [R, K] times bfloat16 w [N, K] (an array or a `MappedTensor`) -> float32 [R, N].
+
+    `precision="fast"`: with 8 or more rows the activations are rounded to bfloat16 (AVX-512
+    BF16's vdpbf16ps where the CPU has it; csrc/fast.h).
+    """
+    return _module().bf16_matmul(x, w, _isa(isa), precision)
 
 
 def take_rows(table, ids: mx.array) -> mx.array:
@@ -147,3 +151,25 @@ def _module():
     if _kernels is None:
         raise NativeKernelsError(unavailable_reason)
     return _kernels
+
+
+# -- precision: exact (default) or fast (int8 products in prefill; csrc/int8.h) ------------
+
+PRECISION_ENV_VAR = "OPENHARMONY_PRECISION"
+PRECISIONS = ("exact", "fast")
+
+
+def precision_choice(precision: str | None = None) -> str:
+    """`precision` if given, else OPENHARMONY_PRECISION, else "exact"; checked by name.
+
+    "fast": on these kernels, the experts of a prefill chunk (8 or more rows on an expert)
+    multiply in int8 with the activations quantized per 32-element block; decode and MLX's
+    kernels (GPUs) stay exact. Its accuracy cost is in docs/speed.md.
+    """
+    value = precision if precision is not None else os.environ.get(PRECISION_ENV_VAR, "")
+    value = value.strip().lower() or "exact"
+    if value not in PRECISIONS:
+        source = "precision" if precision is not None else PRECISION_ENV_VAR
+        raise OpenHarmonyError(f"{source} must be one of {', '.join(PRECISIONS)}, got {value!r}")
+    return value
+

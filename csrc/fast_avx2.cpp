@@ -1,9 +1,9 @@
 // Fast-precision kernels with AVX2 (vpmaddubsw: unsigned x signed byte pairs into int16, then
 // vpmaddwd into int32; no pair sum can saturate: 2 * 255 * 12 < 32767). Compiled with
-// -mavx2 -mfma, used only where the CPU reports both (int8_matmul.cpp).
+// -mavx2 -mfma, used only where the CPU reports both (kernels.cpp).
 #include <cstring>
 
-#include "int8.h"
+#include "fast.h"
 #include "int8_decode.h"
 #include "isa.h"
 
@@ -66,10 +66,10 @@ void panel_dot(const uint8_t* panel, const float* panel_scales, int m, const int
     panel_tile<1>(panel, panel_scales, m, values, tile_scales, corrections, K, j, y);
 }
 
-const Int8Kernels kKernels = {"avx2", mxfp4_to_int8_sse, panel_dot};
+const FastKernels kKernels = {"avx2", mxfp4_to_int8_sse, panel_dot, nullptr};
 
 }  // namespace
 
-const Int8Kernels* int8_avx2_kernels() { return &kKernels; }
+const FastKernels* fast_avx2_kernels() { return &kKernels; }
 
 }  // namespace openharmony

@@ -1,8 +1,8 @@
 // Portable fast-precision kernels: plain loops, the reference the SIMD tables must match bit
-// for bit (int8.h gives the arithmetic).
+// for bit (fast.h gives the arithmetic).
 #include <cmath>
 
-#include "int8.h"
+#include "fast.h"
 #include "isa.h"
 #include "mxfp4_values.h"
 
@@ -47,10 +47,10 @@ void panel_dot(const uint8_t* panel, const float* panel_scales, int m, const int
   }
 }
 
-const Int8Kernels kKernels = {"portable", mxfp4_to_int8, panel_dot};
+const FastKernels kKernels = {"portable", mxfp4_to_int8, panel_dot, nullptr};
 
 }  // namespace
 
-const Int8Kernels* int8_portable_kernels() { return &kKernels; }
+const FastKernels* fast_portable_kernels() { return &kKernels; }
 
 }  // namespace openharmony

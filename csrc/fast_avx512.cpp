@@ -1,9 +1,10 @@
 // Fast-precision kernels with AVX-512 VNNI (vpdpbusd: 64 unsigned x signed byte products into 16
-// int32 sums per instruction, 4x the multiply-adds of a float32 FMA). Compiled with
-// -mavx512f -mavx512bw -mavx512vnni, used only where the CPU reports all three (int8_matmul.cpp).
+// int32 sums per instruction, 4x the multiply-adds of a float32 FMA) and BF16 (vdpbf16ps: 32
+// bf16 products, 2x). Compiled with -mavx512f -mavx512bw -mavx512vnni -mavx512bf16, used only
+// where the CPU reports all four (kernels.cpp).
 #include <cstring>
 
-#include "int8.h"
+#include "fast.h"
 #include "int8_decode.h"
 #include "isa.h"
 
@@ -60,10 +61,55 @@ void panel_dot(const uint8_t* panel, const float* panel_scales, int m, const int
     panel_tile<1>(panel, panel_scales, m, values, tile_scales, corrections, K, j, y);
 }
 
-const Int8Kernels kKernels = {"avx512", mxfp4_to_int8_sse, panel_dot};
+// NR weight rows against a bf16 panel (one zmm per k pair): vdpbf16ps with the panel pair in a
+// register and the weight row's pair as an embedded broadcast; the sums in pieces of kPiece pairs
+// (as the float32 panel kernel, isa_avx512.cpp).
+constexpr int64_t kPiece = 64;
+
+template <int NR>
+void bf16_tile(const uint16_t* panel, int m, const uint16_t* w, int64_t K, int64_t j,
+               float* const* y) {
+  const int64_t pairs = K / 2;
+  alignas(64) float total[NR][16] = {};
+  for (int64_t p0 = 0; p0 < pairs; p0 += kPiece) {
+    const int64_t p1 = p0 + kPiece < pairs ? p0 + kPiece : pairs;
+    __m512 acc[NR];
+    for (int i = 0; i < NR; ++i) acc[i] = _mm512_setzero_ps();
+    for (int64_t p = p0; p < p1; ++p) {
+      const __m512bh a = (__m512bh)_mm512_loadu_si512(panel + p * 2 * kInt8PanelRows);
+      for (int i = 0; i < NR; ++i) {
+        int32_t pair;
+        std::memcpy(&pair, w + (j + i) * K + 2 * p, sizeof pair);
+        acc[i] = _mm512_dpbf16_ps(acc[i], a, (__m512bh)_mm512_set1_epi32(pair));
+      }
+    }
+    for (int i = 0; i < NR; ++i)
+      _mm512_store_ps(total[i], _mm512_add_ps(_mm512_load_ps(total[i]), acc[i]));
+  }
+  if (K % 2) {  // the last column: the pair (x, 0) against (w, 0)
+    const __m512bh a = (__m512bh)_mm512_loadu_si512(panel + pairs * 2 * kInt8PanelRows);
+    for (int i = 0; i < NR; ++i) {
+      const __m512 last = _mm512_dpbf16_ps(_mm512_setzero_ps(), a,
+                                           (__m512bh)_mm512_set1_epi32(w[(j + i) * K + K - 1]));
+      _mm512_store_ps(total[i], _mm512_add_ps(_mm512_load_ps(total[i]), last));
+    }
+  }
+  for (int i = 0; i < NR; ++i)
+    for (int r = 0; r < m; ++r) y[r][j + i] = total[i][r];
+}
+
+void bf16_panel_dot(const uint16_t* panel, int m, const uint16_t* w, int64_t K, int64_t cols,
+                    float* const* y) {
+  constexpr int NR = 12;
+  int64_t j = 0;
+  for (; j + NR <= cols; j += NR) bf16_tile<NR>(panel, m, w, K, j, y);
+  for (; j < cols; ++j) bf16_tile<1>(panel, m, w, K, j, y);
+}
+
+const FastKernels kKernels = {"avx512", mxfp4_to_int8_sse, panel_dot, bf16_panel_dot};
 
 }  // namespace
 
-const Int8Kernels* int8_avx512_kernels() { return &kKernels; }
+const FastKernels* fast_avx512_kernels() { return &kKernels; }
 
 }  // namespace openharmony
