@@ -254,9 +254,9 @@ def kernels_in_use(engine: str) -> str:
     "mlx" (MLX's kernels)."""
     if engine not in KERNELS_SETTING:
         return "mlx"
-    from openharmony import native
+    from openharmony import runtime
 
-    return "native" if native.use_native() else "mlx"
+    return runtime.select().name
 
 
 def measure(engine: str, dtype: str, path: Path, prompt_tokens: int,

@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 
 import mlx.core as mx
@@ -21,7 +20,7 @@ import numpy as np
 import pytest
 
 from openharmony import native
-from openharmony.native import NativeKernelsError, build
+from openharmony.native import build
 
 ISAS = ("avx512", "avx2", "portable")
 REPO = Path(__file__).resolve().parents[1]
@@ -316,20 +315,17 @@ def test_fast_bf16_matmul_rounds_the_activations_to_bf16(isa, rows, K):
 @needs_native
 def test_load_model_takes_the_precision_from_the_argument_or_the_environment(
         tiny_checkpoint, monkeypatch):
-    from openharmony import load_model
+    from openharmony import load_model, runtime
     from openharmony.errors import OpenHarmonyError
-    from openharmony.moe import MXFP4SwitchLinear
 
-    def precisions(model):
-        return {m.precision for m in model.modules() if isinstance(m, MXFP4SwitchLinear)}
-
-    monkeypatch.delenv(native.PRECISION_ENV_VAR, raising=False)
-    assert precisions(load_model(tiny_checkpoint)) == {"exact"}
-    assert precisions(load_model(tiny_checkpoint, precision="fast")) == {"fast"}
-    monkeypatch.setenv(native.PRECISION_ENV_VAR, "fast")
-    assert precisions(load_model(tiny_checkpoint)) == {"fast"}
-    assert precisions(load_model(tiny_checkpoint, precision="exact")) == {"exact"}
-    monkeypatch.setenv(native.PRECISION_ENV_VAR, "half")
+    monkeypatch.delenv(runtime.PRECISION_ENV_VAR, raising=False)
+    monkeypatch.setenv(runtime.ENV_VAR, "native")
+    assert load_model(tiny_checkpoint).kernels.precision == "exact"
+    assert load_model(tiny_checkpoint, precision="fast").kernels.precision == "fast"
+    monkeypatch.setenv(runtime.PRECISION_ENV_VAR, "fast")
+    assert load_model(tiny_checkpoint).kernels.precision == "fast"
+    assert load_model(tiny_checkpoint, precision="exact").kernels.precision == "exact"
+    monkeypatch.setenv(runtime.PRECISION_ENV_VAR, "half")
     with pytest.raises(OpenHarmonyError, match="OPENHARMONY_PRECISION must be one of exact, fast"):
         load_model(tiny_checkpoint)
     with pytest.raises(OpenHarmonyError, match="precision must be one of exact, fast, got 'int4'"):
@@ -394,30 +390,7 @@ print(native.threads())
     assert np.array_equal(results["1"], results["3"])
 
 
-# -- the switch, the fallback and the build --------------------------------------------------
-
-
-def test_the_kernels_setting_is_checked(monkeypatch):
-    monkeypatch.setenv(native.ENV_VAR, "fast")
-    with pytest.raises(NativeKernelsError, match="OPENHARMONY_KERNELS"):
-        native.use_native()
-    monkeypatch.setenv(native.ENV_VAR, "mlx")
-    assert native.use_native() is False
-
-
-def test_without_the_extension_auto_warns_once_and_native_refuses(monkeypatch):
-    monkeypatch.setattr(native, "_kernels", None)
-    monkeypatch.setattr(native, "available", False)
-    monkeypatch.setattr(native, "unavailable_reason", "the native kernels are not built")
-    monkeypatch.setattr(native, "_warned", False)
-    monkeypatch.setenv(native.ENV_VAR, "auto")
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        assert [native.use_native() for _ in range(3)] == [False] * 3
-    assert len(caught) == 1 and "not built" in str(caught[0].message)
-    monkeypatch.setenv(native.ENV_VAR, "native")
-    with pytest.raises(NativeKernelsError, match="not built"):
-        native.use_native()
+# -- the fallback and the build (the switch: tests/test_runtime.py) ----------------------------
 
 
 def test_a_model_runs_on_mlx_kernels_with_one_warning_when_the_extension_is_absent(
