@@ -106,6 +106,29 @@ NB_MODULE(_kernels, m) {
   m.def("take_rows", &openharmony::take_rows, "table"_a, "ids"_a,
         "Rows ids [n] of a mapped table [V, H] -> [n, H] in its dtype (NaN rows for ids "
         "outside it)");
+  // The fused expert gate_up (bias and SwiGLU in the kernel's epilogue).
+  m.def(
+      "gather_mxfp4_swiglu",
+      [](const mx::array& x, const mx::array& w, const mx::array& scales,
+         const mx::array& experts, const mx::array& bias, float limit, float alpha,
+         const std::string& isa, const std::string& precision) {
+        return openharmony::gather_mxfp4_swiglu(x, w, scales, experts, {bias, limit, alpha}, isa,
+                                                precision);
+      },
+      "x"_a, "w"_a, "scales"_a, "experts"_a, "bias"_a, "limit"_a, "alpha"_a, "isa"_a = "auto",
+      "precision"_a = "exact",
+      "gather_mxfp4_matmul of the gate_up weights plus bias[experts], then SwiGLU of the even "
+      "(gate) and odd (up) columns -> float32 [R, N/2]");
+  m.def(
+      "gather_mxfp4_swiglu",
+      [](const mx::array& x, const MappedTensor& w, const MappedTensor& scales,
+         const mx::array& experts, const mx::array& bias, float limit, float alpha,
+         const std::string& isa, const std::string& precision) {
+        return openharmony::gather_mxfp4_swiglu(x, w, scales, experts, {bias, limit, alpha}, isa,
+                                                precision);
+      },
+      "x"_a, "w"_a, "scales"_a, "experts"_a, "bias"_a, "limit"_a, "alpha"_a, "isa"_a = "auto",
+      "precision"_a = "exact", "The same with mapped checkpoint tensors");
   m.def("isas", &openharmony::supported_isas,
         "The instruction sets this build and CPU run, fastest first");
   m.def("threads", &openharmony::thread_count, "Threads of the kernels' pool");

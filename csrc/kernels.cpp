@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <functional>
 #include <limits>
 #include <stdexcept>
 
@@ -203,10 +204,15 @@ void quantize_panel(const float* x, const Panel& panel, int64_t K, uint8_t* out,
 // Runs the plan: `dot` decodes on the fly, `dequantize` fills a float32 tile for f32_dot or
 // panel_dot, `to_int8` an int8 tile for the fast table `fast`. `x` holds the activations in the
 // weights' k order (block-split for MXFP4).
+// `finish` (may be null): the kernels write each item's rows into a scratch block instead of y,
+// and finish(row, n0, n1, values) stores them (the fused bias and SwiGLU, run_gather_mxfp4_swiglu).
+using Finish = std::function<void(int64_t row, int64_t n0, int64_t n1, const float* values)>;
+constexpr int64_t kScratchCols = std::max({kChunk, kTileN, kPanelTileN, kInt8TileN});
+
 template <typename Dot, typename Dequantize, typename ToInt8>
 void run(const IsaKernels& isa, const Plan& p, const float* x, float* y, int64_t N, int64_t K,
          Dot dot, Dequantize dequantize, const FastKernels* fast, ToInt8 to_int8,
-         const uint16_t* bf16_weights = nullptr) {
+         const uint16_t* bf16_weights = nullptr, const Finish* finish = nullptr) {
   ThreadPool& pool = ThreadPool::global();
   // The panels, k-major, zero past each panel's last row; built in parallel, once per call.
   std::vector<float> panel_data(p.panels.size() * size_t(K * kPanelRows));
@@ -241,20 +247,31 @@ void run(const IsaKernels& isa, const Plan& p, const float* x, float* y, int64_t
     const Item& item = p.items[i];
     const float* xr[kRowsPerCall];
     float* yr[kPanelRows];
+    thread_local float scratch[kPanelRows * kScratchCols];
+    // Points yr at where the kernel writes `count` rows (indices `rows`) of this item ...
+    auto aim = [&](const int64_t* rows, int count) {
+      for (int r = 0; r < count; ++r)
+        yr[r] = finish ? scratch + r * kScratchCols : y + rows[r] * N + item.n0;
+    };
+    // ... and, with an epilogue, stores them once written.
+    auto land = [&](const int64_t* rows, int count) {
+      if (finish)
+        for (int r = 0; r < count; ++r) (*finish)(rows[r], item.n0, item.n1, yr[r]);
+    };
     if (item.kind == Item::kDecode) {
-      for (int r = 0; r < item.count; ++r) {
-        xr[r] = x + item.rows[r] * K;
-        yr[r] = y + item.rows[r] * N + item.n0;
-      }
+      for (int r = 0; r < item.count; ++r) xr[r] = x + item.rows[r] * K;
+      aim(item.rows, int(item.count));
       dot(item, xr, yr);
+      land(item.rows, int(item.count));
       return;
     }
     if (item.kind == Item::kBf16) {
       for (int64_t q = item.panel; q < item.panel + item.count; ++q) {
         const Panel& panel = p.int8_panels[q];
-        for (int r = 0; r < panel.count; ++r) yr[r] = y + panel.rows[r] * N + item.n0;
+        aim(panel.rows, panel.count);
         fast->bf16_panel_dot(reinterpret_cast<const uint16_t*>(int8_data.data() + q * panel_bytes),
                              panel.count, bf16_weights + item.n0 * K, K, item.n1 - item.n0, yr);
+        land(panel.rows, panel.count);
       }
       return;
     }
@@ -269,10 +286,11 @@ void run(const IsaKernels& isa, const Plan& p, const float* x, float* y, int64_t
       to_int8(item, values, tile_scales, corrections);
       for (int64_t q = item.panel; q < item.panel + item.count; ++q) {
         const Panel& panel = p.int8_panels[q];
-        for (int r = 0; r < panel.count; ++r) yr[r] = y + panel.rows[r] * N + item.n0;
+        aim(panel.rows, panel.count);
         fast->panel_dot(int8_data.data() + q * panel_bytes,
                         int8_scales.data() + q * groups * kInt8PanelRows, panel.count, values,
                         tile_scales, corrections, K, cols, yr);
+        land(panel.rows, panel.count);
       }
       return;
     }
@@ -282,19 +300,19 @@ void run(const IsaKernels& isa, const Plan& p, const float* x, float* y, int64_t
     if (item.kind == Item::kPanels) {
       for (int64_t q = item.panel; q < item.panel + item.count; ++q) {
         const Panel& panel = p.panels[q];
-        for (int r = 0; r < panel.count; ++r) yr[r] = y + panel.rows[r] * N + item.n0;
+        aim(panel.rows, panel.count);
         isa.panel_dot(panel_data.data() + q * K * kPanelRows, panel.count, tile.data(), K,
                       item.n1 - item.n0, yr);
+        land(panel.rows, panel.count);
       }
       return;
     }
     for (int64_t m = 0; m < item.count; m += kRowsPerCall) {
       const int rows = int(std::min<int64_t>(kRowsPerCall, item.count - m));
-      for (int r = 0; r < rows; ++r) {
-        xr[r] = x + item.rows[m + r] * K;
-        yr[r] = y + item.rows[m + r] * N + item.n0;
-      }
+      for (int r = 0; r < rows; ++r) xr[r] = x + item.rows[m + r] * K;
+      aim(item.rows + m, rows);
       isa.f32_dot(xr, rows, tile.data(), K, item.n1 - item.n0, yr);
+      land(item.rows + m, rows);
     }
   });
 }
@@ -326,9 +344,12 @@ const FastKernels& select_fast(const std::string& name) {
 
 int thread_count() { return ThreadPool::global().size(); }
 
-void run_gather_mxfp4_matmul(const IsaKernels& isa, const float* x, const uint8_t* w,
-                         const uint8_t* scales, const uint32_t* experts, float* y, int64_t R,
-                         int64_t E, int64_t N, int64_t K, const FastKernels* fast) {
+namespace {
+
+// run_gather_mxfp4_matmul, with `finish` storing the results (y then has `y_cols` columns).
+void gather_mxfp4(const IsaKernels& isa, const float* x, const uint8_t* w, const uint8_t* scales,
+                  const uint32_t* experts, float* y, int64_t R, int64_t E, int64_t N, int64_t K,
+                  const FastKernels* fast, int64_t y_cols, const Finish* finish) {
   // Activations in block-split order (isa.h), once per call.
   std::vector<float> split(static_cast<size_t>(R * K));
   for (int64_t r = 0; r < R; ++r)
@@ -345,7 +366,7 @@ void run_gather_mxfp4_matmul(const IsaKernels& isa, const float* x, const uint8_
     if (experts[r] < E) {
       ++begin[experts[r] + 1];
     } else {
-      std::fill(y + r * N, y + (r + 1) * N, std::numeric_limits<float>::quiet_NaN());
+      std::fill(y + r * y_cols, y + (r + 1) * y_cols, std::numeric_limits<float>::quiet_NaN());
     }
   }
   for (int64_t e = 0; e < E; ++e) begin[e + 1] += begin[e];
@@ -372,7 +393,35 @@ void run_gather_mxfp4_matmul(const IsaKernels& isa, const float* x, const uint8_
       fast, [&](const Item& item, int8_t* values, float* tile_scales, int32_t* corrections) {
         fast->mxfp4_to_int8(w + item.weight * code_bytes, scales + item.weight * scale_bytes, K,
                             item.n0, item.n1, values, tile_scales, corrections);
-      });
+      },
+      nullptr, finish);
+}
+
+}  // namespace
+
+void run_gather_mxfp4_matmul(const IsaKernels& isa, const float* x, const uint8_t* w,
+                         const uint8_t* scales, const uint32_t* experts, float* y, int64_t R,
+                         int64_t E, int64_t N, int64_t K, const FastKernels* fast) {
+  gather_mxfp4(isa, x, w, scales, experts, y, R, E, N, K, fast, N, nullptr);
+}
+
+void run_gather_mxfp4_swiglu(const IsaKernels& isa, const float* x, const uint8_t* w,
+                             const uint8_t* scales, const float* bias, const uint32_t* experts,
+                             float* y, int64_t R, int64_t E, int64_t N, int64_t K, float limit,
+                             float alpha, const FastKernels* fast) {
+  const int64_t half = N / 2;
+  // Items start at even columns and span an even count (chunks of 64, tiles of 24 or 32), so
+  // every gate column arrives with its up column.
+  const Finish finish = [&](int64_t row, int64_t n0, int64_t n1, const float* values) {
+    const float* b = bias + int64_t(experts[row]) * N;
+    float* out = y + row * half;
+    for (int64_t n = n0; n < n1; n += 2) {
+      const float gate = std::min(values[n - n0] + b[n], limit);
+      const float up = std::clamp(values[n - n0 + 1] + b[n + 1], -limit, limit);
+      out[n / 2] = gate / (1.0f + std::exp(-alpha * gate)) * (up + 1.0f);
+    }
+  };
+  gather_mxfp4(isa, x, w, scales, experts, y, R, E, N, K, fast, half, &finish);
 }
 
 void run_bf16_matmul(const IsaKernels& isa, const float* x, const uint16_t* w, float* y, int64_t R,

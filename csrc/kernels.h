@@ -26,6 +26,14 @@ void run_gather_mxfp4_matmul(const IsaKernels& isa, const float* x, const uint8_
                          const uint8_t* scales, const uint32_t* experts, float* y, int64_t R,
                          int64_t E, int64_t N, int64_t K, const FastKernels* fast = nullptr);
 
+// gpt-oss's expert gate_up with its bias and SwiGLU fused: with z = row r times expert e =
+// experts[r] (as above) plus bias [E, N] row e, gate = min(z[2i], limit), up = clamp(z[2i + 1],
+// -limit, limit): y [R, N/2], y[r, i] = gate * sigmoid(alpha * gate) * (up + 1). N even.
+void run_gather_mxfp4_swiglu(const IsaKernels& isa, const float* x, const uint8_t* w,
+                             const uint8_t* scales, const float* bias, const uint32_t* experts,
+                             float* y, int64_t R, int64_t E, int64_t N, int64_t K, float limit,
+                             float alpha, const FastKernels* fast = nullptr);
+
 // The fast-precision table for the ISA `name` ("auto": the fastest supported): AVX-512 with
 // VNNI, else AVX2's; throws as select_isa.
 const FastKernels& select_fast(const std::string& name);

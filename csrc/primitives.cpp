@@ -71,18 +71,28 @@ bool is_fast(const std::string& precision) {
   return precision == "fast";
 }
 
-// The node: inputs x, the weights when they are arrays (none when mapped), experts.
-mx::array mxfp4_node(const mx::array& x, int N, const mx::array& experts,
+// The node: inputs x, the weights when they are arrays (none when mapped), experts, and with
+// `swiglu` its bias (checked here against the weights' [E, N]).
+mx::array mxfp4_node(const mx::array& x, int E, int N, const mx::array& experts,
                      std::vector<mx::array> weights, const std::string& isa,
                      std::optional<MappedTensor> blocks, std::optional<MappedTensor> scales,
-                     bool fast) {
+                     bool fast, const SwiGLU* swiglu) {
   auto s = cpu_stream();
   std::vector<mx::array> inputs = {as_contiguous(x, mx::float32, s)};
   for (auto& w : weights) inputs.push_back(mx::contiguous(w, false, s));
   inputs.push_back(as_contiguous(experts, mx::uint32, s));
-  return mx::array({x.shape(0), N}, mx::float32,
+  std::optional<std::pair<float, float>> epilogue;
+  if (swiglu) {
+    require(N % 2 == 0, "gather_mxfp4_swiglu: N = " + std::to_string(N) + " must be even");
+    require(swiglu->bias.ndim() == 2 && swiglu->bias.shape(0) == E && swiglu->bias.shape(1) == N,
+            "gather_mxfp4_swiglu: bias must be [experts, N] = (" + std::to_string(E) + ", " +
+                std::to_string(N) + "), got " + shape_of(swiglu->bias));
+    inputs.push_back(as_contiguous(swiglu->bias, mx::float32, s));
+    epilogue = {swiglu->limit, swiglu->alpha};
+  }
+  return mx::array({x.shape(0), swiglu ? N / 2 : N}, mx::float32,
                    std::make_shared<GatherMXFP4Matmul>(s, isa, std::move(blocks),
-                                                       std::move(scales), fast),
+                                                       std::move(scales), fast, epilogue),
                    std::move(inputs));
 }
 
@@ -92,9 +102,11 @@ bool same(const std::optional<MappedTensor>& a, const std::optional<MappedTensor
 
 }  // namespace
 
-mx::array gather_mxfp4_matmul(const mx::array& x, const mx::array& w, const mx::array& scales,
-                              const mx::array& experts, const std::string& isa,
-                              const std::string& precision) {
+namespace {
+
+mx::array mxfp4_op(const mx::array& x, const mx::array& w, const mx::array& scales,
+                   const mx::array& experts, const std::string& isa,
+                   const std::string& precision, const SwiGLU* swiglu) {
   select_isa(isa);  // an unknown or unsupported ISA fails here, not inside the graph
   const bool fast = is_fast(precision);
   require(w.ndim() == 3 && w.dtype() == mx::uint32 && x.ndim() == 2 &&
@@ -103,13 +115,13 @@ mx::array gather_mxfp4_matmul(const mx::array& x, const mx::array& w, const mx::
               ", got " + shape_of(w));
   require(scales.dtype() == mx::uint8, "gather_mxfp4_matmul: scales must be uint8");
   check_mxfp4(x, w.shape(), scales.shape(), experts);
-  return mxfp4_node(x, w.shape(1), experts, {w, scales}, isa, std::nullopt,
-                    std::nullopt, fast);
+  return mxfp4_node(x, w.shape(0), w.shape(1), experts, {w, scales}, isa, std::nullopt,
+                    std::nullopt, fast, swiglu);
 }
 
-mx::array gather_mxfp4_matmul(const mx::array& x, const MappedTensor& blocks,
-                              const MappedTensor& scales, const mx::array& experts,
-                              const std::string& isa, const std::string& precision) {
+mx::array mxfp4_op(const mx::array& x, const MappedTensor& blocks, const MappedTensor& scales,
+                   const mx::array& experts, const std::string& isa,
+                   const std::string& precision, const SwiGLU* swiglu) {
   select_isa(isa);
   const bool fast = is_fast(precision);
   const auto& b = blocks.shape;
@@ -119,13 +131,40 @@ mx::array gather_mxfp4_matmul(const mx::array& x, const MappedTensor& blocks,
               shape_of(x) + ", got " + shape_of(b));
   require(scales.dtype == mx::uint8, "gather_mxfp4_matmul: scales must be uint8");
   check_mxfp4(x, b, scales.shape, experts);
-  return mxfp4_node(x, b[1], experts, {}, isa, blocks, scales, fast);
+  return mxfp4_node(x, b[0], b[1], experts, {}, isa, blocks, scales, fast, swiglu);
+}
+
+}  // namespace
+
+mx::array gather_mxfp4_matmul(const mx::array& x, const mx::array& w, const mx::array& scales,
+                              const mx::array& experts, const std::string& isa,
+                              const std::string& precision) {
+  return mxfp4_op(x, w, scales, experts, isa, precision, nullptr);
+}
+
+mx::array gather_mxfp4_matmul(const mx::array& x, const MappedTensor& blocks,
+                              const MappedTensor& scales, const mx::array& experts,
+                              const std::string& isa, const std::string& precision) {
+  return mxfp4_op(x, blocks, scales, experts, isa, precision, nullptr);
+}
+
+mx::array gather_mxfp4_swiglu(const mx::array& x, const mx::array& w, const mx::array& scales,
+                              const mx::array& experts, const SwiGLU& swiglu,
+                              const std::string& isa, const std::string& precision) {
+  return mxfp4_op(x, w, scales, experts, isa, precision, &swiglu);
+}
+
+mx::array gather_mxfp4_swiglu(const mx::array& x, const MappedTensor& blocks,
+                              const MappedTensor& scales, const mx::array& experts,
+                              const SwiGLU& swiglu, const std::string& isa,
+                              const std::string& precision) {
+  return mxfp4_op(x, blocks, scales, experts, isa, precision, &swiglu);
 }
 
 bool GatherMXFP4Matmul::is_equivalent(const mx::Primitive& other) const {
   const auto& o = static_cast<const GatherMXFP4Matmul&>(other);
-  return isa_ == o.isa_ && fast_ == o.fast_ && same(blocks_, o.blocks_) &&
-         same(scales_, o.scales_);
+  return isa_ == o.isa_ && fast_ == o.fast_ && swiglu_ == o.swiglu_ &&
+         same(blocks_, o.blocks_) && same(scales_, o.scales_);
 }
 
 void GatherMXFP4Matmul::eval_cpu(const std::vector<mx::array>& inputs,
@@ -146,10 +185,18 @@ void GatherMXFP4Matmul::eval_cpu(const std::vector<mx::array>& inputs,
   // The lambda holds the mapping (if any) and the inputs until the kernel has run.
   encoder.dispatch([inputs, keep = blocks_ ? blocks_->mapping : nullptr, w, scales, E, N,
                     y = out.data<float>(), isa = &select_isa(isa_),
-                    fast = fast_ ? &select_fast(isa_) : nullptr]() {
+                    fast = fast_ ? &select_fast(isa_) : nullptr, swiglu = swiglu_]() {
     const auto& x = inputs.front();
-    run_gather_mxfp4_matmul(*isa, x.data<float>(), w, scales, inputs.back().data<uint32_t>(), y,
-                            x.shape(0), E, N, x.shape(1), fast);
+    if (swiglu) {  // inputs: ..., experts, bias
+      const auto& experts = inputs[inputs.size() - 2];
+      run_gather_mxfp4_swiglu(*isa, x.data<float>(), w, scales, inputs.back().data<float>(),
+                              experts.data<uint32_t>(), y, x.shape(0), E, N, x.shape(1),
+                              swiglu->first, swiglu->second, fast);
+    } else {
+      run_gather_mxfp4_matmul(*isa, x.data<float>(), w, scales,
+                              inputs.back().data<uint32_t>(), y, x.shape(0), E, N, x.shape(1),
+                              fast);
+    }
   });
 }
 

@@ -7,6 +7,7 @@
 #pragma once
 
 #include <optional>
+#include <utility>
 #include <string>
 
 #include "mapping.h"
@@ -31,6 +32,20 @@ mx::array gather_mxfp4_matmul(const mx::array& x, const MappedTensor& blocks,
                               const MappedTensor& scales, const mx::array& experts,
                               const std::string& isa, const std::string& precision = "exact");
 
+// gpt-oss's expert gate_up fused with its bias and SwiGLU (kernels.h run_gather_mxfp4_swiglu):
+// x [R, K], the weights as above with N even, bias [E, N] (cast to float32) -> float32 [R, N/2].
+struct SwiGLU {
+  mx::array bias;
+  float limit, alpha;
+};
+mx::array gather_mxfp4_swiglu(const mx::array& x, const mx::array& w, const mx::array& scales,
+                              const mx::array& experts, const SwiGLU& swiglu,
+                              const std::string& isa, const std::string& precision = "exact");
+mx::array gather_mxfp4_swiglu(const mx::array& x, const MappedTensor& blocks,
+                              const MappedTensor& scales, const mx::array& experts,
+                              const SwiGLU& swiglu, const std::string& isa,
+                              const std::string& precision = "exact");
+
 // x [R, K] (cast to float32) times bfloat16 w [N, K] transposed -> float32 [R, N]. precision
 // "fast": with 8 or more rows, the activations are rounded to bfloat16 (fast.h).
 mx::array bf16_matmul(const mx::array& x, const mx::array& w, const std::string& isa,
@@ -45,10 +60,12 @@ mx::array take_rows(const MappedTensor& table, const mx::array& ids);
 
 class GatherMXFP4Matmul : public mx::Primitive {
  public:
+  // swiglu: {limit, alpha} of the fused epilogue (the bias is the last input), or none.
   GatherMXFP4Matmul(mx::Stream stream, std::string isa, std::optional<MappedTensor> blocks,
-                    std::optional<MappedTensor> scales, bool fast)
+                    std::optional<MappedTensor> scales, bool fast,
+                    std::optional<std::pair<float, float>> swiglu)
       : mx::Primitive(stream), isa_(std::move(isa)), blocks_(std::move(blocks)),
-        scales_(std::move(scales)), fast_(fast) {}
+        scales_(std::move(scales)), fast_(fast), swiglu_(swiglu) {}
   void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override;
   void eval_gpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override;
   const char* name() const override { return "GatherMXFP4Matmul"; }
@@ -58,6 +75,7 @@ class GatherMXFP4Matmul : public mx::Primitive {
   std::string isa_;
   std::optional<MappedTensor> blocks_, scales_;  // set: the weights are mapped
   bool fast_;                                     // precision "fast"
+  std::optional<std::pair<float, float>> swiglu_;  // set: gather_mxfp4_swiglu
 };
 
 class BF16Matmul : public mx::Primitive {

@@ -124,6 +124,53 @@ def test_gather_mxfp4_matmul_decodes_extreme_scales_as_the_spec(isa):
     assert np.all(np.abs(y[finite] - reference[finite]) <= 1e-5 * bound[finite] + 1e-30)
 
 
+# -- the expert gate_up fused with its bias and SwiGLU ---------------------------------------
+
+
+def numpy_swiglu(z, limit, alpha):
+    """gpt-oss's SwiGLU (transformers' GptOssExperts): gate = even columns, up = odd ones."""
+    gate = np.minimum(z[:, ::2], limit)
+    up = np.clip(z[:, 1::2], -limit, limit)
+    return gate / (1 + np.exp(-alpha * gate)) * (up + 1)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("rows", [1, 7, 300])
+@pytest.mark.parametrize("precision", ["exact", "fast"])
+def test_gather_mxfp4_swiglu_is_the_matmul_plus_bias_then_swiglu(isa, rows, precision):
+    isa_or_skip(isa)
+    rng = np.random.default_rng(300 + rows)
+    E, N, K = 5, 74, 96  # N/2 = 37 outputs: odd, and not a multiple of any tile
+    codes, scales = random_mxfp4(rng, E, N, K, scale_range=(124, 128))
+    w, s = as_mlx(codes, scales)
+    x = rng.standard_normal((rows, K)).astype(np.float32)
+    bias = rng.standard_normal((E, N)).astype(np.float32)
+    experts = rng.integers(0, E, rows).astype(np.uint32)
+    limit, alpha = 7.0, 1.702
+
+    h = native.gather_mxfp4_swiglu(mx.array(x), w, s, mx.array(experts), mx.array(bias), limit,
+                                   alpha, isa=isa, precision=precision)
+    assert h.dtype == mx.float32 and h.shape == (rows, N // 2)
+    # The same matmul unfused (so fast mode quantizes identically), then NumPy's bias and SwiGLU.
+    z = np.array(native.gather_mxfp4_matmul(mx.array(x), w, s, mx.array(experts), isa=isa,
+                                            precision=precision), np.float64) + bias[experts]
+    assert np.abs(z).max() > 2 * limit  # the limit clamps somewhere
+    assert np.allclose(np.array(h), numpy_swiglu(z, limit, alpha), rtol=1e-5, atol=1e-5)
+    # And against MLX's ops on the exact matmul (as moe.Experts.swiglu).
+    if precision == "exact":
+        exact = np.einsum("rk,rnk->rn", x.astype(np.float64), spec_decode(codes, scales)[experts])
+        assert np.allclose(np.array(h), numpy_swiglu(exact + bias[experts], limit, alpha),
+                           rtol=1e-4, atol=1e-4)
+
+
+@needs_native
+def test_gather_mxfp4_swiglu_checks_its_bias():
+    w, s = mx.zeros((2, 4, 4), dtype=mx.uint32), mx.zeros((2, 4, 1), dtype=mx.uint8)
+    with pytest.raises(ValueError, match=r"bias must be \[experts, N\] = \(2, 4\)"):
+        native.gather_mxfp4_swiglu(mx.ones((2, 32)), w, s, mx.zeros((2,), mx.uint32),
+                                   mx.zeros((2, 3)), 7.0, 1.0)
+
+
 # -- the fast precision: int8 products on MXFP4, activations quantized per 32-block -----------
 
 

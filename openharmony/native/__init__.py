@@ -99,6 +99,17 @@ def bf16_matmul(x: mx.array, w, isa: str | None = None, precision: str = "exact"
     return _module().bf16_matmul(x, w, _isa(isa), precision)
 
 
+def gather_mxfp4_swiglu(x: mx.array, w, scales, experts: mx.array, bias: mx.array, limit: float,
+                        alpha: float, isa: str | None = None,
+                        precision: str = "exact") -> mx.array:
+    """gpt-oss's expert gate_up fused with its bias and SwiGLU -> float32 [R, N/2]: with
+    z = gather_mxfp4_matmul(x, w, scales, experts) + bias[experts] (bias [E, N]),
+    gate = min(z[:, ::2], limit) and up = clip(z[:, 1::2], -limit, limit), the result is
+    gate * sigmoid(alpha * gate) * (up + 1)."""
+    return _module().gather_mxfp4_swiglu(x, w, scales, experts, bias, limit, alpha, _isa(isa),
+                                         precision)
+
+
 def take_rows(table, ids: mx.array) -> mx.array:
     """Rows `ids` [n] of a mapped table [V, H] -> [n, H] in the table's dtype; ids outside
     [0, V) give NaN rows instead of reading outside the mapping."""

@@ -60,9 +60,18 @@ class NativeKernels(MLXKernels):
 
     def expert_pairs(self, experts, x: mx.array, indices: mx.array) -> mx.array:
         # Decode and prefill alike: each row gathers its k experts, the kernel groups them.
+        # The gate_up's bias and the SwiGLU run in the kernel's epilogue (no [pairs, 2I]
+        # intermediate, no single-threaded elementwise passes over it).
         N, k = indices.shape
-        return experts.mlp(x[:, None, None, :], indices, sorted_indices=False).reshape(
-            N, k, x.shape[-1])
+        flat = indices.reshape(-1)
+        rows = mx.broadcast_to(x[:, None, :], (N, k, x.shape[-1])).reshape(-1, x.shape[-1])
+        gate_up, down = experts.gate_up_proj, experts.down_proj
+        h = extension.gather_mxfp4_swiglu(rows, gate_up.weight, gate_up.scales, flat,
+                                          gate_up.bias, experts.limit, experts.alpha,
+                                          precision=self.precision)
+        y = extension.gather_mxfp4_matmul(h, down.weight, down.scales, flat,
+                                          precision=self.precision)
+        return (y + down.bias[flat]).reshape(N, k, -1).astype(x.dtype)
 
     def pack_mxfp4(self, blocks, scales) -> tuple:
         if extension.is_mapped(blocks) != extension.is_mapped(scales):
