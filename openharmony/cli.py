@@ -137,6 +137,19 @@ ModelOption = Annotated[str, typer.Option(
 DTypeOption = Annotated[Optional[DType], typer.Option(
     help="Compute dtype of the dense weights (MXFP4 experts stay packed). "
          "Default: float32 on the CPU, bfloat16 on a GPU.")]
+
+
+class Precision(str, enum.Enum):  # runtime.PRECISIONS
+    exact = "exact"
+    fast = "fast"
+
+
+PrecisionOption = Annotated[Optional[Precision], typer.Option(
+    help="exact: float32 products and sums (parity with transformers). fast: on the CPU's "
+         "native kernels, prompt chunks take int8 products for the experts and bf16 ones for "
+         "the dense layers (decode stays exact): faster prefill, small logit changes "
+         "(against transformers, tiny parity checkpoint: top-1 0.988, mean KL 7e-4; "
+         "docs/speed.md). Default: $OPENHARMONY_PRECISION, else exact.")]
 MaxTokens = Annotated[int, typer.Option("--max-tokens", "-n", min=1,
                                          help="Most tokens to generate.")]
 
@@ -204,7 +217,7 @@ def _sampling(temperature, top_p, top_k, min_p, repetition_penalty, presence_pen
                            frequency_penalty=frequency_penalty)
 
 
-def _load(model: str, dtype: DType | None):
+def _load(model: str, dtype: DType | None, precision: Precision | None = None):
     """The tokenizer (first: a missing vocabulary fails fast) and the model.
 
     Under mlx.launch the group is joined before anything can fail, so that a rank that fails
@@ -217,7 +230,8 @@ def _load(model: str, dtype: DType | None):
     folder = resolve_model(model)
     from .load import load_model
 
-    loaded = load_model(folder, dtype.value if dtype is not None else None, group=group)
+    loaded = load_model(folder, dtype.value if dtype is not None else None, group=group,
+                        precision=precision.value if precision is not None else None)
     if group is not None and group.rank() != 0:
         _only_rank0_prints(group.rank())
     if loaded.config.vocab_size < tokenizer.n_vocab:
@@ -328,6 +342,7 @@ def generate(
     system: System = None,
     developer: Developer = None,
     dtype: DTypeOption = None,
+    precision: PrecisionOption = None,
     kv_bits: KVBits = None,
     show_reasoning: ShowReasoning = False,
     verbose: Verbose = False,
@@ -344,7 +359,7 @@ def generate(
         from .parallel import broadcast_text
 
         prompt = broadcast_text(prompt, group)
-    tokenizer, loaded = _load(model, dtype)
+    tokenizer, loaded = _load(model, dtype, precision)
     sampling = _sampling(temperature, top_p, top_k, min_p, repetition_penalty,
                          presence_penalty, frequency_penalty)
     if chat:
@@ -428,6 +443,7 @@ def chat(
     system: System = None,
     developer: Developer = None,
     dtype: DTypeOption = None,
+    precision: PrecisionOption = None,
     kv_bits: KVBits = None,
     show_reasoning: ShowReasoning = False,
     verbose: Verbose = False,
@@ -440,7 +456,7 @@ def chat(
     from .cache import PromptCache
     from .chat import Chat, ChatOptions
 
-    tokenizer, loaded = _load(model, dtype)
+    tokenizer, loaded = _load(model, dtype, precision)
     sampling = _sampling(temperature, top_p, top_k, min_p, repetition_penalty,
                          presence_penalty, frequency_penalty)
     options = ChatOptions(reasoning_effort=reasoning_effort.value, system=system,
@@ -513,6 +529,7 @@ def serve(
         envvar="OPENHARMONY_API_KEY", show_envvar=True,
         help="Require 'Authorization: Bearer KEY' on every request.")] = None,
     dtype: DTypeOption = None,
+    precision: PrecisionOption = None,
     max_queue: Annotated[int, typer.Option(min=1, help="Requests that may wait; more get "
                                                        "429.")] = 16,
     max_batch: Annotated[int, typer.Option(min=1, help="Requests decoded together, one "
@@ -532,7 +549,7 @@ def serve(
 
     from .server.app import create_app
 
-    tokenizer, loaded = _load(model, dtype)
+    tokenizer, loaded = _load(model, dtype, precision)
     if kv_bits is not None:
         loaded.make_cache(kv_bits=kv_bits)  # a model that cannot take it fails now
     if settings.rank:  # expert parallel: rank 0 serves, the others follow its turns
