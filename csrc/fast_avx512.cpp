@@ -17,6 +17,47 @@ inline int32_t word(const int8_t* p) {
   return v;
 }
 
+// mxfp4_to_int8 four blocks at a time (int8_decode.h's SSE form for the rest): a zmm holds the
+// 64 code bytes of 4 consecutive blocks of a row, one per 128-bit lane; vpshufb maps its low and
+// high nibbles to values, and two permutes put each block's 16 low-nibble values before its 16
+// high-nibble ones (block-split order). The blocks' sums come from vpdpbusd with ones.
+void mxfp4_to_int8(const uint8_t* w, const uint8_t* scales, int64_t K, int64_t n0, int64_t n1,
+                   int8_t* values, float* tile_scales, int32_t* corrections) {
+  const int64_t groups = K / kBlock;
+  const __m512i table = _mm512_broadcast_i32x4(
+      _mm_loadu_si128(reinterpret_cast<const __m128i*>(kInt8Values)));
+  const __m512i nibble = _mm512_set1_epi8(0x0F), ones = _mm512_set1_epi8(1);
+  const __m512i first = _mm512_setr_epi64(0, 1, 8, 9, 2, 3, 10, 11);
+  const __m512i second = _mm512_setr_epi64(4, 5, 12, 13, 6, 7, 14, 15);
+  for (int64_t n = n0; n < n1; ++n) {
+    const uint8_t* codes = w + n * (K / 2);
+    int8_t* out = values + (n - n0) * K;
+    const int64_t t0 = (n - n0) * groups;
+    int64_t g = 0;
+    for (; g + 4 <= groups; g += 4) {
+      const __m512i b = _mm512_loadu_si512(codes + g * 16);
+      const __m512i lo = _mm512_shuffle_epi8(table, _mm512_and_si512(b, nibble));
+      const __m512i hi = _mm512_shuffle_epi8(table, _mm512_and_si512(_mm512_srli_epi16(b, 4), nibble));
+      _mm512_storeu_si512(out + g * kBlock, _mm512_permutex2var_epi64(lo, first, hi));
+      _mm512_storeu_si512(out + g * kBlock + 64, _mm512_permutex2var_epi64(lo, second, hi));
+      __m512i sums = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), ones, lo),
+                                         ones, hi);
+      sums = _mm512_add_epi32(sums, _mm512_shuffle_epi32(sums, _MM_PERM_BADC));
+      sums = _mm512_add_epi32(sums, _mm512_shuffle_epi32(sums, _MM_PERM_CDAB));
+      alignas(64) int32_t lane[16];
+      _mm512_store_si512(lane, sums);
+      for (int i = 0; i < 4; ++i) {
+        corrections[t0 + g + i] = -128 * lane[4 * i];
+        tile_scales[t0 + g + i] = int8_scale_value(scales[n * groups + g + i]);
+      }
+    }
+    for (; g < groups; ++g) {
+      corrections[t0 + g] = -128 * mxfp4_block_to_int8(codes + g * 16, out + g * kBlock);
+      tile_scales[t0 + g] = int8_scale_value(scales[n * groups + g]);
+    }
+  }
+}
+
 // NR tile rows against a 16-row panel (one zmm per k quad): per block, NR int32 accumulators
 // start at the tile rows' corrections, take 8 vpdpbusd each (the panel quad in a register, the
 // tile row's 4 bytes as an embedded broadcast), then go into NR float accumulators scaled by
@@ -106,7 +147,7 @@ void bf16_panel_dot(const uint16_t* panel, int m, const uint16_t* w, int64_t K, 
   for (; j < cols; ++j) bf16_tile<1>(panel, m, w, K, j, y);
 }
 
-const FastKernels kKernels = {"avx512", mxfp4_to_int8_sse, panel_dot, bf16_panel_dot};
+const FastKernels kKernels = {"avx512", mxfp4_to_int8, panel_dot, bf16_panel_dot};
 
 }  // namespace
 
