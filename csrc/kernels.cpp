@@ -181,6 +181,8 @@ void bf16_panel(const float* x, const Panel& panel, int64_t K, uint16_t* out) {
 }
 
 // One quantized panel (fast.h): per row and 32-block, d = max|x| / 127 and q = round(x / d).
+// Each block is quantized into a small buffer (loops the compiler vectorizes), then its 8 quads
+// go to their places in the panel.
 void quantize_panel(const float* x, const Panel& panel, int64_t K, uint8_t* out, float* scales) {
   const int64_t groups = K / kBlock;
   std::fill(out, out + K * kInt8PanelRows, uint8_t(128));
@@ -188,15 +190,21 @@ void quantize_panel(const float* x, const Panel& panel, int64_t K, uint8_t* out,
   for (int r = 0; r < panel.count; ++r) {
     const float* row = x + panel.rows[r] * K;
     for (int64_t g = 0; g < groups; ++g) {
+      const float* block = row + g * kBlock;
       float amax = 0.0f;
-      for (int i = 0; i < kBlock; ++i) amax = std::max(amax, std::fabs(row[g * kBlock + i]));
+      for (int i = 0; i < kBlock; ++i) {
+        const float a = std::fabs(block[i]);
+        amax = a > amax ? a : amax;
+      }
       const float d = amax / 127.0f, inverse = d > 0.0f ? 1.0f / d : 0.0f;
       scales[g * kInt8PanelRows + r] = d;
+      uint8_t q[kBlock];
       for (int i = 0; i < kBlock; ++i) {
-        const int64_t k = g * kBlock + i;
-        const float q = std::clamp(round_even(row[k] * inverse), -127.0f, 127.0f);
-        out[(k / 4) * 4 * kInt8PanelRows + r * 4 + k % 4] = uint8_t(int(q) + 128);
+        const float v = round_even(block[i] * inverse);
+        q[i] = uint8_t(int(v < -127.0f ? -127.0f : v > 127.0f ? 127.0f : v) + 128);
       }
+      for (int t = 0; t < kBlock / 4; ++t)
+        std::memcpy(out + ((g * (kBlock / 4) + t) * kInt8PanelRows + r) * 4, q + 4 * t, 4);
     }
   }
 }
@@ -350,16 +358,18 @@ namespace {
 void gather_mxfp4(const IsaKernels& isa, const float* x, const uint8_t* w, const uint8_t* scales,
                   const uint32_t* experts, float* y, int64_t R, int64_t E, int64_t N, int64_t K,
                   const FastKernels* fast, int64_t y_cols, const Finish* finish) {
-  // Activations in block-split order (isa.h), once per call.
+  // Activations in block-split order (isa.h), once per call, 64 rows per work item.
   std::vector<float> split(static_cast<size_t>(R * K));
-  for (int64_t r = 0; r < R; ++r)
-    for (int64_t g = 0; g < K / kBlock; ++g)
-      for (int i = 0; i < kBlock / 2; ++i) {
-        const float* src = x + r * K + g * kBlock;
-        float* dst = split.data() + r * K + g * kBlock;
-        dst[i] = src[2 * i];
-        dst[kBlock / 2 + i] = src[2 * i + 1];
-      }
+  ThreadPool::global().parallel_for((R + 63) / 64, [&](int64_t item) {
+    for (int64_t r = item * 64; r < std::min(R, item * 64 + 64); ++r)
+      for (int64_t g = 0; g < K / kBlock; ++g)
+        for (int i = 0; i < kBlock / 2; ++i) {
+          const float* src = x + r * K + g * kBlock;
+          float* dst = split.data() + r * K + g * kBlock;
+          dst[i] = src[2 * i];
+          dst[kBlock / 2 + i] = src[2 * i + 1];
+        }
+  });
   // Rows grouped by expert (a stable counting sort), so each expert's weights are read once.
   std::vector<int64_t> begin(static_cast<size_t>(E + 1), 0), order(static_cast<size_t>(R));
   for (int64_t r = 0; r < R; ++r) {
