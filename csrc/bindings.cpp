@@ -1,9 +1,11 @@
 // The Python module openharmony.native._kernels (see openharmony/native/__init__.py).
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
+#include <nanobind/stl/optional.h>
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/vector.h>
 
+#include "attention.h"
 #include "kernels.h"
 #include "mapping.h"
 #include "mlx/version.h"
@@ -129,6 +131,13 @@ NB_MODULE(_kernels, m) {
       },
       "x"_a, "w"_a, "scales"_a, "experts"_a, "bias"_a, "limit"_a, "alpha"_a, "isa"_a = "auto",
       "precision"_a = "exact", "The same with mapped checkpoint tensors");
+  // Attention over a cache as stored (csrc/attention.h; issue 20).
+  m.def("attention", &openharmony::native_attention, "q"_a, "keys"_a, "values"_a, "sinks"_a,
+        "scale"_a, "first"_a, "window"_a = 0, "bits"_a = 0, "group_size"_a = 0,
+        "isa"_a = "auto", "splits"_a = 0,
+        "softmax([q.k * scale over the visible keys, sink]) @ v -> float32 [B, H, T, D]; keys "
+        "and values float [B, kv_heads, S, D] or mx.quantize's (packed, scales, biases); query "
+        "t sees key indices (first + t - window, first + t] (window 0: [0, first + t])");
   m.def("isas", &openharmony::supported_isas,
         "The instruction sets this build and CPU run, fastest first");
   m.def("threads", &openharmony::thread_count, "Threads of the kernels' pool");

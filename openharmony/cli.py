@@ -623,7 +623,7 @@ def info(
 
     Reads only the config and the safetensors headers: no weights are loaded.
     """
-    from .loader import open_checkpoint
+    from .weights import open_checkpoint
 
     model = _one_of("MODEL", model, "--model", model_option, DEFAULT_MODEL)
     checkpoint = open_checkpoint(resolve_model(model, download=False))
@@ -657,6 +657,11 @@ def info(
             f"{name} {v['bytes_per_token'] / 1024:.1f} KiB ({_gb(v['bytes'])} at "
             f"{s['context']})" for name, v in s["kv_cache"].items())),
     ]
+    # Issue 20: the longest prompt each cache type fits in this process's memory, next to the
+    # weights (memory.largest_context).
+    rows.append(("fits here", ", ".join(f"{name} {v['largest_context']:,} tokens"
+                                        for name, v in s["kv_cache"].items())
+                 + f" ({_gb(s['memory_limit'])} {s['memory_limit_bound']} less the weights)"))
     if s["weight_bytes_in_place"]:
         rows.append(("in place", f"{_gb(s['weight_bytes_in_place'])} of the weights used from "
                                  "the checkpoint's files (page cache, shared between processes)"))

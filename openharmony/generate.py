@@ -48,6 +48,7 @@ import numpy as np
 
 from .cache import PromptCache
 from .errors import OpenHarmonyError
+from .memory import check_prompt_fits  # issue 20's memory guard
 from .sampling import Sampler, SamplingOptions, log_probabilities
 
 
@@ -223,6 +224,10 @@ def make_decoding(
              for name, value in cache_options.items()):
         raise GenerationError(f"prompt_cache was made with cache options "
                               f"{prompt_cache.cache_options}, not {cache_options}")
+    # Issue 20's memory guard: a prompt whose KV cache and prefill cannot fit is refused here,
+    # before anything is allocated (PromptMemoryError; the CLI prints it, the server: 400).
+    check_prompt_fits(model, len(prompt_ids), caches=prompt_cache.caches,
+                      cache_options=prompt_cache.cache_options, prefill_chunk=prefill_chunk)
     sampler = Sampler(options, config.vocab_size, prompt_tokens=prompt_ids, seed=seed,
                       group=getattr(model, "group", None))
     return Decoding(model, prompt_ids, tokenizer, max_tokens, sampler, stop_ids, stop_matcher,

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import mlx.core as mx
 
-from . import loader, parallel, runtime
-from .loader import open_checkpoint
+from . import parallel, runtime
 from .model import Model
 from .runtime import placement
+from .weights import ReadAhead, is_expert_tensor, open_checkpoint
 
 
 def load_model(path: str | Path, dtype: mx.Dtype | str | None = None, *,
@@ -45,8 +45,8 @@ def load_model(path: str | Path, dtype: mx.Dtype | str | None = None, *,
     kernels = runtime.select(precision=precision)
     if in_place and not kernels.reads_mapped:
         raise runtime.NativeKernelsError("in_place=True needs the native CPU kernels, the only "
-                                         f"ones that read mapped weights; {kernels} were "
-                                         f"selected ({runtime.why(kernels)})")
+                                         f"ones that read mapped weights, and this model runs "
+                                         f"on {type(kernels).__name__} ({kernels.why})")
     checkpoint = open_checkpoint(path)
     model = Model(checkpoint.config, dtype, quantized_lm_head, group=group, kernels=kernels)
     experts = model.local_experts  # None: all of them
@@ -69,10 +69,10 @@ def load_model(path: str | Path, dtype: mx.Dtype | str | None = None, *,
     byte_ranges: dict[str, list] = {key: [] for key in groups}
     for name in checkpoint.names():
         read_here = not held[name].in_place
-        if read_here and (experts is None or not loader.is_expert_tensor(name)):
+        if read_here and (experts is None or not is_expert_tensor(name)):
             byte_ranges[_load_group(name)].append(checkpoint.byte_range(name))
     del checkpoint
-    with loader.ReadAhead([byte_ranges[key] for key in groups]) as read_ahead:
+    with ReadAhead([byte_ranges[key] for key in groups]) as read_ahead:
         for index, group_params in enumerate(groups.values()):
             read_ahead.reached(index)
             mx.eval(group_params)

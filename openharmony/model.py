@@ -29,15 +29,17 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from . import loader, runtime
+from . import runtime
 from .cache import make_caches
 from .config import MXFP4_BLOCK, ModelConfig
-from .errors import CheckpointError, ConfigError, InputError
+from .errors import CheckpointError, InputError
 from .linear import Embedding, Linear
 from .moe import MLP, unreported
 from .parallel import ExpertShard
 from .runtime import Kernels
+from .runtime.dtypes import COMPUTE_DTYPES, compute_dtype, default_dtype  # noqa: F401 (public)
 from .runtime.placement import MXFP4, Placement, placement
+from .weights import engine_shapes as weight_shapes, is_expert_tensor
 
 # The parts of the forward `Model.__call__` reports to `observe`, in order: "embed", then for
 # each layer the LAYER_PARTS, then "norm" and "lm_head".
@@ -48,30 +50,6 @@ PARTS = ("embed", *LAYER_PARTS, "norm", "lm_head")
 # Rows of the lm_head quantized at once when `quantized_lm_head` is asked for: mx.quantize
 # (mxfp4, CPU) peaks at about 20x its input's bytes, 0.47 GB for 2048 rows of 2880.
 QUANTIZE_ROWS = 2048
-
-
-def default_dtype() -> mx.Dtype:
-    """The compute dtype when none is asked for.
-
-    MLX's CPU backend runs bfloat16 arithmetic many times slower than float32 (it has no bf16
-    kernels), so float32 there; bfloat16 on a GPU (Metal or CUDA), where it halves the memory
-    traffic that bounds decoding.
-    """
-    return mx.float32 if mx.default_device() == mx.cpu else mx.bfloat16
-
-
-COMPUTE_DTYPES = {"float32": mx.float32, "bfloat16": mx.bfloat16}
-
-
-def compute_dtype(dtype: mx.Dtype | str | None) -> mx.Dtype:
-    """The compute dtype for `dtype` (an mx dtype, its name, or None for the default)."""
-    if dtype is None:
-        return default_dtype()
-    if isinstance(dtype, str) and dtype in COMPUTE_DTYPES:
-        return COMPUTE_DTYPES[dtype]
-    if isinstance(dtype, mx.Dtype) and dtype in COMPUTE_DTYPES.values():
-        return dtype
-    raise ConfigError(f"compute dtype must be one of {', '.join(COMPUTE_DTYPES)}, got {dtype!r}")
 
 
 # -- layers -------------------------------------------------------------------------------
@@ -275,7 +253,8 @@ class Model(nn.Module):
         `options` are `openharmony.cache.make_caches`'s: `kv_bits=8` (or 4) quantizes the
         full-attention layers' keys and values, `kv_dtype` stores the float ones narrower, ...
         """
-        return make_caches(self.config, attention=self.kernels.attention, **options)
+        return make_caches(self.config, attention=self.kernels.attention,
+                           packed_attention=self.kernels.packed_attention, **options)
 
     # -- weights --------------------------------------------------------------------------
 
@@ -297,7 +276,7 @@ class Model(nn.Module):
         expected = engine_shapes(self.config)
         if self.local_experts is not None:  # this rank's share of the experts only
             expected.update({name: (len(self.local_experts), *shape[1:])
-                             for name, shape in expected.items() if loader.is_expert_tensor(name)})
+                             for name, shape in expected.items() if is_expert_tensor(name)})
         missing = sorted(set(expected) - set(weights))
         unexpected = sorted(set(weights) - set(expected))
         if missing or unexpected:
@@ -367,4 +346,4 @@ def _summarize(names: list[str], limit: int = 4) -> str:
 
 def engine_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
     """Every engine-named tensor of a checkpoint with this config, with its shape."""
-    return {name: shape for name, (shape, _) in loader.engine_shapes(config).items()}
+    return {name: shape for name, (shape, _) in weight_shapes(config).items()}

@@ -27,17 +27,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import FULL, SLIDING, ModelConfig, YarnScaling
-from .loader import (HF, INDEX_FILE, ORIGINAL, SINGLE_FILE, TensorSpec,
-                     engine_shapes, engine_to_stored, hf_tensor_specs, original_tensor_specs)
+from .config import ModelConfig, YarnScaling, alternating_layers
+from .weights import (HF, INDEX_FILE, ORIGINAL, SINGLE_FILE, TensorSpec,
+                      engine_shapes, engine_to_stored, hf_tensor_specs, original_tensor_specs)
 
 # Values of the 16 E2M1 codes (OCP MX v1.0), used only to size the MXFP4 scales.
 E2M1_VALUES = np.array([0, .5, 1, 1.5, 2, 3, 4, 6, -0., -.5, -1, -1.5, -2, -3, -4, -6])
 CHUNK_ELEMENTS = 1 << 24  # values generated at once: 64 MB of float32
-
-
-def _alternating(n: int) -> tuple[str, ...]:
-    return tuple(SLIDING if i % 2 == 0 else FULL for i in range(n))
 
 
 def _real(num_layers: int, num_experts: int) -> ModelConfig:
@@ -45,7 +41,7 @@ def _real(num_layers: int, num_experts: int) -> ModelConfig:
         num_hidden_layers=num_layers, num_local_experts=num_experts, num_experts_per_tok=4,
         vocab_size=201088, hidden_size=2880, intermediate_size=2880, head_dim=64,
         num_attention_heads=64, num_key_value_heads=8, sliding_window=128,
-        layer_types=_alternating(num_layers), rope_theta=150000.0, rope_scaling=YarnScaling(),
+        layer_types=alternating_layers(num_layers), rope_theta=150000.0, rope_scaling=YarnScaling(),
         swiglu_limit=7.0, max_position_embeddings=131072)
 
 
@@ -53,7 +49,7 @@ _TINY = ModelConfig(
     # H, I, and heads x head_dim all differ, so a transposed weight cannot go unnoticed.
     num_hidden_layers=2, num_local_experts=8, num_experts_per_tok=4, vocab_size=1024,
     hidden_size=64, intermediate_size=128, head_dim=16, num_attention_heads=6,
-    num_key_value_heads=2, sliding_window=8, layer_types=_alternating(2), rope_theta=150000.0,
+    num_key_value_heads=2, sliding_window=8, layer_types=alternating_layers(2), rope_theta=150000.0,
     rope_scaling=YarnScaling(), swiglu_limit=7.0, max_position_embeddings=131072,
     # eos keeps gpt-oss's id, outside this vocabulary: a tiny model never stops by itself.
     # No pad: transformers needs one inside the vocabulary. (OpenAI's original/ config

@@ -146,7 +146,7 @@ def decode_step_bytes(path: Path, context: int, dense_bytes: int | None) -> dict
     sliding layers.
     """
     import mlx.core as mx
-    from openharmony.loader import open_checkpoint
+    from openharmony.weights import open_checkpoint
 
     checkpoint = open_checkpoint(path)
     c = checkpoint.config
@@ -572,7 +572,7 @@ def benchmark(args) -> dict:
     path = args.checkpoint or ensure_checkpoint(checkpoint_path(args.cache_dir, args.layers),
                                                 args.layers)
     path = Path(path)
-    from openharmony.loader import open_checkpoint
+    from openharmony.weights import open_checkpoint
 
     lock = open_checkpoint(path).tensor_bytes >= LOCK_ABOVE_BYTES
     with big_memory_lock(lock):  # alone on the machine, like the runs
@@ -767,7 +767,7 @@ def format_profile(result: dict, step_bytes: dict[str, int]) -> str:
 def profile_main(args) -> None:
     path = args.checkpoint or ensure_checkpoint(checkpoint_path(args.cache_dir, args.layers),
                                                 args.layers)
-    from openharmony.loader import open_checkpoint
+    from openharmony.weights import open_checkpoint
 
     lock = open_checkpoint(path).tensor_bytes >= LOCK_ABOVE_BYTES
     context = args.prompt_tokens + args.decode_tokens // 2

@@ -166,7 +166,7 @@ def main() -> None:
         return
 
     runs: dict[int, list[list[dict]]] = {1: [], args.ranks: []}
-    from openharmony.loader import open_checkpoint
+    from openharmony.weights import open_checkpoint
 
     with big_memory_lock(open_checkpoint(args.checkpoint).tensor_bytes >= LOCK_ABOVE_BYTES):
         for _ in range(args.rounds):

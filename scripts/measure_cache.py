@@ -514,6 +514,9 @@ def speed(args) -> dict:
 # `attention` only: the 8-bit cache reading its packed keys and values for any number of
 # queries (a prefill chunk otherwise decodes them first: QuantizedStorage.dequantize_from).
 PACKED = "8-bit full layers, packed"
+# `attention` only: a variant name ending in this runs on MLX's attention (MLXKernels)
+# instead of the kernels runtime.select() picks (the native kernel on the CPU; issue 20).
+ON_MLX = " [mlx]"
 
 
 def attention_alone(args) -> dict:
@@ -521,8 +524,10 @@ def attention_alone(args) -> dict:
     full-attention layer of the 20b (64 query heads, 8 kv heads of 64), its cache filled to
     each context: seconds per variant, the variants interleaved round by round (medians).
     Small enough to need no lock (134 MB at 32k)."""
+    from openharmony import runtime
     from openharmony.cache import make_caches
     from openharmony.random_checkpoint import PRESETS
+    from openharmony.runtime import MLXKernels
 
     config = PRESETS["20b"]
     full_layer = next(i for i in range(config.num_hidden_layers) if not config.is_sliding(i))
@@ -530,9 +535,12 @@ def attention_alone(args) -> dict:
     for context in args.contexts:
         caches = {}
         for variant in args.variants:
-            options = VARIANTS["8-bit full layers"] if variant == PACKED else VARIANTS[variant]
-            cache = make_caches(config, **options)[full_layer]
-            if variant == PACKED:
+            base = variant.removesuffix(ON_MLX)
+            options = VARIANTS["8-bit full layers"] if base == PACKED else VARIANTS[base]
+            kernels = MLXKernels(mx.cpu) if variant.endswith(ON_MLX) else runtime.select()
+            cache = make_caches(config, attention=kernels.attention,
+                                packed_attention=kernels.packed_attention, **options)[full_layer]
+            if base == PACKED:
                 cache.storage.dequantize_from = sys.maxsize
             fill([cache], config, context)
             caches[variant] = cache
@@ -551,7 +559,7 @@ def attention_alone(args) -> dict:
             out[f"{variant} @ {context}"] = {
                 "context": context, "queries": T, "variant": variant,
                 "attention_s": float(np.median(seconds)),
-                "vs_float": float(np.median(seconds) / np.median(times["float"]))}
+                "vs_first": float(np.median(seconds) / np.median(times[args.variants[0]]))}
         del caches
     return out
 
@@ -611,7 +619,9 @@ def main() -> None:
     p = sub.add_parser("attention")
     p.add_argument("--contexts", type=int, nargs="+", default=[1024, 8192, 32768])
     p.add_argument("--variants", nargs="+", default=["float", "8-bit full layers",
-                                                     "4-bit full layers", "bf16"])
+                                                     "4-bit full layers", "bf16"],
+                   help=f"the first is the one the others are compared with; '<variant>{ON_MLX}'"
+                        " runs on MLX's attention instead of the native kernel")
     p.add_argument("--rounds", type=int, default=9)
     p.add_argument("--queries", type=int, default=1, help="new positions per step (1: decode)")
     p = sub.add_parser("long-positions")

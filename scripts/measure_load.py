@@ -27,10 +27,11 @@ SYSTEMS = ("openharmony", "openharmony-no-read-ahead", "mlx-lm")
 def load(system: str, checkpoint: Path) -> float:
     """Seconds to load in this process (imports excluded)."""
     if system.startswith("openharmony"):
-        from openharmony import loader, load_model
+        from openharmony import load_model
+        from openharmony.weights import ReadAhead
 
         if system == "openharmony-no-read-ahead":
-            loader.ReadAhead._run = lambda self: None
+            ReadAhead._run = lambda self: None
         start = time.perf_counter()
         load_model(checkpoint, "float32")
     else:

@@ -34,7 +34,7 @@ def status():
 
 t0 = time.perf_counter()
 import mlx.core as mx
-from openharmony.loader import open_checkpoint
+from openharmony.weights import open_checkpoint
 imported = time.perf_counter()
 before = status()
 start = time.perf_counter()

@@ -18,7 +18,7 @@ import time
 
 import mlx.core as mx
 
-from openharmony.loader import open_checkpoint
+from openharmony.weights import open_checkpoint
 from openharmony.mxfp4 import SCALE_NAN
 
 

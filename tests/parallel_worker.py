@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from openharmony import generate, load_model, native, parallel
-from openharmony.loader import is_expert_tensor
+from openharmony.weights import is_expert_tensor
 
 import mlx.core as mx
 

@@ -100,26 +100,39 @@ def run_batch(batch: Batch, joins: dict[int, list] = (), leave: dict = ()) -> di
 
 REQUESTS = [  # (prompt, options): greedy, seeded sampling, filters with logprobs
     (PROMPTS[0], dict(temperature=0, max_tokens=12)),
-    (PROMPTS[1], dict(temperature=1.0, seed=5, max_tokens=9)),
+    (PROMPTS[1], dict(temperature=1.0, seed=5, max_tokens=9, logprobs=True)),
     (PROMPTS[2], dict(temperature=0.8, top_p=0.9, top_k=40, seed=7, max_tokens=15,
                       logprobs=True, top_logprobs=3, repetition_penalty=1.3)),
     (PROMPTS[1][:5], dict(temperature=0, max_tokens=1)),  # read without a second step
 ]
 
 
-def test_concurrent_requests_get_the_tokens_each_gets_alone(model, tokenizer):
-    alone = [generate(model, p, tokenizer=tokenizer, **o) for p, o in REQUESTS]
+def test_concurrent_requests_follow_the_reference_model(model, tokenizer, checkpoint):
+    """Four requests decoded by one forward per token: each row's log-probabilities are
+    transformers' for its own prompt and tokens (before penalties, temperature and filters),
+    its greedy tokens transformers' argmax, and its text the vocabulary's decoding of its
+    tokens; rows that mixed up positions, caches or samplers would break these."""
     batch = Batch(model)
     decodings = [make_decoding(model, p, tokenizer=tokenizer, **o) for p, o in REQUESTS]
     chunks = run_batch(batch, {0: decodings})
     assert batch.largest == 4
-    for decoding, result in zip(decodings, alone):
+    reference = load_reference(checkpoint)
+    for (prompt, options), decoding in zip(REQUESTS, decodings):
         got = chunks[decoding]
-        assert [c.token for c in got] == result.tokens
-        assert "".join(c.text for c in got) == result.text
-        assert got[-1].finish_reason == result.finish_reason == "length"
-    np.testing.assert_allclose([c.logprob for c in chunks[decodings[2]]], alone[2].logprobs,
-                               atol=1e-5)
+        tokens = [c.token for c in got]
+        assert len(tokens) == options["max_tokens"] and got[-1].finish_reason == "length"
+        assert "".join(c.text for c in got) == tokenizer.decode(tokens)
+        # Row t: the distribution the t-th token was drawn from.
+        logits = reference_logits(reference, np.array([prompt + tokens]))[0, len(prompt) - 1:-1]
+        high = logits.max(-1, keepdims=True)
+        log_p = logits - high - np.log(np.exp(logits - high).sum(-1, keepdims=True))
+        if options["temperature"] == 0:
+            assert tokens == log_p.argmax(-1).tolist()
+        if options.get("logprobs"):
+            np.testing.assert_allclose([c.logprob for c in got],
+                                       log_p[np.arange(len(tokens)), tokens], atol=1e-4)
+        for chunk, row in zip(got, log_p) if options.get("top_logprobs") else ():
+            assert [t for t, _ in chunk.top_logprobs] == np.argsort(-row)[:3].tolist()
 
 
 def test_requests_join_mid_generation_and_leave_while_others_go_on(model, tokenizer):

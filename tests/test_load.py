@@ -125,7 +125,7 @@ def test_in_place_weights_are_the_checkpoints_bytes(layout, tiny_checkpoint,
 
 
 def test_a_share_of_the_experts_is_a_byte_range_of_the_mapping(tiny_checkpoint):
-    from openharmony.loader import open_checkpoint
+    from openharmony.weights import open_checkpoint
 
     checkpoint = open_checkpoint(tiny_checkpoint)
     name = "layers.0.mlp.experts.gate_up_proj.blocks"

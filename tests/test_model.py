@@ -29,7 +29,7 @@ from openharmony import native, runtime
 from openharmony.cache import KVCache
 from openharmony.config import FULL, SLIDING, ModelConfig, YarnScaling
 from openharmony.errors import CheckpointError, ConfigError
-from openharmony.loader import open_checkpoint
+from openharmony.weights import open_checkpoint
 from openharmony.load import load_model
 from openharmony.model import Model
 from openharmony.mxfp4 import decode, from_mlx
@@ -361,6 +361,9 @@ def _patch_sinks(monkeypatch, change):
     monkeypatch.setattr(mx.fast, "scaled_dot_product_attention",
                         lambda q, k, v, *, scale, mask, sinks: sdpa(
                             q, k, v, scale=scale, mask=mask, sinks=change(sinks, scale)))
+    attention = native.attention  # the CPU's attention kernel (issue 20), where it runs
+    monkeypatch.setattr(native, "attention", lambda q, k, v, *, scale, sinks, **kw: attention(
+        q, k, v, scale=scale, sinks=change(sinks, scale), **kw))
 
 
 def _bug_sinks_missing(monkeypatch):

@@ -24,7 +24,7 @@ import pytest
 
 from openharmony import load_model, runtime
 from openharmony.errors import ConfigError
-from openharmony.loader import is_expert_tensor, open_checkpoint
+from openharmony.weights import is_expert_tensor, open_checkpoint
 from openharmony.parallel import expert_ranges
 from openharmony.random_checkpoint import PRESETS, write_random_checkpoint
 

@@ -7,18 +7,23 @@ test_model.py.
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 
 import mlx.core as mx
 import pytest
 
 from openharmony import native, runtime
+from openharmony.cache import make_caches
 from openharmony.load import load_model
-from openharmony.loader import open_checkpoint
+from openharmony.memory import checkpoint_summary
+from openharmony.model import Model
+from openharmony.random_checkpoint import write_random_checkpoint
+from openharmony.weights import open_checkpoint
 from openharmony.runtime import MLXKernels, NativeKernels, NativeKernelsError, placement
 
-needs_native = pytest.mark.skipif(not native.available,
-                                  reason=f"native kernels unavailable: {native.unavailable_reason}")
+needs_native = pytest.mark.skipif(
+    not native.available, reason=f"native kernels unavailable: {native.unavailable_reason}")
 
 
 def test_the_kernels_setting_is_checked():
@@ -82,6 +87,23 @@ def test_the_loaded_model_holds_every_tensor_as_the_placement_table_says(
     assert any(w.in_place for w in table.values()) == (kernels == "native")
 
 
+@pytest.mark.parametrize("kernels", ["native", "mlx"])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_the_memory_estimate_is_what_the_loaded_model_holds(monkeypatch, tiny_checkpoint,
+                                                            kernels, dtype):
+    """memory.py reads the placement table: its weight bytes (and those in place) are what a
+    model loaded on the same kernels holds, counted from the loaded tensors."""
+    if kernels == "native" and not native.available:
+        pytest.skip(f"native kernels unavailable: {native.unavailable_reason}")
+    monkeypatch.setenv(runtime.ENV_VAR, kernels)
+    model = load_model(tiny_checkpoint, dtype)
+    held = dict(_tensors(model))
+    in_place = sum(t.nbytes for t in held.values() if native.is_mapped(t))
+    summary = checkpoint_summary(open_checkpoint(tiny_checkpoint), dtype, 16, model.kernels)
+    assert summary["weight_bytes"] == sum(t.nbytes for t in held.values())
+    assert summary["weight_bytes_in_place"] == in_place
+
+
 def _tensors(module, prefix=""):
     """Every tensor a module holds, parameters and mapped tensors alike, by dotted name."""
     for key, value in module.items():
@@ -93,3 +115,39 @@ def _tensors(module, prefix=""):
             yield from _tensors(value, name + ".")
         else:
             yield name, value
+
+
+class Recording(MLXKernels):
+    """MLX's kernels, counting the attention calls the caches make through the model, with a
+    packed-cache kernel written here from its contract: dequantize, then float attention."""
+
+    def __init__(self):
+        super().__init__(mx.cpu)
+        self.calls = {"attention": 0, "packed_attention": 0}
+
+    def attention(self, queries, keys, values, **kwargs):
+        self.calls["attention"] += 1
+        return super().attention(queries, keys, values, **kwargs)
+
+    def packed_attention(self, queries, keys, values, *, bits, group_size, **kwargs):
+        self.calls["packed_attention"] += 1
+        k, v = (mx.dequantize(*parts, group_size=group_size, bits=bits) for parts in (keys, values))
+        return super().attention(queries, k, v, **kwargs)
+
+
+def test_the_caches_attend_through_the_models_kernels(tmp_path, tiny_config):
+    # head_dim 32 (tiny's is 16) so that the full-attention layer's cache can be quantized.
+    config = dataclasses.replace(tiny_config, head_dim=32)
+    path = write_random_checkpoint(tmp_path, config, seed=3)
+    checkpoint = open_checkpoint(path)
+    tokens = mx.array([[5, 17, 3, 99, 42, 7, 1, 64, 300, 12, 8]])
+    kernels = Recording()
+    model = Model(config, mx.float32, kernels=kernels)
+    model.load_weights(list(model.sanitize(checkpoint.weights()).items()))
+    logits = model(tokens, model.make_cache(kv_bits=8))
+    sliding = sum(config.is_sliding(i) for i in range(config.num_hidden_layers))
+    assert kernels.calls == {"attention": sliding,
+                             "packed_attention": config.num_hidden_layers - sliding}
+    # The same model with MLX's own caches (quantized_matmul for the 8-bit layer).
+    plain = model(tokens, make_caches(config, kv_bits=8))
+    assert float(mx.abs(logits - plain).max()) <= 1e-4

@@ -19,21 +19,22 @@ import mlx.core as mx
 
 from ..config import ModelConfig
 from ..errors import ConfigError
-from .base import Cache, Storage, attention_mask
+from .base import Cache, Storage, Visible, attention_mask
 from .kv import FloatStorage, KVCache, RotatingKVCache
 from .prompt import PromptCache
 from .quantized import BITS, QuantizedStorage
 
 KV_DTYPES = {"float32": mx.float32, "bfloat16": mx.bfloat16, "float16": mx.float16}
 
-__all__ = ["Cache", "Storage", "attention_mask", "FloatStorage", "QuantizedStorage", "KVCache",
-           "RotatingKVCache", "PromptCache", "make_caches", "kv_dtype_of", "default_group_size",
+__all__ = ["Cache", "Storage", "Visible", "attention_mask", "FloatStorage", "QuantizedStorage",
+           "KVCache", "RotatingKVCache", "PromptCache", "make_caches", "kv_dtype_of", "default_group_size",
            "KV_DTYPES", "BITS"]
 
 
 def make_caches(config: ModelConfig, *, kv_bits: int | None = None,
                 kv_group_size: int | None = None, kv_dtype: mx.Dtype | str | None = None,
-                quantize_sliding: bool = False, start: int = 0, attention=None) -> list:
+                quantize_sliding: bool = False, start: int = 0, attention=None,
+                packed_attention=None) -> list:
     """One cache per layer: rotating on sliding-window layers, growing on full-attention ones.
 
     `kv_bits` (4 or 8): the full-attention layers store keys and values quantized (groups of
@@ -41,9 +42,10 @@ def make_caches(config: ModelConfig, *, kv_bits: int | None = None,
     multiple of 64); the sliding layers too with `quantize_sliding` (they hold only `window`
     positions, so that saves little: docs/cache.md). `kv_dtype`: the float caches store in
     this dtype (e.g. bfloat16 under float32 compute); None keeps the compute dtype. `start`:
-    the position of the first token (see `KVCache`). `attention`: the float attention kernel
-    the storages call (`Kernels.attention`, which `Model.make_cache` passes; default MLX's
-    `mx.fast.scaled_dot_product_attention`, base.py's `float_attention`).
+    the position of the first token (see `KVCache`). `attention` and `packed_attention`: the
+    kernels the storages attend with (`Kernels.attention` and `Kernels.packed_attention`, which
+    `Model.make_cache` passes; default MLX's `mx.fast.scaled_dot_product_attention`, base.py's
+    `float_attention`, and the quantized storage's own quantized_matmul path).
     """
     float_storage = FloatStorage(kv_dtype_of(kv_dtype), attention)
     quantized = float_storage
@@ -56,7 +58,7 @@ def make_caches(config: ModelConfig, *, kv_bits: int | None = None,
             raise ConfigError(f"a quantized KV cache needs head_dim ({config.head_dim}) to be a "
                               f"multiple of the kv group size ({group}; 32, 64 or 128)")
         try:
-            quantized = QuantizedStorage(kv_bits, group, attention)
+            quantized = QuantizedStorage(kv_bits, group, attention, packed_attention)
         except ValueError as e:
             raise ConfigError(str(e)) from None
     if isinstance(start, bool) or not isinstance(start, int) or start < 0:

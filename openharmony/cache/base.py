@@ -29,20 +29,34 @@ compute attention its own way while the sink logit still joins the softmax unqua
 A `Storage` is how a cache holds keys and values: `encode(x)` turns new keys or values
 `[B, H, T, D]` into a tuple of arrays that all have the positions on axis 2 (the caches slice,
 gather and write them along that axis, whatever they are), and `attention(queries, keys, values,
-*, scale, sinks, mask)` computes attention over such tuples with a mask as `attention_mask`
-gives it. `FloatStorage` (kv.py) and `QuantizedStorage` (quantized.py) are the two.
+*, scale, sinks, mask)` computes attention over such tuples, with which keys each query sees
+given as a `Visible` (positions, no mask array). `FloatStorage` (kv.py) and
+`QuantizedStorage` (quantized.py) are the two. They attend with the kernels the model's
+runtime gives them (`Model.make_cache`: `Kernels.attention`, `Kernels.packed_attention`): on
+the CPU openharmony's native kernel (csrc/attention.cpp: flash style, reading the cache as
+stored), elsewhere MLX's; `make_caches` alone defaults to MLX's.
 """
 
 from __future__ import annotations
 
-from typing import Protocol, Union
+from dataclasses import dataclass
+from typing import Protocol
 
 import mlx.core as mx
 
-# What a storage's attention accepts as a mask: None (every key visible), "causal" (query i of
-# T sees keys 0 .. S-T+i, aligned to the last key, as mx.fast.scaled_dot_product_attention
-# reads it), or a bool array [T, S], True where attention is allowed.
-Mask = Union[None, str, mx.array]
+
+@dataclass(frozen=True)
+class Visible:
+    """Which keys each query sees, without a mask array: query t (of T) sits at key index
+    `first + t` of the keys given to the storage, and sees the keys up to there (causal), and
+    with `window` only the last `window` of them. A cache builds it from its own state; the
+    native kernel reads it as is, MLX's attention as `mlx_mask` spells it."""
+
+    first: int
+    window: int | None = None
+
+
+Mask = Visible  # what a storage's attention is given
 
 
 class Cache(Protocol):
@@ -84,22 +98,36 @@ def attention_mask(query_positions: mx.array, key_positions: mx.array,
     return allowed
 
 
-def explicit_mask(mask: Mask, num_queries: int, num_keys: int) -> mx.array | None:
-    """`mask` as None or a bool array [T, S] ("causal" spelled out)."""
-    if isinstance(mask, str):
-        assert mask == "causal", mask
+def mlx_mask(mask: Visible, num_queries: int, num_keys: int) -> None | str | mx.array:
+    """`mask` as mx.fast.scaled_dot_product_attention takes it: None (every key visible),
+    "causal" (aligned to the last key), or a bool array [T, S] where a window cuts keys."""
+    T, S, first = num_queries, num_keys, mask.first
+    if mask.window is None or first + T - 1 < mask.window:  # the window cuts no key
+        if first >= S - 1:
+            return None
+        if first + T == S:
+            return "causal"
+    return attention_mask(mx.arange(first, first + T), mx.arange(S), mask.window)
+
+
+def explicit_mask(mask: Visible, num_queries: int, num_keys: int) -> mx.array | None:
+    """`mask` as None (every key visible) or a bool array [T, S]."""
+    spelled = mlx_mask(mask, num_queries, num_keys)
+    if isinstance(spelled, str):
         return attention_mask(mx.arange(num_keys - num_queries, num_keys), mx.arange(num_keys),
                               None)
-    return mask
+    return spelled
 
 
 def float_attention(queries: mx.array, keys: mx.array, values: mx.array, *, scale: float,
-                    sinks: mx.array, mask: Mask) -> mx.array:
+                    sinks: mx.array, mask: Visible) -> mx.array:
     """The attention on float keys and values (held narrower, they are computed in the
-    queries' dtype). GQA without tiling k/v: the kernel maps q head h to kv head
+    queries' dtype). GQA without tiling k/v: query head h reads kv head
     h // (n_heads/n_kv_heads). The sink is a per-head logit appended to the softmax, unscaled
-    and never masked."""
+    and never masked. MLX's attention (`MLXKernels.attention`, and the default of the
+    storages); on the CPU the native kernel takes its place (`NativeKernels.attention`)."""
     if keys.dtype != queries.dtype:
         keys, values = keys.astype(queries.dtype), values.astype(queries.dtype)
-    return mx.fast.scaled_dot_product_attention(queries, keys, values, scale=scale, mask=mask,
-                                                sinks=sinks)
+    return mx.fast.scaled_dot_product_attention(
+        queries, keys, values, scale=scale, sinks=sinks,
+        mask=mlx_mask(mask, queries.shape[2], keys.shape[2]))

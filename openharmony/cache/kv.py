@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import mlx.core as mx
 
-from .base import Mask, Storage, attention_mask, float_attention
+from .base import Mask, Storage, Visible, float_attention
 
 Parts = tuple  # a storage's encoded keys (or values): arrays with the positions on axis 2
 
@@ -128,11 +128,8 @@ class KVCache(_Buffers):
         self.keys, self.values = new_keys, new_values
 
     def _mask(self, num_queries: int, window: int | None) -> Mask:
-        held = self.offset - self.start
-        if window is None or held <= window:  # no key is outside any query's window
-            return None if num_queries == 1 else "causal"
-        return attention_mask(mx.arange(self.offset - num_queries, self.offset),
-                              mx.arange(self.start, self.offset), window)
+        """Buffer index i holds position start + i; the queries are the last positions."""
+        return Visible(self.offset - self.start - num_queries, window)
 
     def can_trim_to(self, n: int) -> bool:
         return self.start <= n <= self.offset
@@ -205,8 +202,9 @@ class RotatingKVCache(_Buffers):
         self.offset += 1
         self._oldest = max(self._oldest, self.offset - self.window)
         held = min(self.offset, self.window)  # before the first wrap, slots 0..held-1
+        # The slots are in rotated order, and every one is in the query's window: no mask.
         return (tuple(p[:, :, :held] for p in self.keys),
-                tuple(p[:, :, :held] for p in self.values), None)
+                tuple(p[:, :, :held] for p in self.values), Visible(held - 1))
 
     def _append_chunk(self, keys: Parts, values: Parts, T: int,
                       history: int) -> tuple[Parts, Parts, Mask]:
@@ -221,7 +219,7 @@ class RotatingKVCache(_Buffers):
         slots = mx.arange(end - kept, end) % self.window
         for buffer, new in zip(self.keys + self.values, keys + values):
             buffer[:, :, slots] = new[:, :, -kept:]
-        mask = attention_mask(mx.arange(self.offset, end), mx.arange(history, end), self.window)
+        mask = Visible(self.offset - history, self.window)  # key i is position history + i
         self.offset = end
         self._oldest = max(self._oldest, end - self.window)
         return keys, values, mask

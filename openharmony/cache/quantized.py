@@ -6,8 +6,12 @@ position is quantized on its own (groups run along head_dim), so a position's st
 not depend on how the sequence was chunked: trimming a quantized cache, or restoring a snapshot,
 gives exactly what a cold run holds (prefix reuse stays exact).
 
-A decode step multiplies the queries with the packed keys and the probabilities with the packed
-values (`mx.quantized_matmul`, which dequantizes group by group, never the whole cache). The
+On the CPU, every call runs openharmony's native attention kernel (csrc/attention.cpp), which
+reads the packed keys and values block by block, dequantizing each block into a tile in L1
+(never the whole cache), for decode steps and prefill chunks alike. Elsewhere (Metal, CUDA,
+or OPENHARMONY_KERNELS=mlx) a decode step multiplies the queries with the packed keys and the
+probabilities with the packed values (`mx.quantized_matmul`, which dequantizes group by
+group, never the whole cache). The
 scores and the softmax are float32, and the sink logit joins the softmax as one more column,
 unquantized and unmasked, then is dropped: the same math as the float path's
 `mx.fast.scaled_dot_product_attention(..., sinks=...)`. (mlx-lm's quantized cache has no sink
@@ -34,7 +38,8 @@ DEQUANTIZE_FROM = 4
 
 
 class QuantizedStorage:
-    def __init__(self, bits: int = 8, group_size: int = 64, attention=None) -> None:
+    def __init__(self, bits: int = 8, group_size: int = 64, attention=None,
+                 packed_attention=None) -> None:
         if bits not in BITS:
             raise ValueError(f"kv_bits must be one of {', '.join(map(str, BITS))}, got {bits!r}")
         if group_size not in GROUP_SIZES:
@@ -42,8 +47,11 @@ class QuantizedStorage:
                              f"{', '.join(map(str, GROUP_SIZES))}, got {group_size!r}")
         self.bits, self.group_size = bits, group_size
         self.dequantize_from = DEQUANTIZE_FROM  # scripts/measure_cache.py times both paths
-        # The float path's kernel (`Kernels.attention`, from the model; default MLX's sdpa).
+        # The float path's kernel (`Kernels.attention`, from the model; default MLX's sdpa),
+        # and one reading the packed keys and values as stored where the model's kernels have
+        # one (`Kernels.packed_attention`; None: the quantized_matmul path below).
         self.float_attention = attention or float_attention
+        self.packed_attention = packed_attention
 
     def encode(self, x: mx.array) -> tuple[mx.array, mx.array, mx.array]:
         """[B, H, T, D] -> (packed uint32 [B, H, T, D*bits/32], scales, biases [B, H, T, D/g])."""
@@ -52,6 +60,9 @@ class QuantizedStorage:
     def attention(self, queries: mx.array, keys: tuple, values: tuple, *, scale: float,
                   sinks: mx.array, mask: Mask) -> mx.array:
         B, n_heads, T, D = queries.shape
+        if self.packed_attention is not None:  # the native CPU kernel: any T, as stored
+            return self.packed_attention(queries, keys, values, scale=scale, sinks=sinks,
+                                         mask=mask, bits=self.bits, group_size=self.group_size)
         if T >= self.dequantize_from:
             k, v = (mx.dequantize(*parts, group_size=self.group_size, bits=self.bits)
                     for parts in (keys, values))

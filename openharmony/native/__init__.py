@@ -11,6 +11,9 @@ graph like `mx.gather_qmm`:
 * `bf16_matmul(x, w)`: float32 activations times bfloat16 weights [N, K] transposed, for the
   dense layers, whose weights can then stay bfloat16 in memory.
 * `take_rows(table, ids)`: rows of a mapped embedding table.
+* `attention(q, keys, values, ...)`: flash attention over a KV cache as stored (float32,
+  bfloat16, or `mx.quantize`'s 4/8-bit packing), with gpt-oss's sinks, GQA and the causal /
+  sliding-window mask from positions (csrc/attention.cpp; docs/cache.md).
 
 Weights can be MLX arrays or `MappedTensor`s: byte ranges of a checkpoint file mapped once,
 read-only and shared (`map_file(path).tensor(offset, shape, dtype)`), which the kernels read
@@ -114,6 +117,25 @@ def take_rows(table, ids: mx.array) -> mx.array:
     """Rows `ids` [n] of a mapped table [V, H] -> [n, H] in the table's dtype; ids outside
     [0, V) give NaN rows instead of reading outside the mapping."""
     return _module().take_rows(table, ids)
+
+
+def attention(queries: mx.array, keys: tuple, values: tuple, *, scale: float,
+              sinks: mx.array | None, first: int, window: int | None = None, bits: int = 0,
+              group_size: int = 0, isa: str | None = None, splits: int = 0) -> mx.array:
+    """softmax([q.k * scale over the visible keys, sink]) @ v, flash style on the CPU
+    (csrc/attention.cpp) -> float32 [B, n_heads, T, D].
+
+    `keys`/`values`: the cache's arrays as stored, positions on axis 2: `(k,)` float32 or
+    bfloat16 [B, n_kv_heads, S, D], or `mx.quantize`'s `(packed, scales, biases)` with `bits`
+    and `group_size`; views of larger buffers are read in place. Query head h reads kv head
+    h // (n_heads / n_kv_heads). Query t sits at key index `first + t`: it sees keys up to
+    there, and with `window` only the last `window` of them. `sinks` [n_heads]: one logit per
+    head in the softmax, unscaled and never masked. `splits`: key ranges per item (0: chosen;
+    split-K for decode steps).
+    """
+    return _module().attention(queries, list(keys), list(values), sinks, float(scale),
+                               int(first), int(window or 0), int(bits), int(group_size),
+                               _isa(isa), int(splits))
 
 
 def map_file(path) -> "_kernels.Mapping":

@@ -34,7 +34,8 @@ from typing import Mapping
 
 import mlx.core as mx
 
-from .. import native as extension  # the C++ extension (runtime.native is its Kernels)
+# The C++ extension (`runtime.native` is the submodule of its Kernels).
+from .. import native as extension
 from ..errors import OpenHarmonyError
 from ..native import NativeKernelsError
 from .kernels import Kernels
@@ -46,8 +47,8 @@ CHOICES = ("auto", "native", "mlx")
 PRECISION_ENV_VAR = "OPENHARMONY_PRECISION"
 PRECISIONS = ("exact", "fast")
 
-__all__ = ["select", "choice", "precision_choice", "why", "Kernels", "MLXKernels", "NativeKernels", "NativeKernelsError",
-           "ENV_VAR", "CHOICES", "PRECISION_ENV_VAR", "PRECISIONS"]
+__all__ = ["select", "choice", "precision_choice", "Kernels", "MLXKernels", "NativeKernels",
+           "NativeKernelsError", "ENV_VAR", "CHOICES", "PRECISION_ENV_VAR", "PRECISIONS"]
 
 _warned = False
 
@@ -83,8 +84,10 @@ def select(device: mx.Device | None = None,
     device = mx.default_device() if device is None else device
     asked = choice(env)
     precision = precision_choice(precision, env)
-    if asked == "mlx" or device != mx.cpu:
-        return MLXKernels(device)  # asked for, or a GPU, where MLX's kernels are the fast ones
+    if asked == "mlx":
+        return MLXKernels(device, why=f"{ENV_VAR}=mlx")
+    if device != mx.cpu:
+        return MLXKernels(device, why="a GPU, where MLX's kernels are the fast ones")
     if extension.available:
         return NativeKernels(precision)
     if asked == "native":
@@ -93,15 +96,4 @@ def select(device: mx.Device | None = None,
         _warned = True
         warnings.warn(f"{extension.unavailable_reason}; running on MLX's kernels (slower on the "
                       "CPU)", stacklevel=2)
-    return MLXKernels(device)
-
-
-def why(kernels: Kernels, env: Mapping[str, str] | None = None) -> str:
-    """Why `select` gave `kernels` (for messages)."""
-    if isinstance(kernels, NativeKernels):
-        return "the CPU, with the extension built"
-    if choice(env) == "mlx":
-        return f"{ENV_VAR}=mlx"
-    if kernels.dequantize_min_rows is None:
-        return "a GPU"
-    return extension.unavailable_reason or "MLX's kernels were asked for"
+    return MLXKernels(device, why=extension.unavailable_reason)

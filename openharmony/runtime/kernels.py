@@ -15,6 +15,7 @@ import mlx.core as mx
 
 class Kernels:
     name: str = "?"
+    why: str = ""  # why `runtime.select` chose these kernels (for messages)
     # Multiplies bfloat16 weights as stored with float32 activations (float32 products and
     # sums): the dense weights then stay bfloat16 in memory under float32 compute.
     reads_bf16: bool = False
@@ -64,6 +65,12 @@ class Kernels:
         of `openharmony.cache.base.float_attention` (the caches' storages call this; the
         model hands it to `make_caches`)."""
         raise NotImplementedError
+
+    # Attention over `mx.quantize`'s packed keys and values as a `QuantizedStorage` holds them:
+    # `(queries, keys, values, *, scale, sinks, mask, bits, group_size) -> [B, n_heads, T, D]`
+    # in the queries' dtype, or None where the backend has no such kernel (the storage then
+    # runs its own path on MLX's quantized_matmul).
+    packed_attention = None
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"

@@ -32,8 +32,9 @@ DEQUANTIZE_MIN_ROWS = 16
 class MLXKernels(Kernels):
     name = "mlx"
 
-    def __init__(self, device: mx.Device | None = None):
+    def __init__(self, device: mx.Device | None = None, why: str = ""):
         device = mx.default_device() if device is None else device
+        self.why = why
         # Rows of one expert from which a prefill decodes it (None: never, on a GPU).
         self.dequantize_min_rows = DEQUANTIZE_MIN_ROWS if device == mx.cpu else None
 

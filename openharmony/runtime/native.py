@@ -7,8 +7,11 @@ and MLX's for the rest.
 * Experts: the MXFP4 kernel, which groups the rows by expert itself (a counting sort in C++)
   and for many rows dequantizes a tile once and multiplies it densely, so the pairs are never
   sorted here and no expert is decoded whole.
-* Attention: MLX's `mx.fast.scaled_dot_product_attention` for now; the native CPU attention
-  kernel takes this slot (`NativeKernels.attention`) when it lands.
+* Attention: the native flash-attention kernel (csrc/attention.cpp, issue 20):
+  `NativeKernels.attention` (float32 or bfloat16 keys and values read as stored) and
+  `packed_attention` (a quantized cache read as stored, block by block), with the mask
+  computed from positions (`cache.Visible`). The caches get them from `Model.make_cache`
+  (docs/architecture.md, runtime; docs/cache.md).
 
 `precision` "fast" (runtime.precision_choice): prefill chunks (8 or more rows on a weight) take
 int8 products for the experts, the activations quantized per 32-element block, and bf16
@@ -35,7 +38,7 @@ class NativeKernels(MLXKernels):
     reads_mapped = True
 
     def __init__(self, precision: str = "exact"):
-        super().__init__(mx.cpu)
+        super().__init__(mx.cpu, why="the CPU, with the native kernels built")
         self.precision = precision
 
     def linear(self, x: mx.array, weight, bias: mx.array | None = None) -> mx.array:
@@ -84,5 +87,19 @@ class NativeKernels(MLXKernels):
     def is_mapped(self, value) -> bool:
         return extension.is_mapped(value)
 
-    def __repr__(self) -> str:
-        return f"NativeKernels(precision={self.precision!r})"
+    # -- attention (issue 20): the cache read as stored, the mask from positions ------------
+
+    def attention(self, queries: mx.array, keys: mx.array, values: mx.array, *, scale: float,
+                  sinks: mx.array, mask) -> mx.array:
+        if keys.dtype not in (mx.float32, mx.bfloat16):  # float16 storage: MLX's
+            return super().attention(queries, keys, values, scale=scale, sinks=sinks, mask=mask)
+        out = extension.attention(queries, (keys,), (values,), scale=scale, sinks=sinks,
+                                  first=mask.first, window=mask.window)
+        return out.astype(queries.dtype)
+
+    def packed_attention(self, queries: mx.array, keys: tuple, values: tuple, *, scale: float,
+                         sinks: mx.array, mask, bits: int, group_size: int) -> mx.array:
+        out = extension.attention(queries, keys, values, scale=scale, sinks=sinks,
+                                  first=mask.first, window=mask.window, bits=bits,
+                                  group_size=group_size)
+        return out.astype(queries.dtype)

@@ -2,14 +2,19 @@
 
 For an engine-named tensor, its stored dtype, the compute dtype and the `Kernels`:
 
-| tensor | held in | in place from the mapping |
-| --- | --- | --- |
-| experts' MXFP4 `blocks`, `scales` | uint8 as stored (packed: MLX's uint32 view of the blocks) | when the kernels read mapped tensors |
-| norms, router | float32, whatever the compute dtype (the top-k choice is where precision matters) | no |
-| `embed_tokens.weight` | as stored when no wider than the compute dtype (only gathered rows are cast, exactly: this halves the table in float32 mode), else the compute dtype | bfloat16, kernels reading mapped tensors |
-| attention projections, `lm_head.weight` | bfloat16 as stored when the kernels read bf16 weights (`Kernels.reads_bf16`), else the compute dtype | bfloat16, kernels reading mapped tensors |
-| `lm_head.weight` with `quantized_lm_head` | MXFP4, quantized at load (opt-in, changes the logits) | no |
-| the rest (biases, sinks) | the compute dtype | no |
+* the experts' MXFP4 `blocks` and `scales`: uint8 as stored (packed: MLX's uint32 view of the
+  blocks), in place where the kernels read mapped tensors (`Kernels.reads_mapped`);
+* norms and the router: float32 whatever the compute dtype (the top-k choice is where
+  precision matters);
+* `embed_tokens.weight`: as stored when no wider than the compute dtype (only gathered rows are
+  cast, exactly: this halves the table in float32 mode), else the compute dtype;
+* the attention projections and `lm_head.weight`: bfloat16 as stored where the kernels
+  multiply bf16 weights (`Kernels.reads_bf16`), else the compute dtype;
+* the embedding, attention and lm_head weights held as stored in bfloat16 are in place where
+  the kernels read mapped tensors;
+* `lm_head.weight` with `quantized_lm_head`: MXFP4, quantized at load (opt-in, changes the
+  logits), never in place;
+* the rest (biases, sinks): the compute dtype, never in place.
 
 With the native kernels that is 98% of the bytes in place (the experts, embedding, attention
 and lm_head); the rest (~50 MB on 20b) is read and converted into MLX's memory.
@@ -23,7 +28,7 @@ from dataclasses import dataclass
 
 import mlx.core as mx
 
-from ..loader import is_expert_tensor
+from ..weights import is_expert_tensor
 from .kernels import Kernels
 
 MXFP4 = "mxfp4"
@@ -57,7 +62,7 @@ def placement(name: str, stored: mx.Dtype, dtype: mx.Dtype, kernels: Kernels, *,
 def table(checkpoint, dtype: mx.Dtype, kernels: Kernels, *, quantized_lm_head: bool = False,
           in_place: bool = True) -> dict[str, Placement]:
     """`placement` of every tensor of `checkpoint` (anything with `names()` and `dtype(name)`,
-    e.g. `loader.Checkpoint`), by engine name."""
+    e.g. `weights.Checkpoint`), by engine name."""
     return {name: placement(name, checkpoint.dtype(name), dtype, kernels,
                             quantized_lm_head=quantized_lm_head, in_place=in_place)
             for name in checkpoint.names()}

@@ -29,6 +29,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from ..errors import OpenHarmonyError
+from ..memory import PromptMemoryError, check_prompt_fits  # issue 20's memory guard
 from .engine import Engine, QueueFull
 from .chat_completions import ChatCompletionBuilder, chat_request, chat_sse
 from .protocol import ApiError, TurnRequest, Usage
@@ -104,6 +105,11 @@ def create_app(model, tokenizer, model_id: str, *, api_key: str | None = None,
                            f"({max_tokens}) exceed the model's context of {context} tokens",
                            param="messages" if request.url.path.endswith("completions")
                            else "input", code="context_length_exceeded")
+        # Issue 20's memory guard: 400 before queueing a prompt whose KV cache cannot fit.
+        try:
+            check_prompt_fits(model, len(prompt), cache_options={"kv_bits": kv_bits})
+        except PromptMemoryError as error:
+            raise ApiError(400, str(error), code="insufficient_memory") from None
         try:
             return state["engine"].submit(prompt, asyncio.get_running_loop(),
                                           **turn.turn_options(max_tokens))

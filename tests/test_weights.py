@@ -1,4 +1,4 @@
-"""The loader: both layouts under engine names, lazily, and one clear error for bad input.
+"""openharmony.weights: both layouts under engine names, lazily, and one clear error for bad input.
 
 Values are compared with what the `safetensors` library reads from the same files; the bad
 checkpoints are built by editing a good tiny one byte by byte.
@@ -20,8 +20,8 @@ from hypothesis import strategies as st
 from safetensors import safe_open
 
 from openharmony.errors import CheckpointError, OpenHarmonyError
-from openharmony.loader import (hf_tensor_specs, open_checkpoint, original_tensor_specs,
-                                read_safetensors_header)
+from openharmony.weights import (ReadAhead, hf_tensor_specs, open_checkpoint,
+                                 original_tensor_specs, read_safetensors_header, readahead)
 from openharmony.random_checkpoint import PRESETS, write_random_checkpoint
 
 
@@ -485,8 +485,6 @@ def test_read_ahead_reads_each_group_once_and_never_more_than_depth_ahead(monkey
     import threading
     import time
 
-    from openharmony import loader
-
     read, lock = [], threading.Lock()
 
     def record(file, offset, length, chunk):
@@ -504,9 +502,9 @@ def test_read_ahead_reads_each_group_once_and_never_more_than_depth_ahead(monkey
         with lock:
             return list(read)
 
-    monkeypatch.setattr(loader, "_read_into_page_cache", record)
+    monkeypatch.setattr(readahead, "_read_into_page_cache", record)
     groups = [[(Path(f"f{i}"), 100 * i, 10), (Path(f"f{i}"), 100 * i + 10, 5)] for i in range(6)]
-    with loader.ReadAhead(groups, depth=2) as read_ahead:
+    with ReadAhead(groups, depth=2) as read_ahead:
         read_ahead.reached(0)  # groups 0, 1, 2 may be read, not 3
         assert read_so_far(6) == [r for g in groups[:3] for r in g]
         read_ahead.reached(3)
@@ -514,9 +512,7 @@ def test_read_ahead_reads_each_group_once_and_never_more_than_depth_ahead(monkey
 
 
 def test_byte_range_is_the_tensor_and_read_ahead_stops_on_exit(tiny_checkpoint):
-    from openharmony import loader
-
-    ckpt = loader.open_checkpoint(tiny_checkpoint)
+    ckpt = open_checkpoint(tiny_checkpoint)
     file, offset, length = ckpt.byte_range("lm_head.weight")
     with open(file, "rb") as f:
         f.seek(offset)
@@ -524,7 +520,7 @@ def test_byte_range_is_the_tensor_and_read_ahead_stops_on_exit(tiny_checkpoint):
     assert len(expected) == length == ckpt.nbytes("lm_head.weight")
     # The range is the tensor's bytes: the loaded tensor is those bytes.
     assert bytes(memoryview(ckpt.get("lm_head.weight").view(mx.uint16))) == expected
-    with loader.ReadAhead([[(file, offset, length)]] * 3, depth=1) as read_ahead:
+    with ReadAhead([[(file, offset, length)]] * 3, depth=1) as read_ahead:
         read_ahead.reached(0)
     # Leaving the block joins the thread even though it was never allowed past group 1.
     assert not read_ahead._thread.is_alive()
