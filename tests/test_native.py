@@ -228,6 +228,11 @@ def test_fast_mxfp4_matmul_matches_its_int8_model_and_stays_near_the_exact_resul
     step = np.repeat(d.astype(np.float64), 32, axis=1)  # [rows, K]
     budget = np.einsum("rk,rnk->rn", 0.51 * step, np.abs(weights))
     assert np.all(np.abs(y[int8] - exact[int8]) <= budget[int8] + 1e-5 * bound[int8])
+    # The same bound against MLX's own kernel.
+    qmm = np.array(mx.gather_qmm(mx.array(x)[:, None], w, s, None,
+                                 rhs_indices=mx.array(experts), transpose=True, group_size=32,
+                                 bits=4, mode="mxfp4")[:, 0], dtype=np.float64)
+    assert np.all(np.abs(y - qmm) <= budget + 2e-5 * bound)
     if int8.any():  # it did quantize: the int8 rows are not the exact ones
         assert not np.allclose(y[int8], exact[int8], rtol=1e-6, atol=0)
 
@@ -354,6 +359,8 @@ def test_fast_bf16_matmul_rounds_the_activations_to_bf16(isa, rows, K):
         return
     model = to_bf16(x) @ wide.T  # bf16 activations, exact products, float32 sums
     assert_close(y, model, bound)
+    rounded = mx.array(x).astype(mx.bfloat16).astype(mx.float32)  # MLX's own rounding
+    assert_close(y, np.array(rounded @ w.astype(mx.float32).T, dtype=np.float64), bound)
     # Within bf16's rounding of the exact result (half an ulp: 2**-9 relative) ...
     assert np.all(np.abs(y - exact) <= 2.0 ** -9 * bound + 1e-5 * bound)
     assert not np.allclose(y, exact, rtol=1e-6, atol=0)  # ... and really rounded
