@@ -28,7 +28,9 @@ from safetensors import safe_open
 from typer.testing import CliRunner
 
 from hub_stand_in import HubStandIn
-from openharmony.cli import _ReplyPrinter, app, checkpoint_summary
+from openharmony.cli import app
+from openharmony.cli.output import ReplyPrinter
+from openharmony.memory import checkpoint_summary
 from openharmony.errors import OpenHarmonyError
 from openharmony.testing import bigram_chains, write_bigram_checkpoint
 from openharmony.tokenizer import load_tokenizer
@@ -235,7 +237,7 @@ def test_reply_printer_hides_reasoning_and_shows_tool_calls(tokenizer, capsys):
         completion += tokens[2:] if not completion else tokens
     outputs = {}
     for show in (False, True):
-        parser, printer = ChatStreamParser(tokenizer), _ReplyPrinter(show)
+        parser, printer = ChatStreamParser(tokenizer), ReplyPrinter(show)
         for token in completion:
             event = parser.feed(token)
             if event is not None:
@@ -437,7 +439,7 @@ def test_prompt_given_twice_is_refused(tmp_path):
 
 
 def test_no_prompt_on_a_terminal_says_where_a_prompt_goes(monkeypatch):
-    from openharmony import cli
+    from openharmony.cli.generate import read_prompt
 
     class Terminal:
         def isatty(self):
@@ -448,7 +450,7 @@ def test_no_prompt_on_a_terminal_says_where_a_prompt_goes(monkeypatch):
 
     monkeypatch.setattr(sys, "stdin", Terminal())
     with pytest.raises(Exception) as raised:
-        cli._read_prompt(None)
+        read_prompt(None)
     message = raised.value.format_message()
     assert "'PROMPT'" in message and "--prompt" in message and "stdin" in message
 

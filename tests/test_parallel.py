@@ -249,7 +249,8 @@ def test_cli_serve_rank0_listens_and_the_others_follow(tiny_vocab_checkpoint, tm
         ranks[0].send_signal(signal.SIGINT)  # rank 0 stops serving; the follower is released
         for rank in ranks:
             rank.wait(timeout=60)
-        assert [rank.returncode for rank in ranks] == [0, 0], ranks[1].stderr.read()
+        # Ctrl-C ends serve with 130 (docs/server.md, Operating it); the follower ends cleanly.
+        assert [rank.returncode for rank in ranks] == [130, 0], ranks[1].stderr.read()
     finally:
         for rank in ranks:
             if rank.poll() is None:

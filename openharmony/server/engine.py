@@ -9,8 +9,14 @@ is prefilled alone on its own prompt cache, then its next step is in the batch. 
 between two steps when its turn ends (a stop token, a stop string, max_tokens) or its client
 went away; the others go on. Each row samples with its own options, seed, stops and logprobs:
 the per-token code is `openharmony.generate.Decoding` and `ChatTurn.feed`, as for a request
-decoded alone. Requests beyond the batch wait in a FIFO queue of `max_queue`; when it is full,
-`submit` raises `QueueFull` (the app answers 429).
+decoded alone. Requests beyond the batch wait in a FIFO queue of `max_queue`. Admission is
+exact: `submit` counts every request it admitted and that has not ended (running, being
+prefilled, waiting), and raises `QueueFull` (the app answers 429) beyond `max_batch +
+max_queue`. A waiting request whose client went away (`cancel`) leaves the queue at once.
+
+`shut_down` (SIGTERM, Ctrl-C) ends every running turn at its next step with `ShuttingDown`
+(which carries the turn so far, for the request's reply and log) and every waiting one at once,
+so that the app can end each stream properly before the server closes its connections.
 
 The pool of `PromptCache`s is what makes multi-turn conversations and agent loops cheap: the
 next request of a conversation starts with the previous prompt and reply, so the cache that
@@ -37,8 +43,8 @@ import asyncio
 import dataclasses
 import json
 import logging
-import queue
 import threading
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -54,6 +60,14 @@ log = logging.getLogger("openharmony.server")
 
 class QueueFull(Exception):
     """More requests are waiting than the queue holds."""
+
+
+class ShuttingDown(Exception):
+    """The server is stopping: the turn ended where it was (`turn`: None if it never ran)."""
+
+    def __init__(self, turn: ChatTurn | None = None):
+        super().__init__("the server is shutting down")
+        self.turn = turn
 
 
 def cache_bytes(cache: PromptCache) -> int:
@@ -117,7 +131,7 @@ class CachePool:
         return len(self._caches)
 
 
-@dataclass
+@dataclass(eq=False)
 class Job:
     """One request's turn: what to generate, and where its events go.
 
@@ -130,6 +144,7 @@ class Job:
     loop: asyncio.AbstractEventLoop
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
     cancelled: bool = False
+    admitted: bool = True  # counted by the engine's admission until it ends
 
     def post(self, kind: str, value) -> None:
         try:
@@ -164,53 +179,105 @@ class Engine:
         self.pool = CachePool(model, max_cache_bytes, kv_bits=kv_bits)
         self.generated_tokens = 0  # by all turns so far, stopped ones included
         self.batch = batch.Batch(model)
+        self.capacity = self.max_batch + max_queue  # running, prefilling and waiting
         self._rows: dict = {}  # Decoding -> Row, the requests in the batch
-        self._jobs: queue.Queue[Job | None] = queue.Queue(maxsize=max_queue)
+        self._waiting: deque[Job] = deque()
+        self._admitted = 0
+        self._stopping = False  # shut_down: end every turn now
+        self._closing = False  # close: end the thread once its turns are done
+        self._lock = threading.Condition()
         self._thread = threading.Thread(target=self._run, name="openharmony-generation",
                                         daemon=True)
         self._thread.start()
 
+    def full(self) -> bool:
+        """Whether `submit` would refuse now (a check before the work of rendering a prompt)."""
+        return self._admitted >= self.capacity
+
     def submit(self, prompt: list[int], loop: asyncio.AbstractEventLoop, **turn_options) -> Job:
-        """Queue a turn; raises QueueFull when `max_queue` requests are already waiting."""
+        """Queue a turn; raises QueueFull when `max_batch + max_queue` requests are admitted
+        and not ended, ShuttingDown once `shut_down` was called."""
         job = Job(prompt, turn_options, loop)
-        try:
-            self._jobs.put_nowait(job)
-        except queue.Full:
-            raise QueueFull from None
+        with self._lock:
+            if self._stopping or self._closing:
+                raise ShuttingDown()
+            if self._admitted >= self.capacity:
+                raise QueueFull
+            self._admitted += 1
+            self._waiting.append(job)
+            self._lock.notify()
         return job
+
+    def cancel(self, job: Job) -> None:
+        """The job's client went away: a waiting job leaves the queue now, a running one at
+        the next step (no-op after its end)."""
+        job.cancelled = True
+        with self._lock:
+            if job.admitted and job in self._waiting:
+                self._waiting.remove(job)
+                self._release(job)
+
+    def shut_down(self) -> None:
+        """End every turn now (see the module docstring); safe from a signal handler: it only
+        sets a flag, which the generation thread reads at its next step. Expert parallel:
+        turns run to their end, as for a cancel."""
+        self._stopping = True
 
     def close(self) -> None:
         """Stop the thread after the turns it is running (callers cancel their jobs first)."""
-        while True:
-            try:  # waiting jobs will not run: tell their requests
-                job = self._jobs.get_nowait()
-            except queue.Empty:
-                break
-            if job is not None:
-                job.post("error", OpenHarmonyError("the server is shutting down"))
-        self._jobs.put(None)
+        with self._lock:
+            waiting = list(self._waiting)  # they will not run: tell their requests
+            self._waiting.clear()
+            for job in waiting:
+                self._release(job)
+            self._closing = True
+            self._lock.notify()
+        for job in waiting:
+            job.post("error", ShuttingDown())
         self._thread.join(timeout=30)
         group = getattr(self.model, "group", None)
         if group is not None and not self._thread.is_alive():
             broadcast_text(None, group)  # the other ranks' `follow` returns
 
+    def _release(self, job: Job) -> None:
+        """The job no longer counts for admission (called once per job, under the lock)."""
+        if job.admitted:
+            job.admitted = False
+            self._admitted -= 1
+
     def _run(self) -> None:
-        closing = False
         while True:
-            while not closing and len(self._rows) < self.max_batch:  # join between steps
-                try:
-                    job = self._jobs.get(block=not self._rows)  # idle: wait for a request
-                except queue.Empty:
-                    break
-                if job is None:
-                    closing = True
-                elif not job.cancelled:
-                    self._start(job)
-            if not self._rows:
-                if closing:
+            with self._lock:
+                while not (self._rows or self._waiting or self._closing):
+                    self._lock.wait()
+                stopping = self._stopping and self._group is None
+                if stopping:
+                    waiting = list(self._waiting)
+                    self._waiting.clear()
+                    for job in waiting:
+                        self._release(job)
+                job = None
+                if not stopping and self._waiting and len(self._rows) < self.max_batch:
+                    job = self._waiting.popleft()  # joins between steps, one at a time
+                if job is None and not self._rows and self._closing:
                     return
-                continue
-            self._step()
+            if stopping:
+                self._stop_all(waiting)
+            elif job is not None:
+                if job.cancelled:
+                    with self._lock:
+                        self._release(job)
+                else:
+                    self._start(job)
+            elif self._rows:
+                self._step()
+
+    def _stop_all(self, waiting: list[Job]) -> None:
+        for job in waiting:
+            job.post("error", ShuttingDown())
+        for row in list(self._rows.values()):
+            row.job.post("error", ShuttingDown(row.turn))
+            self._finish(row)
 
     def _start(self, job: Job) -> None:
         """The job's turn joins the batch, its prompt prefilled alone (or its error posted)."""
@@ -224,6 +291,8 @@ class Engine:
         except Exception as error:
             self._fail(job, error)
             self.pool.put(cache)
+            with self._lock:
+                self._release(job)
             return
         self._rows[turn.decoding] = Row(job, turn, cache)
 
@@ -265,6 +334,8 @@ class Engine:
         del self._rows[row.turn.decoding]
         self.generated_tokens += len(row.turn.tokens)
         self.pool.put(row.cache)
+        with self._lock:
+            self._release(row.job)
 
 
 def _turn_to_json(prompt: list[int], options: dict[str, Any]) -> dict:

@@ -63,7 +63,11 @@ _TYPE_NAMES = {str: "a string", bool: "a boolean", int: "an integer", float: "a 
 
 
 def get(body: Mapping, name: str, kind, default=None, param: str | None = None):
-    """`body[name]`, checked to be of `kind` (a type or a tuple of them); null is the default."""
+    """`body[name]`, checked to be of `kind` (a type or a tuple of them); null is the default.
+    A `body` that is not an object is refused, named by `param` less its last part."""
+    if not isinstance(body, Mapping):
+        where = (param or name).rpartition(".")[0] or param or name
+        raise invalid(where, f"{where} must be an object")
     value = body.get(name)
     if value is None:
         return default
@@ -171,6 +175,8 @@ def _read_tool(tool, param: str, found: Tools) -> None:
     kind = tool.get("type")
     if kind == "function":
         spec = tool.get("function", tool)  # Chat Completions nests it, the Responses API not
+        if not isinstance(spec, dict):
+            raise invalid(f"{param}.function", f"{param}.function must be an object")
         name = get(spec, "name", str, param=f"{param}.name")
         if not name:
             raise invalid(f"{param}.name", f"{param} has no name")
@@ -181,7 +187,8 @@ def _read_tool(tool, param: str, found: Tools) -> None:
         if not name:
             raise invalid(f"{param}.name", f"{param} has no name")
         description = get(tool, "description", str, "")
-        grammar = (tool.get("format") or {}).get("definition")
+        grammar = get(get(tool, "format", dict, {}, param=f"{param}.format"), "definition", str,
+                      param=f"{param}.format.definition")
         if grammar:  # the model has no grammar-constrained decoding: it reads the grammar
             description += f"\nThe input follows this grammar:\n{grammar}"
         found.functions.append(FunctionTool(name, description, CUSTOM_TOOL_PARAMETERS))
