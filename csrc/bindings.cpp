@@ -84,29 +84,56 @@ NB_MODULE(_kernels, m) {
 
   m.def("gather_mxfp4_matmul",
         nb::overload_cast<const mx::array&, const mx::array&, const mx::array&, const mx::array&,
-                          const std::string&>(&openharmony::gather_mxfp4_matmul),
-        "x"_a, "w"_a, "scales"_a, "experts"_a, "isa"_a = "auto",
+                          const std::string&, const std::string&>(
+            &openharmony::gather_mxfp4_matmul),
+        "x"_a, "w"_a, "scales"_a, "experts"_a, "isa"_a = "auto", "precision"_a = "exact",
         "x [R, K] times MXFP4 expert experts[r] (MLX's packed uint32 weights [E, N, K/8], "
-        "uint8 scales [E, N, K/32]) transposed -> float32 [R, N]");
+        "uint8 scales [E, N, K/32]) transposed -> float32 [R, N]; precision 'fast': experts "
+        "with 8+ rows in int8, activations quantized per 32-block");
   m.def("gather_mxfp4_matmul",
         nb::overload_cast<const mx::array&, const MappedTensor&, const MappedTensor&,
-                          const mx::array&, const std::string&>(
+                          const mx::array&, const std::string&, const std::string&>(
             &openharmony::gather_mxfp4_matmul),
-        "x"_a, "w"_a, "scales"_a, "experts"_a, "isa"_a = "auto",
+        "x"_a, "w"_a, "scales"_a, "experts"_a, "isa"_a = "auto", "precision"_a = "exact",
         "The same with mapped checkpoint tensors: blocks uint8 [E, N, K/32, 16], scales uint8 "
         "[E, N, K/32]");
   m.def("bf16_matmul",
-        nb::overload_cast<const mx::array&, const mx::array&, const std::string&>(
-            &openharmony::bf16_matmul),
-        "x"_a, "w"_a, "isa"_a = "auto",
-        "x [R, K] times bfloat16 w [N, K] transposed -> float32 [R, N]");
+        nb::overload_cast<const mx::array&, const mx::array&, const std::string&,
+                          const std::string&>(&openharmony::bf16_matmul),
+        "x"_a, "w"_a, "isa"_a = "auto", "precision"_a = "exact",
+        "x [R, K] times bfloat16 w [N, K] transposed -> float32 [R, N]; precision 'fast': "
+        "with 8+ rows the activations are rounded to bfloat16");
   m.def("bf16_matmul",
-        nb::overload_cast<const mx::array&, const MappedTensor&, const std::string&>(
-            &openharmony::bf16_matmul),
-        "x"_a, "w"_a, "isa"_a = "auto", "The same with a mapped bfloat16 w [N, K]");
+        nb::overload_cast<const mx::array&, const MappedTensor&, const std::string&,
+                          const std::string&>(&openharmony::bf16_matmul),
+        "x"_a, "w"_a, "isa"_a = "auto", "precision"_a = "exact",
+        "The same with a mapped bfloat16 w [N, K]");
   m.def("take_rows", &openharmony::take_rows, "table"_a, "ids"_a,
         "Rows ids [n] of a mapped table [V, H] -> [n, H] in its dtype (NaN rows for ids "
         "outside it)");
+  // The fused expert gate_up (bias and SwiGLU in the kernel's epilogue).
+  m.def(
+      "gather_mxfp4_swiglu",
+      [](const mx::array& x, const mx::array& w, const mx::array& scales,
+         const mx::array& experts, const mx::array& bias, float limit, float alpha,
+         const std::string& isa, const std::string& precision) {
+        return openharmony::gather_mxfp4_swiglu(x, w, scales, experts, {bias, limit, alpha}, isa,
+                                                precision);
+      },
+      "x"_a, "w"_a, "scales"_a, "experts"_a, "bias"_a, "limit"_a, "alpha"_a, "isa"_a = "auto",
+      "precision"_a = "exact",
+      "gather_mxfp4_matmul of the gate_up weights plus bias[experts], then SwiGLU of the even "
+      "(gate) and odd (up) columns -> float32 [R, N/2]");
+  m.def(
+      "gather_mxfp4_swiglu",
+      [](const mx::array& x, const MappedTensor& w, const MappedTensor& scales,
+         const mx::array& experts, const mx::array& bias, float limit, float alpha,
+         const std::string& isa, const std::string& precision) {
+        return openharmony::gather_mxfp4_swiglu(x, w, scales, experts, {bias, limit, alpha}, isa,
+                                                precision);
+      },
+      "x"_a, "w"_a, "scales"_a, "experts"_a, "bias"_a, "limit"_a, "alpha"_a, "isa"_a = "auto",
+      "precision"_a = "exact", "The same with mapped checkpoint tensors");
   // Attention over a cache as stored (csrc/attention.h; issue 20).
   m.def("attention", &openharmony::native_attention, "q"_a, "keys"_a, "values"_a, "sinks"_a,
         "scale"_a, "first"_a, "window"_a = 0, "bits"_a = 0, "group_size"_a = 0,

@@ -163,10 +163,44 @@ void bf16_widen(const uint16_t* w, int64_t K, int64_t n0, int64_t n1, float* out
   for (; i < count; ++i) out[i] = bf16_value(src[i]);
 }
 
-// panel_dot: not written for AVX-512 (no AVX-512 machine to measure it on when it was added
-// for AVX2); its tiles keep the dot-product kernel f32_dot.
+// The broadcast-form kernel over a 16-row panel (one zmm per column k): NR weight rows, per k
+// one panel load and NR FMAs whose weight operand is an embedded broadcast from the tile, into
+// NR independent accumulators (no horizontal sums). The sum over k is taken in pieces of kPiece
+// (fewer roundings than one 2880-term chain; a piece of the panel and of NR tile rows, 8 + NR/2
+// KB, stays in L1).
+constexpr int64_t kPiece = 128;
+
+template <int NR>
+void panel_tile(const float* panel, int m, const float* w, int64_t K, int64_t j,
+                float* const* y) {
+  alignas(64) float total[NR][16] = {};  // in memory: the accumulators take the registers
+  const float* wr[NR];
+  for (int i = 0; i < NR; ++i) wr[i] = w + (j + i) * K;
+  for (int64_t k0 = 0; k0 < K; k0 += kPiece) {
+    const int64_t k1 = k0 + kPiece < K ? k0 + kPiece : K;
+    __m512 acc[NR];
+    for (int i = 0; i < NR; ++i) acc[i] = _mm512_setzero_ps();
+    for (int64_t k = k0; k < k1; ++k) {
+      const __m512 a = _mm512_loadu_ps(panel + k * kPanelRows);
+      for (int i = 0; i < NR; ++i) acc[i] = _mm512_fmadd_ps(_mm512_set1_ps(wr[i][k]), a, acc[i]);
+    }
+    for (int i = 0; i < NR; ++i)
+      _mm512_store_ps(total[i], _mm512_add_ps(_mm512_load_ps(total[i]), acc[i]));
+  }
+  for (int i = 0; i < NR; ++i)
+    for (int r = 0; r < m; ++r) y[r][j + i] = total[i][r];
+}
+
+void panel_dot(const float* panel, int m, const float* w, int64_t K, int64_t cols,
+               float* const* y) {
+  constexpr int NR = 12;
+  int64_t j = 0;
+  for (; j + NR <= cols; j += NR) panel_tile<NR>(panel, m, w, K, j, y);
+  for (; j < cols; ++j) panel_tile<1>(panel, m, w, K, j, y);
+}
+
 const IsaKernels kKernels = {"avx512", mxfp4_dot, bf16_dot, mxfp4_dequantize, bf16_widen,
-                             f32_dot, nullptr};
+                             f32_dot, panel_dot};
 
 }  // namespace
 

@@ -31,6 +31,12 @@ static constexpr ScaleTable kScales{};
 
 static inline float scale_value(uint8_t s) { return kScales.value[s]; }
 
+// The fast-precision kernels' int8 weights (fast.h): each E2M1 value times 2, so that every
+// one is an integer, and the scale halved to match: 2**(s - 128) (byte 0 gives the float32
+// subnormal 2**-128, exact; 255 stays NaN).
+static const int8_t kInt8Values[16] = {0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12};
+static inline float int8_scale_value(uint8_t s) { return kScales.value[s] * 0.5f; }
+
 static inline float bf16_value(uint16_t bits) {
   uint32_t widened = uint32_t(bits) << 16;
   float value;

@@ -64,17 +64,35 @@ void check_mxfp4(const mx::array& x, const mx::Shape& w, const mx::Shape& scales
           "gather_mxfp4_matmul: experts must be integer [rows], got " + shape_of(experts));
 }
 
-// The node: inputs x, the weights when they are arrays (none when mapped), experts.
-mx::array mxfp4_node(const mx::array& x, int N, const mx::array& experts,
+// "exact" -> false, "fast" -> true; anything else is refused by name.
+bool is_fast(const std::string& precision) {
+  require(precision == "exact" || precision == "fast",
+          "precision must be 'exact' or 'fast', got '" + precision + "'");
+  return precision == "fast";
+}
+
+// The node: inputs x, the weights when they are arrays (none when mapped), experts, and with
+// `swiglu` its bias (checked here against the weights' [E, N]).
+mx::array mxfp4_node(const mx::array& x, int E, int N, const mx::array& experts,
                      std::vector<mx::array> weights, const std::string& isa,
-                     std::optional<MappedTensor> blocks, std::optional<MappedTensor> scales) {
+                     std::optional<MappedTensor> blocks, std::optional<MappedTensor> scales,
+                     bool fast, const SwiGLU* swiglu) {
   auto s = cpu_stream();
   std::vector<mx::array> inputs = {as_contiguous(x, mx::float32, s)};
   for (auto& w : weights) inputs.push_back(mx::contiguous(w, false, s));
   inputs.push_back(as_contiguous(experts, mx::uint32, s));
-  return mx::array({x.shape(0), N}, mx::float32,
+  std::optional<std::pair<float, float>> epilogue;
+  if (swiglu) {
+    require(N % 2 == 0, "gather_mxfp4_swiglu: N = " + std::to_string(N) + " must be even");
+    require(swiglu->bias.ndim() == 2 && swiglu->bias.shape(0) == E && swiglu->bias.shape(1) == N,
+            "gather_mxfp4_swiglu: bias must be [experts, N] = (" + std::to_string(E) + ", " +
+                std::to_string(N) + "), got " + shape_of(swiglu->bias));
+    inputs.push_back(as_contiguous(swiglu->bias, mx::float32, s));
+    epilogue = {swiglu->limit, swiglu->alpha};
+  }
+  return mx::array({x.shape(0), swiglu ? N / 2 : N}, mx::float32,
                    std::make_shared<GatherMXFP4Matmul>(s, isa, std::move(blocks),
-                                                       std::move(scales)),
+                                                       std::move(scales), fast, epilogue),
                    std::move(inputs));
 }
 
@@ -84,23 +102,28 @@ bool same(const std::optional<MappedTensor>& a, const std::optional<MappedTensor
 
 }  // namespace
 
-mx::array gather_mxfp4_matmul(const mx::array& x, const mx::array& w, const mx::array& scales,
-                              const mx::array& experts, const std::string& isa) {
+namespace {
+
+mx::array mxfp4_op(const mx::array& x, const mx::array& w, const mx::array& scales,
+                   const mx::array& experts, const std::string& isa,
+                   const std::string& precision, const SwiGLU* swiglu) {
   select_isa(isa);  // an unknown or unsupported ISA fails here, not inside the graph
+  const bool fast = is_fast(precision);
   require(w.ndim() == 3 && w.dtype() == mx::uint32 && x.ndim() == 2 &&
               int64_t(w.shape(2)) * 8 == x.shape(1),
           "gather_mxfp4_matmul: w must be uint32 [experts, N, K/8] for x " + shape_of(x) +
               ", got " + shape_of(w));
   require(scales.dtype() == mx::uint8, "gather_mxfp4_matmul: scales must be uint8");
   check_mxfp4(x, w.shape(), scales.shape(), experts);
-  return mxfp4_node(x, w.shape(1), experts, {w, scales}, isa, std::nullopt,
-                    std::nullopt);
+  return mxfp4_node(x, w.shape(0), w.shape(1), experts, {w, scales}, isa, std::nullopt,
+                    std::nullopt, fast, swiglu);
 }
 
-mx::array gather_mxfp4_matmul(const mx::array& x, const MappedTensor& blocks,
-                              const MappedTensor& scales, const mx::array& experts,
-                              const std::string& isa) {
+mx::array mxfp4_op(const mx::array& x, const MappedTensor& blocks, const MappedTensor& scales,
+                   const mx::array& experts, const std::string& isa,
+                   const std::string& precision, const SwiGLU* swiglu) {
   select_isa(isa);
+  const bool fast = is_fast(precision);
   const auto& b = blocks.shape;
   require(blocks.dtype == mx::uint8 && b.size() == 4 && b[3] == kBlock / 2 && x.ndim() == 2 &&
               int64_t(b[2]) * kBlock == x.shape(1),
@@ -108,12 +131,40 @@ mx::array gather_mxfp4_matmul(const mx::array& x, const MappedTensor& blocks,
               shape_of(x) + ", got " + shape_of(b));
   require(scales.dtype == mx::uint8, "gather_mxfp4_matmul: scales must be uint8");
   check_mxfp4(x, b, scales.shape, experts);
-  return mxfp4_node(x, b[1], experts, {}, isa, blocks, scales);
+  return mxfp4_node(x, b[0], b[1], experts, {}, isa, blocks, scales, fast, swiglu);
+}
+
+}  // namespace
+
+mx::array gather_mxfp4_matmul(const mx::array& x, const mx::array& w, const mx::array& scales,
+                              const mx::array& experts, const std::string& isa,
+                              const std::string& precision) {
+  return mxfp4_op(x, w, scales, experts, isa, precision, nullptr);
+}
+
+mx::array gather_mxfp4_matmul(const mx::array& x, const MappedTensor& blocks,
+                              const MappedTensor& scales, const mx::array& experts,
+                              const std::string& isa, const std::string& precision) {
+  return mxfp4_op(x, blocks, scales, experts, isa, precision, nullptr);
+}
+
+mx::array gather_mxfp4_swiglu(const mx::array& x, const mx::array& w, const mx::array& scales,
+                              const mx::array& experts, const SwiGLU& swiglu,
+                              const std::string& isa, const std::string& precision) {
+  return mxfp4_op(x, w, scales, experts, isa, precision, &swiglu);
+}
+
+mx::array gather_mxfp4_swiglu(const mx::array& x, const MappedTensor& blocks,
+                              const MappedTensor& scales, const mx::array& experts,
+                              const SwiGLU& swiglu, const std::string& isa,
+                              const std::string& precision) {
+  return mxfp4_op(x, blocks, scales, experts, isa, precision, &swiglu);
 }
 
 bool GatherMXFP4Matmul::is_equivalent(const mx::Primitive& other) const {
   const auto& o = static_cast<const GatherMXFP4Matmul&>(other);
-  return isa_ == o.isa_ && same(blocks_, o.blocks_) && same(scales_, o.scales_);
+  return isa_ == o.isa_ && fast_ == o.fast_ && swiglu_ == o.swiglu_ &&
+         same(blocks_, o.blocks_) && same(scales_, o.scales_);
 }
 
 void GatherMXFP4Matmul::eval_cpu(const std::vector<mx::array>& inputs,
@@ -133,10 +184,19 @@ void GatherMXFP4Matmul::eval_cpu(const std::vector<mx::array>& inputs,
   }
   // The lambda holds the mapping (if any) and the inputs until the kernel has run.
   encoder.dispatch([inputs, keep = blocks_ ? blocks_->mapping : nullptr, w, scales, E, N,
-                    y = out.data<float>(), isa = &select_isa(isa_)]() {
+                    y = out.data<float>(), isa = &select_isa(isa_),
+                    fast = fast_ ? &select_fast(isa_) : nullptr, swiglu = swiglu_]() {
     const auto& x = inputs.front();
-    run_gather_mxfp4_matmul(*isa, x.data<float>(), w, scales, inputs.back().data<uint32_t>(), y,
-                            x.shape(0), E, N, x.shape(1));
+    if (swiglu) {  // inputs: ..., experts, bias
+      const auto& experts = inputs[inputs.size() - 2];
+      run_gather_mxfp4_swiglu(*isa, x.data<float>(), w, scales, inputs.back().data<float>(),
+                              experts.data<uint32_t>(), y, x.shape(0), E, N, x.shape(1),
+                              swiglu->first, swiglu->second, fast);
+    } else {
+      run_gather_mxfp4_matmul(*isa, x.data<float>(), w, scales,
+                              inputs.back().data<uint32_t>(), y, x.shape(0), E, N, x.shape(1),
+                              fast);
+    }
   });
 }
 
@@ -144,8 +204,10 @@ void GatherMXFP4Matmul::eval_gpu(const std::vector<mx::array>&, std::vector<mx::
   throw std::runtime_error("GatherMXFP4Matmul runs on the CPU only");
 }
 
-mx::array bf16_matmul(const mx::array& x, const mx::array& w, const std::string& isa) {
+mx::array bf16_matmul(const mx::array& x, const mx::array& w, const std::string& isa,
+                      const std::string& precision) {
   select_isa(isa);
+  const bool fast = is_fast(precision);
   require(x.ndim() == 2, "bf16_matmul: x must be [rows, K], got " + shape_of(x));
   require(w.ndim() == 2 && w.dtype() == mx::bfloat16 && w.shape(1) == x.shape(1),
           "bf16_matmul: w must be bfloat16 [N, K] with K = x's " + std::to_string(x.shape(1)) +
@@ -154,23 +216,26 @@ mx::array bf16_matmul(const mx::array& x, const mx::array& w, const std::string&
   std::vector<mx::array> inputs = {as_contiguous(x, mx::float32, s),
                                    mx::contiguous(w, false, s)};
   return mx::array({x.shape(0), w.shape(0)}, mx::float32,
-                   std::make_shared<BF16Matmul>(s, isa, std::nullopt), std::move(inputs));
+                   std::make_shared<BF16Matmul>(s, isa, std::nullopt, fast), std::move(inputs));
 }
 
-mx::array bf16_matmul(const mx::array& x, const MappedTensor& w, const std::string& isa) {
+mx::array bf16_matmul(const mx::array& x, const MappedTensor& w, const std::string& isa,
+                      const std::string& precision) {
   select_isa(isa);
+  const bool fast = is_fast(precision);
   require(x.ndim() == 2, "bf16_matmul: x must be [rows, K], got " + shape_of(x));
   require(w.shape.size() == 2 && w.dtype == mx::bfloat16 && w.shape[1] == x.shape(1),
           "bf16_matmul: mapped w must be bfloat16 [N, K] with K = x's " +
               std::to_string(x.shape(1)) + ", got " + shape_of(w.shape));
   auto s = cpu_stream();
   return mx::array({x.shape(0), w.shape[0]}, mx::float32,
-                   std::make_shared<BF16Matmul>(s, isa, w), {as_contiguous(x, mx::float32, s)});
+                   std::make_shared<BF16Matmul>(s, isa, w, fast),
+                   {as_contiguous(x, mx::float32, s)});
 }
 
 bool BF16Matmul::is_equivalent(const mx::Primitive& other) const {
   const auto& o = static_cast<const BF16Matmul&>(other);
-  return isa_ == o.isa_ && same(w_, o.w_);
+  return isa_ == o.isa_ && fast_ == o.fast_ && same(w_, o.w_);
 }
 
 void BF16Matmul::eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) {
@@ -180,9 +245,9 @@ void BF16Matmul::eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::
                          : reinterpret_cast<const uint16_t*>(inputs[1].data<mx::bfloat16_t>());
   const int64_t N = w_ ? w_->shape[0] : inputs[1].shape(0);
   encoder.dispatch([inputs, keep = w_ ? w_->mapping : nullptr, w, N, y = out.data<float>(),
-                    isa = &select_isa(isa_)]() {
+                    isa = &select_isa(isa_), fast = fast_ ? &select_fast(isa_) : nullptr]() {
     const auto& x = inputs.front();
-    run_bf16_matmul(*isa, x.data<float>(), w, y, x.shape(0), N, x.shape(1));
+    run_bf16_matmul(*isa, x.data<float>(), w, y, x.shape(0), N, x.shape(1), fast);
   });
 }
 

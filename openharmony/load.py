@@ -16,7 +16,7 @@ from .weights import ReadAhead, is_expert_tensor, open_checkpoint
 def load_model(path: str | Path, dtype: mx.Dtype | str | None = None, *,
                quantized_lm_head: bool = False,
                group: mx.distributed.Group | None = None,
-               in_place: bool | None = None) -> Model:
+               in_place: bool | None = None, precision: str | None = None) -> Model:
     """Load a checkpoint folder of either layout (HF or `original/`) into a `Model`.
 
     `dtype` is the compute dtype (default: `default_dtype()`). The kernels are chosen here,
@@ -35,8 +35,14 @@ def load_model(path: str | Path, dtype: mx.Dtype | str | None = None, *,
     under `mlx.launch`) makes this rank hold, and read from the checkpoint, only its share of
     every layer's experts (docs/distributed.md). Every rank must call this; it returns once
     all of them have loaded.
+
+    `precision`: "exact" (default; float32 products and sums throughout) or "fast": on the
+    native CPU kernels, prefill chunks (8 or more rows on a weight) take int8 products for the
+    experts (activations quantized per 32-element block) and bf16 products for the bf16 dense
+    weights (activations rounded to bf16); decode stays exact. docs/speed.md gives its speed
+    and accuracy cost. None reads OPENHARMONY_PRECISION (`runtime.select`).
     """
-    kernels = runtime.select()
+    kernels = runtime.select(precision=precision)
     if in_place and not kernels.reads_mapped:
         raise runtime.NativeKernelsError("in_place=True needs the native CPU kernels, the only "
                                          f"ones that read mapped weights, and this model runs "

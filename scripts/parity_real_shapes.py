@@ -24,9 +24,9 @@ import numpy as np
 
 from bench import big_memory_lock
 
-# openharmony-mxfp4-head: openharmony with its opt-in quantized lm_head, whose accuracy cost
-# this measures (docs/speed.md).
-ENGINES = ("openharmony", "openharmony-mxfp4-head", "mlx-lm", "transformers")
+# openharmony-mxfp4-head: openharmony with its opt-in quantized lm_head, openharmony-fast: with
+# precision="fast"; this measures their accuracy cost (docs/speed.md).
+ENGINES = ("openharmony", "openharmony-mxfp4-head", "openharmony-fast", "mlx-lm", "transformers")
 
 
 def logits(engine: str, path: Path, tokens: np.ndarray) -> np.ndarray:
@@ -36,7 +36,8 @@ def logits(engine: str, path: Path, tokens: np.ndarray) -> np.ndarray:
 
         import mlx.core as mx
 
-        model = load_model(path, "float32", quantized_lm_head=engine == "openharmony-mxfp4-head")
+        model = load_model(path, "float32", quantized_lm_head=engine == "openharmony-mxfp4-head",
+                           precision="fast" if engine == "openharmony-fast" else "exact")
         return np.array(model(mx.array(tokens[None])))[0]
     if engine == "mlx-lm":
         import mlx.core as mx
@@ -85,7 +86,17 @@ def main() -> None:
         off = np.flatnonzero(per_position > 1e-3)
         agree = (values.argmax(1) == reference.argmax(1)).mean()
         print(f"{engine:22s} max |diff| {per_position.max():.2e}; first position > 1e-3: "
-              f"{off[0] if off.size else 'none'}; top-1 agreement {agree:.3f}")
+              f"{off[0] if off.size else 'none'}; top-1 agreement {agree:.3f}; mean KL "
+              f"{mean_kl(reference, values):.1e}")
+
+
+def mean_kl(reference: np.ndarray, values: np.ndarray) -> float:
+    """Mean over positions of KL(softmax(reference) || softmax(values)), in float64."""
+    def log_softmax(z):
+        z = z.astype(np.float64) - z.max(axis=1, keepdims=True)
+        return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    p, q = log_softmax(reference), log_softmax(values)
+    return float((np.exp(p) * (p - q)).sum(axis=1).mean())
 
 
 if __name__ == "__main__":

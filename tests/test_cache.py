@@ -573,8 +573,9 @@ def test_prefix_reuse_with_a_quantized_cache_after_the_window_wrapped(generation
         # kernels block 3 rows and 23 rows differently (float32 sums in another order, ~1e-7
         # relative), and a key or value that then rounds to the other side of a bf16 or
         # quantization step moves a logprob by more than that (4e-5 measured with bf16 on the
-        # native path; exact on MLX's kernels).
-        np.testing.assert_allclose(warm.logprobs, cold.logprobs, atol=1e-4)
+        # native path's AVX2 kernels, 1.8e-4 with the AVX-512 panel kernel, whose sums run in
+        # 128-column pieces; exact on MLX's kernels).
+        np.testing.assert_allclose(warm.logprobs, cold.logprobs, atol=5e-4)
     assert type(cache.caches[1].storage) is type(model.make_cache(**options)[1].storage)
 
 

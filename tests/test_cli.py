@@ -136,6 +136,30 @@ def test_generate_sampling_options_are_accepted(bigram_checkpoint):
     assert result.stdout == " sky is blue.\n"
 
 
+def test_precision_reaches_load_model_from_every_command(bigram_checkpoint, monkeypatch):
+    # --precision fast is handed to load_model (which runs the model: the bigram's answer is
+    # unchanged), and a bad value is refused by typer with the choices.
+    import openharmony.load as load_module
+
+    seen = []
+    real = load_module.load_model
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("precision"))
+        return real(*args, **kwargs)
+    monkeypatch.setattr(load_module, "load_model", spy)
+    result = run("generate", "The", "-m", str(bigram_checkpoint), "--temperature", "0",
+                 "--precision", "fast")
+    assert result.exit_code == 0, result.output
+    assert result.stdout == " sky is blue.\n" and seen == ["fast"]
+    result = run("chat", "-m", str(bigram_checkpoint), "--precision", "exact", input="")
+    assert seen[-1] == "exact", result.output
+    for command in ("generate", "chat", "serve"):
+        assert "--precision" in run(command, "--help").stdout
+    result = run("generate", "The", "-m", str(bigram_checkpoint), "--precision", "int4")
+    assert result.exit_code == 2 and "exact" in result.stderr and "fast" in result.stderr
+
+
 # -- chat ----------------------------------------------------------------------------------
 
 

@@ -159,9 +159,10 @@ def test_prefill_expert_dispatch_matches_transformers(cases, kernels, monkeypatc
                                                      dispatch):
     """Both prefill expert paths (gather_qmm, and the CPU's dequantize-then-matmul) and their
     mix within one layer give the reference's logits."""
-    if kernels == "native" and dispatch != "gather_qmm only":
+    if kernels == "native":
         pytest.skip("MLX's kernels only: with the native kernels the experts are used in place "
-                    "from the mapping and the kernel groups each expert's rows itself")
+                    "from the mapping, the kernel groups each expert's rows itself and the "
+                    "gate_up runs fused with its SwiGLU (the parity tests above cover it)")
     case = cases(name)
     c = case.config
     calls = {"dense": 0, "gather_qmm": 0}
@@ -335,6 +336,12 @@ def _bug_gate_up_halves(monkeypatch):
         up = mx.clip(gate_up[..., half:], -self.limit, self.limit)
         return gate * mx.sigmoid(self.alpha * gate) * (up + 1)
     monkeypatch.setattr(moe_module.Experts, "swiglu", swiglu)
+    # The native kernels fuse the SwiGLU into the gate_up kernel (its interleave is tested
+    # against NumPy in test_native.py): here they take the unfused gather path instead.
+    monkeypatch.setattr(runtime.NativeKernels, "expert_pairs",
+                        lambda self, experts, x, indices: experts.mlp(
+                            x[:, None, None, :], indices, sorted_indices=False).reshape(
+                                *indices.shape, x.shape[-1]))
 
 
 def _bug_swiglu_limit_ignored(monkeypatch):  # as mlx-lm (a fixed 7.0 instead)
@@ -344,6 +351,9 @@ def _bug_swiglu_limit_ignored(monkeypatch):  # as mlx-lm (a fixed 7.0 instead)
         self.limit = math.inf
         return swiglu(self, gate_up)
     monkeypatch.setattr(moe_module.Experts, "swiglu", unclamped)
+    fused = native.gather_mxfp4_swiglu  # the native kernels' fused SwiGLU
+    monkeypatch.setattr(native, "gather_mxfp4_swiglu",
+                        lambda *args, **kwargs: fused(*args[:5], math.inf, *args[6:], **kwargs))
 
 
 def _patch_sinks(monkeypatch, change):
@@ -495,7 +505,8 @@ def test_native_kernels_run_every_matmul_they_serve(cases, kernels, monkeypatch,
     only there), and the logits still match transformers'."""
     if kernels != "native":
         pytest.skip("the native path only")
-    calls = {"gather_mxfp4_matmul": 0, "bf16_matmul": 0, "take_rows": 0, "moe_decode": 0}
+    calls = {"gather_mxfp4_matmul": 0, "gather_mxfp4_swiglu": 0, "bf16_matmul": 0,
+             "take_rows": 0, "moe_decode": 0}
     for name in calls:
         def counted(*args, _name=name, _kernel=getattr(native, name), **kwargs):
             calls[_name] += 1
@@ -512,10 +523,11 @@ def test_native_kernels_run_every_matmul_they_serve(cases, kernels, monkeypatch,
         steps = [case.model(mx.array(case.tokens[:, t:t + 1]), cache) for t in range(3)]
         assert max_diff(mx.concatenate(steps, axis=1), case.reference[:, :3]) <= TOLERANCE
     forwards = 1 if tokens == "prefill" else 3
-    # Per layer: gate_up and down (prefill), or the fused MLP (decode); q, k, v, o; plus the
-    # lm_head.
+    # Per layer: gate_up (fused with its SwiGLU) and down (prefill), or the fused MLP
+    # (decode); q, k, v, o; plus the lm_head.
     prefill = tokens == "prefill"
-    assert calls == {"gather_mxfp4_matmul": 2 * layers * forwards if prefill else 0,
+    assert calls == {"gather_mxfp4_matmul": layers * forwards if prefill else 0,
+                     "gather_mxfp4_swiglu": layers * forwards if prefill else 0,
                      "moe_decode": 0 if prefill else layers * forwards,
                      "bf16_matmul": (4 * layers + 1) * forwards, "take_rows": forwards}
 

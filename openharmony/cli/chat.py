@@ -24,7 +24,7 @@ def chat(ctx: typer.Context, flags: TurnFlags = None) -> None:
     from ..chat import Chat
 
     session = ctx.obj
-    tokenizer, loaded = session.load(flags.model, flags.dtype)
+    tokenizer, loaded = session.load(flags.model, flags.dtype, flags.precision)
     options = flags.chat_options()
     conversation = Chat(tokenizer, options)
     prompt_cache = PromptCache(loaded, kv_bits=flags.kv_bits)

@@ -46,7 +46,7 @@ def generate(
         from ..parallel import broadcast_text
 
         prompt = broadcast_text(prompt, group)
-    tokenizer, loaded = session.load(flags.model, flags.dtype)
+    tokenizer, loaded = session.load(flags.model, flags.dtype, flags.precision)
     if chat:
         from ..chat import Chat
 

@@ -11,7 +11,7 @@ import typer
 
 from ..download import DEFAULT_MODEL
 from .app import EXIT_INTERRUPTED, app
-from .options import DTypeOption, KVBits, ModelOption
+from .options import DTypeOption, KVBits, ModelOption, PrecisionOption
 
 
 @app.command()
@@ -25,6 +25,7 @@ def serve(
         envvar="OPENHARMONY_API_KEY", show_envvar=True,
         help="Require 'Authorization: Bearer KEY' on every request.")] = None,
     dtype: DTypeOption = None,
+    precision: PrecisionOption = None,
     max_queue: Annotated[int, typer.Option(min=1, help="Requests that may wait; more get "
                                                        "429.")] = 16,
     max_batch: Annotated[int, typer.Option(min=1, help="Requests decoded together, one "
@@ -47,7 +48,7 @@ def serve(
     from ..server.run import listen, serve as run_server
 
     session = ctx.obj
-    tokenizer, loaded = session.load(model, dtype)
+    tokenizer, loaded = session.load(model, dtype, precision)
     if kv_bits is not None:
         loaded.make_cache(kv_bits=kv_bits)  # a model that cannot take it fails now
     if session.rank:  # expert parallel: rank 0 serves, the others follow its turns

@@ -29,7 +29,7 @@ class Session:
             self._group, self._joined = init_group(), True
         return self._group
 
-    def load(self, model: str, dtype):
+    def load(self, model: str, dtype, precision=None):
         """The tokenizer (first: a missing vocabulary fails fast) and the model.
 
         Under mlx.launch the group is joined before anything can fail, so that a rank that
@@ -42,7 +42,8 @@ class Session:
         folder = resolve_model(model)
         from ..load import load_model
 
-        loaded = load_model(folder, dtype.value if dtype is not None else None, group=group)
+        loaded = load_model(folder, dtype.value if dtype is not None else None, group=group,
+                            precision=precision.value if precision is not None else None)
         if group is not None and group.rank() != 0:
             self._only_rank0_prints(group.rank())
         if loaded.config.vocab_size < tokenizer.n_vocab:

@@ -10,6 +10,8 @@ graph like `mx.gather_qmm`:
   dequantized once and multiplied densely.
 * `bf16_matmul(x, w)`: float32 activations times bfloat16 weights [N, K] transposed, for the
   dense layers, whose weights can then stay bfloat16 in memory.
+* `gather_mxfp4_swiglu(x, w, scales, experts, bias, limit, alpha)`: the experts' gate_up with
+  its bias and gpt-oss's SwiGLU fused into the kernel's epilogue -> [R, N/2].
 * `take_rows(table, ids)`: rows of a mapped embedding table.
 * `attention(q, keys, values, ...)`: flash attention over a KV cache as stored (float32,
   bfloat16, or `mx.quantize`'s 4/8-bit packing), with gpt-oss's sinks, GQA and the causal /
@@ -21,7 +23,10 @@ in place, so loading copies nothing (openharmony/load.py; docs/speed.md). A mapp
 weight is the checkpoint's own `blocks` tensor, uint8 [E, N, K/32, 16] (the same bytes MLX's
 uint32 packing views).
 
-Both accumulate in float32 and return float32. They run on a thread pool of their own (one
+The matmuls accumulate in float32 and return float32. With `precision="fast"` (opt-in,
+`runtime.select`), calls with 8 or more rows on a weight take int8 products for MXFP4 (the
+activations quantized per 32-element block) and bf16 products for bf16 weights (csrc/fast.h;
+docs/speed.md gives the accuracy). They run on a thread pool of their own (one
 thread per usable core, `OPENHARMONY_THREADS` to change it) with AVX-512, AVX2 or portable
 code chosen at run time; `isa=` (or `OPENHARMONY_NATIVE_ISA`) forces one, `isas()` lists what
 this CPU runs.
@@ -83,17 +88,34 @@ def threads() -> int:
 
 
 def gather_mxfp4_matmul(x: mx.array, w, scales, experts: mx.array,
-                        isa: str | None = None) -> mx.array:
+                        isa: str | None = None, precision: str = "exact") -> mx.array:
     """x [R, K], w uint32 [E, N, K/8], scales uint8 [E, N, K/32], experts [R] -> float32 [R, N].
 
     Or w and scales both `MappedTensor`s: blocks uint8 [E, N, K/32, 16], scales [E, N, K/32].
+    `precision="fast"`: experts with 8 or more rows multiply in int8, the activations quantized
+    per 32-element block (csrc/int8.h; docs/speed.md gives its accuracy).
     """
-    return _module().gather_mxfp4_matmul(x, w, scales, experts, _isa(isa))
+    return _module().gather_mxfp4_matmul(x, w, scales, experts, _isa(isa), precision)
 
 
-def bf16_matmul(x: mx.array, w, isa: str | None = None) -> mx.array:
-    """x [R, K] times bfloat16 w [N, K] (an array or a `MappedTensor`) -> float32 [R, N]."""
-    return _module().bf16_matmul(x, w, _isa(isa))
+def bf16_matmul(x: mx.array, w, isa: str | None = None, precision: str = "exact") -> mx.array:
+    """x [R, K] times bfloat16 w [N, K] (an array or a `MappedTensor`) -> float32 [R, N].
+
+    `precision="fast"`: with 8 or more rows the activations are rounded to bfloat16 (AVX-512
+    BF16's vdpbf16ps where the CPU has it; csrc/fast.h).
+    """
+    return _module().bf16_matmul(x, w, _isa(isa), precision)
+
+
+def gather_mxfp4_swiglu(x: mx.array, w, scales, experts: mx.array, bias: mx.array, limit: float,
+                        alpha: float, isa: str | None = None,
+                        precision: str = "exact") -> mx.array:
+    """gpt-oss's expert gate_up fused with its bias and SwiGLU -> float32 [R, N/2]: with
+    z = gather_mxfp4_matmul(x, w, scales, experts) + bias[experts] (bias [E, N]),
+    gate = min(z[:, ::2], limit) and up = clip(z[:, 1::2], -limit, limit), the result is
+    gate * sigmoid(alpha * gate) * (up + 1)."""
+    return _module().gather_mxfp4_swiglu(x, w, scales, experts, bias, limit, alpha, _isa(isa),
+                                         precision)
 
 
 def take_rows(table, ids: mx.array) -> mx.array:

@@ -13,6 +13,11 @@ and MLX's for the rest.
   computed from positions (`cache.Visible`). The caches get them from `Model.make_cache`
   (docs/architecture.md, runtime; docs/cache.md).
 
+`precision` "fast" (runtime.precision_choice): prefill chunks (8 or more rows on a weight) take
+int8 products for the experts, the activations quantized per 32-element block, and bf16
+products for the bf16 dense weights, the activations rounded to bf16 (csrc/fast.h); decode
+stays exact.
+
 Tensors used in place from a checkpoint's mapping (`MappedTensor`s: the experts' blocks and
 scales, the bfloat16 embedding, attention projections and lm_head) are read by these kernels
 only; this is the one module that handles them.
@@ -38,14 +43,16 @@ class NativeKernels(MLXKernels):
     reads_bf16 = True
     reads_mapped = True
 
-    def __init__(self):
+    def __init__(self, precision: str = "exact"):
         super().__init__(mx.cpu, why="the CPU, with the native kernels built")
+        self.precision = precision
 
     def linear(self, x: mx.array, weight, bias: mx.array | None = None) -> mx.array:
         if not (extension.is_mapped(weight) or weight.dtype == mx.bfloat16):
             return super().linear(x, weight, bias)
         rows = x.reshape(-1, x.shape[-1])
-        y = extension.bf16_matmul(rows, weight).reshape(*x.shape[:-1], -1).astype(x.dtype)
+        y = extension.bf16_matmul(rows, weight, precision=self.precision)
+        y = y.reshape(*x.shape[:-1], -1).astype(x.dtype)
         return y + bias.astype(x.dtype) if bias is not None else y
 
     def embed(self, table, tokens: mx.array) -> mx.array:
@@ -56,14 +63,24 @@ class NativeKernels(MLXKernels):
     def gather_mxfp4(self, x: mx.array, weight, scales, experts: mx.array,
                      sorted_indices: bool) -> mx.array:
         rows = mx.broadcast_to(x, (*experts.shape, 1, x.shape[-1])).reshape(-1, x.shape[-1])
-        y = extension.gather_mxfp4_matmul(rows, weight, scales, experts.reshape(-1))
+        y = extension.gather_mxfp4_matmul(rows, weight, scales, experts.reshape(-1),
+                                          precision=self.precision)
         return y.reshape(*experts.shape, 1, -1).astype(x.dtype)
 
     def expert_pairs(self, experts, x: mx.array, indices: mx.array) -> mx.array:
         # Decode and prefill alike: each row gathers its k experts, the kernel groups them.
+        # The gate_up's bias and the SwiGLU run in the kernel's epilogue (no [pairs, 2I]
+        # intermediate, no single-threaded elementwise passes over it).
         N, k = indices.shape
-        return experts.mlp(x[:, None, None, :], indices, sorted_indices=False).reshape(
-            N, k, x.shape[-1])
+        flat = indices.reshape(-1)
+        rows = mx.broadcast_to(x[:, None, :], (N, k, x.shape[-1])).reshape(-1, x.shape[-1])
+        gate_up, down = experts.gate_up_proj, experts.down_proj
+        h = extension.gather_mxfp4_swiglu(rows, gate_up.weight, gate_up.scales, flat,
+                                          gate_up.bias, experts.limit, experts.alpha,
+                                          precision=self.precision)
+        y = extension.gather_mxfp4_matmul(h, down.weight, down.scales, flat,
+                                          precision=self.precision)
+        return (y + down.bias[flat]).reshape(N, k, -1).astype(x.dtype)
 
     def fused_moe(self, mlp, x: mx.array) -> mx.array | None:
         # Decode: router, top-k, softmax, both expert matmuls, SwiGLU, biases and the weighted
