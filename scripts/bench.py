@@ -7,7 +7,7 @@ checkpoint.
     .venv/bin/python scripts/bench.py --layers 2 --decode-tokens 8 --repeats 1   # a quick look
     .venv/bin/python scripts/bench.py --profile --layers 2  # where openharmony's time goes
 
-Both engines load the same checkpoint (written once by `openharmony.random_checkpoint`), get
+Both engines load the same checkpoint (written once by `openharmony.testing.random_checkpoint`), get
 the same prompt token ids (batch 1), prefill it, and greedily decode the same number of tokens
 with no stop token (the weights are random, so eos can come at any time). Each (engine, dtype)
 run is a fresh subprocess (a 20b model in float32 needs ~17 GB: two at once would not fit),
@@ -97,7 +97,7 @@ def ensure_checkpoint(path: Path, layers: int | None) -> Path:
     """The random 20b checkpoint (truncated to `layers`) at `path`, written if absent."""
     if (path / "config.json").exists():  # the writer writes config.json last
         return path
-    from openharmony.random_checkpoint import PRESETS, write_random_checkpoint
+    from openharmony.testing.random_checkpoint import PRESETS, write_random_checkpoint
 
     config = PRESETS["20b"]
     if layers:

@@ -5,7 +5,7 @@
     .venv/bin/python scripts/bench.py --llama-cpp OUT.gguf ...  # compare (docs/benchmarks.md)
 
 Nothing of llama.cpp is in this repository. `build` takes the llama.cpp tree that PyPI's
-llama-cpp-python sdist vendors (`pip download --no-binary :all: --no-deps llama-cpp-python`,
+llama-cpp-python sdist vendors (`pip download --no-binary llama-cpp-python --no-deps llama-cpp-python`,
 the newest release unless --version says otherwise) into the cache folder (default
 bench_cache/, git-ignored), and builds `llama-bench` there with the system cmake and C++
 compiler: CPU only, tuned for this machine's ISA (GGML_NATIVE), no network code, `nice -n 10`,
@@ -65,7 +65,9 @@ def download_sdist(cache_dir: Path, version: str | None = None) -> Path:
     if not found:
         folder.mkdir(parents=True, exist_ok=True)
         spec = f"{PACKAGE}=={version}" if version else PACKAGE
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-binary", ":all:",
+        # The sdist of this one package; its build requirements (pip prepares its metadata) come
+        # as wheels: `--no-binary :all:` would compile them, cmake included, from source.
+        subprocess.run([sys.executable, "-m", "pip", "download", "--no-binary", PACKAGE,
                         "--no-deps", "--dest", str(folder), spec], check=True)
         found = sorted(folder.glob(pattern))
     if not found:

@@ -110,7 +110,7 @@ PROXY = {"vocab_size": 8192, "intermediate_size": 704,
 
 def truncated_20b(layers: int, proxy: bool = False) -> Path:
     """A random checkpoint with the 20b shapes and `layers` layers (sliding, full, ...)."""
-    from openharmony.random_checkpoint import PRESETS, write_random_checkpoint
+    from openharmony.testing.random_checkpoint import PRESETS, write_random_checkpoint
 
     name = f"gpt-oss-20b-random-{layers}layers" + ("-attention-proxy" if proxy else "")
     path = REPO / "bench_cache" / name
@@ -243,7 +243,7 @@ def parity_checkpoints(configs: dict, folder: Path):
     """(name, config, checkpoint path, tokens [2, 6 windows]) for each of the parity configs
     (name -> (config, RoPE spelling)), written into `folder` as tests/test_model.py writes
     them (seed 7, tokens from seed 11)."""
-    from openharmony.random_checkpoint import write_random_checkpoint
+    from openharmony.testing.random_checkpoint import write_random_checkpoint
 
     for name, (config, spelling) in configs.items():
         path = write_random_checkpoint(folder / name, config, seed=7, rope_spelling=spelling)
@@ -438,7 +438,7 @@ def cache_bytes(caches, positions: int) -> dict:
 def memory_worker(variant: str, positions: int) -> dict:
     """In a fresh process: the 20b caches (24 layers) filled to `positions`, no model."""
     from openharmony.cache import make_caches
-    from openharmony.random_checkpoint import PRESETS
+    from openharmony.testing.random_checkpoint import PRESETS
 
     config = PRESETS["20b"]
     mx.eval(mx.zeros((1,)))
@@ -522,7 +522,7 @@ def attention_alone(args) -> dict:
     each context: seconds per variant, the variants interleaved round by round (medians).
     Small enough to need no lock (134 MB at 32k)."""
     from openharmony.cache import make_caches
-    from openharmony.random_checkpoint import PRESETS
+    from openharmony.testing.random_checkpoint import PRESETS
 
     config = PRESETS["20b"]
     full_layer = next(i for i in range(config.num_hidden_layers) if not config.is_sliding(i))

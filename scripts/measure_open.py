@@ -73,7 +73,7 @@ def main(
                                          "(posix_fadvise DONTNEED; no root needed)."),
 ) -> None:
     if not (cache_dir / "config.json").is_file():  # config.json is written last
-        from openharmony.random_checkpoint import PRESETS, write_random_checkpoint
+        from openharmony.testing.random_checkpoint import PRESETS, write_random_checkpoint
 
         typer.echo(f"writing a random {preset} checkpoint to {cache_dir}", err=True)
         write_random_checkpoint(cache_dir, PRESETS[preset], seed=seed, shards=shards,

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from openharmony.config import FULL, SLIDING  # first: openharmony picks MLX's BLAS (blas.py)
 from openharmony.load import load_model
-from openharmony.random_checkpoint import PRESETS, write_random_checkpoint
+from openharmony.testing.random_checkpoint import PRESETS, write_random_checkpoint
 
 import mlx.core as mx
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from openharmony.random_checkpoint import PRESETS, write_random_checkpoint  # noqa: E402
+from openharmony.testing.random_checkpoint import PRESETS, write_random_checkpoint  # noqa: E402
 from openharmony.tokenizer import load_tokenizer  # noqa: E402
 from openharmony.testing import write_bigram_checkpoint  # noqa: E402
 from test_server import WEATHER_TOOL, Server, chains  # noqa: E402

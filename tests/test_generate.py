@@ -26,7 +26,7 @@ from openharmony.generate import (ContextLengthError, GenerationError, StopStrin
 # Not `import openharmony.generate`: the package exports a function of that name.
 generate_module = importlib.import_module("openharmony.generate")
 from openharmony.load import load_model
-from openharmony.random_checkpoint import write_random_checkpoint
+from openharmony.testing.random_checkpoint import write_random_checkpoint
 from openharmony.sampling import SamplingError, SamplingOptions
 from openharmony.tokenizer import load_tokenizer
 

@@ -26,7 +26,7 @@ from openharmony import load_model, native
 from openharmony.errors import ConfigError
 from openharmony.loader import is_expert_tensor, open_checkpoint
 from openharmony.parallel import expert_ranges
-from openharmony.random_checkpoint import PRESETS, write_random_checkpoint
+from openharmony.testing.random_checkpoint import PRESETS, write_random_checkpoint
 
 from parallel_worker import CHUNKS, PROMPT
 from reference import load_reference, reference_logits
