@@ -35,7 +35,7 @@ import numpy as np
 import openharmony  # noqa: F401 - first: it picks MLX's BLAS (openharmony/blas.py)
 import mlx.core as mx
 
-from bench import big_memory_lock
+from openharmony.bench.harness import bench_lock
 from openharmony.cache import FloatStorage, KVCache, RotatingKVCache
 
 REPO = Path(__file__).resolve().parents[1]
@@ -208,7 +208,7 @@ def accuracy(args) -> dict:
             raise SystemExit(f"unknown variant {name!r}")
     path = model_path(args)
     reference_file = args.reference
-    with big_memory_lock(needs_lock(args)):
+    with bench_lock(needs_lock(args)):
         model = load_model(path, "float32")
         tokens = prompt_ids(args.tokens, model.config.vocab_size, seed=0)
         out = {"checkpoint": str(path), "layers": model.config.num_hidden_layers,
@@ -257,7 +257,7 @@ def parity(args) -> dict:
     every variant, chunked prefill then decoding token by token (tests/test_cache.py)."""
     from openharmony.load import load_model
     import tempfile
-    from reference import load_reference, reference_logits
+    from openharmony.testing.reference import load_reference, reference_logits
     from test_cache import QUANTIZABLE, chunked_then_decoded
 
     out = {}
@@ -288,7 +288,7 @@ def long_positions(args) -> dict:
 
     import torch
     from openharmony.load import load_model
-    from reference import load_exact_reference, load_reference
+    from openharmony.testing.reference import load_exact_reference, load_reference
     from test_cache import chunked_then_decoded
     from test_model import CONFIGS
 
@@ -323,7 +323,7 @@ def long_positions(args) -> dict:
     if args.with_20b:
         path = truncated_20b(2, proxy=True)
         tokens = np.array([prompt_ids(args.length, PROXY["vocab_size"], seed=5)])
-        with big_memory_lock(True):  # ~5 GB: the float64 reference
+        with bench_lock(True):  # ~5 GB: the float64 reference
             out["20b attention, 2 layers (proxy)"] = compare(path, tokens)
     return out
 
@@ -381,7 +381,7 @@ def quantization_error(args) -> dict:
 
     storages = {"8-bit": QuantizedStorage(8, 64), "4-bit": QuantizedStorage(4, 64),
                 "bf16": FloatStorage(mx.bfloat16)}
-    with big_memory_lock(needs_lock(args)):
+    with bench_lock(needs_lock(args)):
         model = load_model(model_path(args), "float32")
         caches = model.make_cache()
         model(mx.array([prompt_ids(args.tokens, model.config.vocab_size, seed=0)]), caches)
@@ -452,7 +452,7 @@ def memory_worker(variant: str, positions: int) -> dict:
 def memory(args) -> dict:
     out = {}
     for variant in args.variants:
-        with big_memory_lock(True):  # 1.6 GB of float caches at 32k
+        with bench_lock(True):  # 1.6 GB of float caches at 32k
             result = subprocess.run([sys.executable, __file__, "memory-worker", variant,
                                      str(args.positions)], check=True, capture_output=True,
                                     text=True)
@@ -472,7 +472,7 @@ def speed(args) -> dict:
     from openharmony.load import load_model
 
     out = {"checkpoint": None, "steps": args.steps, "contexts": {}}
-    with big_memory_lock(needs_lock(args)):
+    with bench_lock(needs_lock(args)):
         path = model_path(args)
         out["checkpoint"] = str(path)
         model = load_model(path, "float32")

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import typer
 
-from bench import evict_from_page_cache
+from openharmony.bench.harness import evict
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -80,7 +80,7 @@ def main(
                                 progress=True)
     if cold:
         for file in cache_dir.iterdir():
-            evict_from_page_cache(file)
+            evict([file])
     result = subprocess.run([sys.executable, "-c", MEASURE, str(cache_dir),
                              "cold" if cold else "warm"],
                             capture_output=True, text=True, check=False)

@@ -24,7 +24,7 @@ from openharmony.testing.random_checkpoint import PRESETS, write_random_checkpoi
 
 import mlx.core as mx
 
-from bench import LOCK_FILE, big_memory_lock
+from openharmony.bench.harness import LOCK_FILE, bench_lock
 
 
 def truncated_checkpoint(path: Path, layers: int) -> Path:
@@ -116,7 +116,7 @@ def main() -> None:
     path = truncated_checkpoint(args.checkpoint or Path(f"/tmp/openharmony-20b-{args.layers}l"),
                                 args.layers)
 
-    with big_memory_lock(not args.no_lock):  # one big-memory process at a time here
+    with bench_lock(not args.no_lock):  # one big-memory process at a time here
         start = time.perf_counter()
         model = load_model(path, args.dtype, quantized_lm_head=args.quantized_lm_head)
         print(f"load: {time.perf_counter() - start:.2f} s, "

@@ -404,7 +404,7 @@ def test_prompt_cache_reuses_everything_but_the_last_token_of_a_repeated_prompt(
 from openharmony.generate import GenerationError, generate  # noqa: E402
 from openharmony.load import load_model  # noqa: E402
 from openharmony.testing.random_checkpoint import write_random_checkpoint  # noqa: E402
-from reference import load_exact_reference, load_reference, reference_logits  # noqa: E402
+from openharmony.testing.reference import load_exact_reference, load_reference, reference_logits  # noqa: E402
 from test_model import CONFIGS  # noqa: E402 - the parity configs
 
 # The parity configs whose head_dim a quantized cache accepts (a multiple of 32): the MHA one

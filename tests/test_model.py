@@ -33,7 +33,7 @@ from openharmony.load import load_model
 from openharmony.model import Model
 from openharmony.mxfp4 import decode, from_mlx
 from openharmony.testing.random_checkpoint import write_random_checkpoint
-from reference import load_reference, reference_logits, reference_rope
+from openharmony.testing.reference import load_reference, reference_logits, reference_rope
 
 TOLERANCE = 1e-4  # max |logit difference| in float32
 BATCH = 2
