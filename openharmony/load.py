@@ -7,9 +7,10 @@ from pathlib import Path
 
 import mlx.core as mx
 
-from . import loader, native, parallel
+from . import loader, parallel, runtime
 from .loader import open_checkpoint
 from .model import Model
+from .runtime import placement
 
 
 def load_model(path: str | Path, dtype: mx.Dtype | str | None = None, *,
@@ -18,9 +19,10 @@ def load_model(path: str | Path, dtype: mx.Dtype | str | None = None, *,
                in_place: bool | None = None) -> Model:
     """Load a checkpoint folder of either layout (HF or `original/`) into a `Model`.
 
-    `dtype` is the compute dtype (default: `default_dtype()`). With the native CPU kernels
-    (`native.use_native()`) the experts, embedding, attention and lm_head weights are used in
-    place from the checkpoint's files, mapped read-only and shared (`Model.uses_in_place`):
+    `dtype` is the compute dtype (default: `default_dtype()`). The kernels are chosen here,
+    once (`runtime.select()`: `OPENHARMONY_KERNELS`, the device), and handed to the model.
+    With the native CPU kernels the experts, embedding, attention and lm_head weights are used
+    in place from the checkpoint's files, mapped read-only and shared (runtime/placement.py):
     nothing of them is read or copied here, their pages are the page cache's, and processes
     that load the same checkpoint share them. Everything else (and, on MLX's kernels, every
     tensor) is read and converted once here; MXFP4 experts stay packed. `quantized_lm_head`
@@ -34,20 +36,21 @@ def load_model(path: str | Path, dtype: mx.Dtype | str | None = None, *,
     every layer's experts (docs/distributed.md). Every rank must call this; it returns once
     all of them have loaded.
     """
-    if in_place and not native.use_native():
-        raise native.NativeKernelsError("in_place=True needs the native CPU kernels, the only "
-                                        "ones that read mapped weights: "
-                                        f"{native.unavailable_reason or 'they are switched off'}")
+    kernels = runtime.select()
+    if in_place and not kernels.reads_mapped:
+        raise runtime.NativeKernelsError("in_place=True needs the native CPU kernels, the only "
+                                         f"ones that read mapped weights; {kernels} were "
+                                         f"selected ({runtime.why(kernels)})")
     checkpoint = open_checkpoint(path)
-    model = Model(checkpoint.config, dtype, quantized_lm_head, group=group)
+    model = Model(checkpoint.config, dtype, quantized_lm_head, group=group, kernels=kernels)
     experts = model.local_experts  # None: all of them
+    held = placement.table(checkpoint, model.dtype, kernels, quantized_lm_head=quantized_lm_head,
+                           in_place=in_place is not False)
 
-    def uses_in_place(name: str, stored: mx.Dtype) -> bool:
-        return in_place is not False and model.uses_in_place(name, stored)
-
-    params = model.sanitize(checkpoint.weights(experts=experts, in_place=uses_in_place))
+    params = model.sanitize(checkpoint.weights(
+        experts=experts, in_place=lambda name, stored: held[name].in_place))
     # Tensors used in place are not parameters: they go into their modules as they are.
-    for name in [name for name, value in params.items() if native.is_mapped(value)]:
+    for name in [name for name, value in params.items() if kernels.is_mapped(value)]:
         _place(model, name, params.pop(name))
     # Evaluated one group (a layer, or a top-level tensor) at a time: once the checkpoint is
     # gone each stored tensor is referenced only by the lazy graph of its converted parameter,
@@ -59,7 +62,7 @@ def load_model(path: str | Path, dtype: mx.Dtype | str | None = None, *,
         groups.setdefault(_load_group(name), []).append(value)
     byte_ranges: dict[str, list] = {key: [] for key in groups}
     for name in checkpoint.names():
-        read_here = not uses_in_place(name, checkpoint.dtype(name))
+        read_here = not held[name].in_place
         if read_here and (experts is None or not loader.is_expert_tensor(name)):
             byte_ranges[_load_group(name)].append(checkpoint.byte_range(name))
     del checkpoint

@@ -9,8 +9,10 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from . import runtime
 from .cache import BITS, default_group_size
 from .config import ModelConfig
+from .runtime import placement
 
 
 def kv_cache_bytes(config: ModelConfig, dtype_size: int, context: int,
@@ -61,27 +63,29 @@ def kv_cache_variants(config: ModelConfig, dtype: str, dtype_size: int,
             for name, options in variants.items()}
 
 
-def checkpoint_summary(checkpoint, dtype: str, context: int) -> dict[str, Any]:
+def checkpoint_summary(checkpoint, dtype: str, context: int,
+                       kernels=None) -> dict[str, Any]:
     """Parameter counts, bytes on disk and the memory to run `checkpoint`, from its headers.
 
     Parameters count every weight once, MXFP4 expert weights included (two 4-bit values per
     stored byte; their scales are not parameters). Active parameters per token leave out the
     embedding table (a lookup) and count the experts at num_experts_per_tok / num_experts.
-    Memory: dense weights as the model holds them for `dtype` (`model.dense_weight_dtype`),
-    MXFP4 blocks and scales as stored, plus the KV cache for `context` positions (sliding
-    window layers hold at most `sliding_window` of them). Of the weights,
-    `weight_bytes_in_place` are used in place from the checkpoint's mapping (page cache,
-    shared by every process of the checkpoint; `model.used_in_place`), the rest is the
-    model's own memory.
+    Memory: every tensor as a model of compute `dtype` on `kernels` (default: what
+    `runtime.select()` picks) holds it (the placement table, runtime/placement.py): dense
+    weights in their held dtype, MXFP4 blocks and scales as stored, plus the KV cache for
+    `context` positions (sliding window layers hold at most `sliding_window` of them). Of the
+    weights, `weight_bytes_in_place` are used in place from the checkpoint's mapping (page
+    cache, shared by every process of the checkpoint), the rest is the model's own memory.
     """
-    from .model import compute_dtype, dense_weight_dtype, used_in_place
+    from .model import compute_dtype
 
     c = checkpoint.config
     compute = compute_dtype(dtype)
+    held = placement.table(checkpoint, compute, runtime.select() if kernels is None else kernels)
     total = experts = embedding = weight_bytes = in_place_bytes = 0
     for name in checkpoint.names():
         shape = checkpoint.shape(name)
-        if used_in_place(name, checkpoint.dtype(name), compute):
+        if held[name].in_place:
             in_place_bytes += checkpoint.nbytes(name)
         if name.endswith(".scales"):
             weight_bytes += checkpoint.nbytes(name)
@@ -91,7 +95,7 @@ def checkpoint_summary(checkpoint, dtype: str, context: int) -> dict[str, Any]:
             weight_bytes += checkpoint.nbytes(name)
         else:
             count = math.prod(shape)
-            weight_bytes += count * dense_weight_dtype(name, checkpoint.dtype(name), compute).size
+            weight_bytes += count * held[name].dtype.size
         total += count
         if ".mlp.experts." in name:
             experts += count

@@ -10,6 +10,11 @@ keys on the layers `config.layer_types` marks, half-split RoPE with YaRN (unroun
 range), top-k routing with a softmax over the k chosen logits, and MXFP4 experts that stay
 packed (openharmony/moe.py). Loading lives in openharmony/load.py.
 
+Every matmul is the `Kernels`' the model was built with (openharmony/runtime, chosen once by
+`load_model`); how each weight is held is runtime/placement.py's table. Nothing here asks
+which backend runs. `Model.__call__(..., observe=)` reports each part of the forward as it is
+built (`PARTS`), for profilers and benchmarks that time the parts of this one forward.
+
 Numerics: RMSNorm and the router run in float32 whatever the compute dtype (the router's top-k
 choice is where low precision hurts most); attention softmax is float32 inside
 `mx.fast.scaled_dot_product_attention`; logits are returned as float32.
@@ -24,14 +29,21 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
+from . import loader, runtime
 from .cache import make_caches
 from .config import MXFP4_BLOCK, ModelConfig
 from .errors import CheckpointError, ConfigError, InputError
-from . import loader, native
 from .linear import Embedding, Linear
-from .moe import MLP
+from .moe import MLP, unreported
 from .parallel import ExpertShard
-from .mxfp4 import to_mlx
+from .runtime import Kernels
+from .runtime.placement import MXFP4, Placement, placement
+
+# The parts of the forward `Model.__call__` reports to `observe`, in order: "embed", then for
+# each layer the LAYER_PARTS, then "norm" and "lm_head".
+LAYER_PARTS = ("attention_norm", "attention", "attention_residual", "experts_norm", "router",
+               "experts", "experts_residual")
+PARTS = ("embed", *LAYER_PARTS, "norm", "lm_head")
 
 # Rows of the lm_head quantized at once when `quantized_lm_head` is asked for: mx.quantize
 # (mxfp4, CPU) peaks at about 20x its input's bytes, 0.47 GB for 2048 rows of 2880.
@@ -105,14 +117,15 @@ def rope_inverse_frequencies(config: ModelConfig) -> tuple[np.ndarray, float]:
 
 
 class Attention(nn.Module):
-    def __init__(self, config: ModelConfig, layer: int):
+    def __init__(self, kernels: Kernels, config: ModelConfig, layer: int):
         super().__init__()
         hidden, self.head_dim = config.hidden_size, config.head_dim
         self.n_heads, self.n_kv_heads = config.num_attention_heads, config.num_key_value_heads
-        self.q_proj = Linear(hidden, self.n_heads * self.head_dim, bias=True)
-        self.k_proj = Linear(hidden, self.n_kv_heads * self.head_dim, bias=True)
-        self.v_proj = Linear(hidden, self.n_kv_heads * self.head_dim, bias=True)
-        self.o_proj = Linear(self.n_heads * self.head_dim, hidden, bias=True)
+        q_rows, kv_rows = self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
+        self.q_proj = Linear(kernels, hidden, q_rows, bias=True)
+        self.k_proj = Linear(kernels, hidden, kv_rows, bias=True)
+        self.v_proj = Linear(kernels, hidden, kv_rows, bias=True)
+        self.o_proj = Linear(kernels, q_rows, hidden, bias=True)
         self.sinks = mx.zeros((self.n_heads,))
         self.window = config.sliding_window if config.is_sliding(layer) else None
 
@@ -156,16 +169,20 @@ class Attention(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, config: ModelConfig, layer: int, shard: ExpertShard | None = None):
+    def __init__(self, kernels: Kernels, config: ModelConfig, layer: int,
+                 shard: ExpertShard | None = None):
         super().__init__()
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.self_attn = Attention(config, layer)
+        self.self_attn = Attention(kernels, config, layer)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.mlp = MLP(config, shard)
+        self.mlp = MLP(kernels, config, shard)
 
-    def __call__(self, x: mx.array, cache) -> mx.array:
-        x = x + self.self_attn(self.input_layernorm(x), cache)
-        return x + self.mlp(self.post_attention_layernorm(x))
+    def __call__(self, x: mx.array, cache, report=unreported) -> mx.array:
+        """x [B, T, H] -> [B, T, H]; `report(part, value) -> value` sees each LAYER_PART."""
+        h = report("attention_norm", self.input_layernorm(x))
+        x = report("attention_residual", x + report("attention", self.self_attn(h, cache)))
+        h = report("experts_norm", self.post_attention_layernorm(x))
+        return report("experts_residual", x + self.mlp(h, report))
 
 
 # -- the model ----------------------------------------------------------------------------
@@ -180,17 +197,21 @@ class Model(nn.Module):
     """
 
     def __init__(self, config: ModelConfig, dtype: mx.Dtype | str | None = None,
-                 quantized_lm_head: bool = False, group: mx.distributed.Group | None = None):
+                 quantized_lm_head: bool = False, group: mx.distributed.Group | None = None,
+                 kernels: Kernels | None = None):
         super().__init__()
         self.config = config
         self.dtype = compute_dtype(dtype)
+        # Every layer multiplies through these (default: what `runtime.select()` picks now).
+        self.kernels = runtime.select() if kernels is None else kernels
         self.quantized_lm_head = quantized_lm_head
         self.group = group if group is not None and group.size() > 1 else None
         shard = (ExpertShard(config.num_local_experts, self.group) if self.group is not None
                  else None)
         self.local_experts = shard.experts if shard is not None else None
-        self.embed_tokens = Embedding(config.vocab_size, config.hidden_size)
-        self.layers = [Block(config, i, shard) for i in range(config.num_hidden_layers)]
+        self.embed_tokens = Embedding(self.kernels, config.vocab_size, config.hidden_size)
+        self.layers = [Block(self.kernels, config, i, shard)
+                       for i in range(config.num_hidden_layers)]
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         if quantized_lm_head:
             # Opt-in, changes the logits (docs/speed.md): MXFP4 reads 4.25 bits per weight
@@ -198,15 +219,29 @@ class Model(nn.Module):
             self.lm_head = nn.QuantizedLinear(config.hidden_size, config.vocab_size, bias=False,
                                               group_size=MXFP4_BLOCK, bits=4, mode="mxfp4")
         else:
-            self.lm_head = Linear(config.hidden_size, config.vocab_size, bias=False)
+            self.lm_head = Linear(self.kernels, config.hidden_size, config.vocab_size,
+                                  bias=False)
 
     def __call__(self, tokens: mx.array, cache: list | None = None, *,
-                 check_ids: bool = True) -> mx.array:
+                 check_ids: bool = True, last_only: bool = False, observe=None) -> mx.array:
         """tokens [B, T] int -> float32 logits [B, T, vocab]; `cache` is extended in place.
 
         Token ids outside [0, vocab_size) raise `InputError` (the embedding lookup would read
         outside its table). That check reads the ids back to the host, so callers feeding
         ids sampled on the device from this model's logits (decoding) pass check_ids=False.
+        `last_only`: the logits of the last position only ([B, 1, vocab]), as generation
+        wants them after a prefill.
+
+        `observe(part, layer, value)`, the hook for profilers and benchmarks, is called for
+        each part of the forward right after it is built, in `PARTS` order: "embed" (layer
+        None), then for layer 0, 1, ... "attention_norm", "attention", "attention_residual",
+        "experts_norm", "router", "experts", "experts_residual", then "norm" and "lm_head"
+        (layer None). `value` is that part's output, lazy (nothing is evaluated for it):
+        [B, T, H] arrays in the compute dtype, except "router" (expert indices and routing
+        weights, [B*T, k] each), "norm" ([B, 1, H] with `last_only`) and "lm_head" (the
+        returned logits). Its return value is ignored; evaluating `value` there (`mx.eval`)
+        is a barrier that charges the time since the previous one to this part. Attention
+        includes the cache's update; "experts" the all_sum of expert parallelism.
         """
         if not isinstance(tokens, mx.array) or tokens.ndim != 2 or not mx.issubdtype(
                 tokens.dtype, mx.integer):
@@ -224,11 +259,15 @@ class Model(nn.Module):
         if len(cache) != len(self.layers):
             raise InputError(f"cache has {len(cache)} layer caches for {len(self.layers)} "
                              "layers (make it with model.make_cache())")
+        report = _reporter(observe, None)
         # The table stays in its (narrower) stored dtype; only the gathered rows are cast.
-        x = self.embed_tokens(tokens).astype(self.dtype)
-        for layer, layer_cache in zip(self.layers, cache):
-            x = layer(x, layer_cache)
-        return self.lm_head(self.norm(x)).astype(mx.float32)
+        x = report("embed", self.embed_tokens(tokens).astype(self.dtype))
+        for index, (layer, layer_cache) in enumerate(zip(self.layers, cache)):
+            x = layer(x, layer_cache, _reporter(observe, index))
+        if last_only:
+            x = x[:, -1:]
+        x = report("norm", self.norm(x))
+        return report("lm_head", self.lm_head(x).astype(mx.float32))
 
     def make_cache(self, **options) -> list:
         """One cache per layer (rotating on sliding-window layers), extended by each call.
@@ -236,25 +275,24 @@ class Model(nn.Module):
         `options` are `openharmony.cache.make_caches`'s: `kv_bits=8` (or 4) quantizes the
         full-attention layers' keys and values, `kv_dtype` stores the float ones narrower, ...
         """
-        return make_caches(self.config, **options)
+        return make_caches(self.config, attention=self.kernels.attention, **options)
 
     # -- weights --------------------------------------------------------------------------
 
-    def uses_in_place(self, name: str, stored: mx.Dtype) -> bool:
-        """Whether the engine tensor `name`, stored as `stored`, is used in place from the
-        checkpoint's mapping (`Checkpoint.map`) rather than read into MLX's memory."""
-        return used_in_place(name, stored, self.dtype, self.quantized_lm_head)
+    def placement(self, name: str, stored: mx.Dtype) -> Placement:
+        """How this model holds the engine tensor `name` stored as `stored` (the table in
+        openharmony/runtime/placement.py)."""
+        return placement(name, stored, self.dtype, self.kernels,
+                         quantized_lm_head=self.quantized_lm_head)
 
     def sanitize(self, weights: dict) -> dict:
         """Engine-named tensors (the loader's names) -> this module's parameters.
 
-        Checks every name and shape against the config, turns MXFP4 blocks into MLX's packed
-        uint32 form (a view, no copy), and holds every other tensor in
-        `dense_weight_dtype(name, stored, compute dtype)`: norms and the router in float32, the
-        embedding table in its stored dtype when that is no wider than the compute dtype, the
-        bfloat16 `Linear` weights as stored when the native kernels run them, everything else
-        in the compute dtype. Tensors used in place (`native.MappedTensor`s, see
-        `uses_in_place`) pass through as they are: blocks stay [E, N, K/32, 16] bytes.
+        Checks every name and shape against the config and holds each tensor as
+        `self.placement` says: MXFP4 blocks and scales as the kernels take them
+        (`Kernels.pack_mxfp4`: MLX's packed uint32 form, a view, no copy; or the mapped
+        blocks as they are, [E, N, K/32, 16] bytes), dense tensors cast to their held dtype.
+        Tensors used in place from the checkpoint's mapping pass through as they are.
         """
         expected = engine_shapes(self.config)
         if self.local_experts is not None:  # this rank's share of the experts only
@@ -279,27 +317,37 @@ class Model(nn.Module):
         for name, value in weights.items():
             if name.endswith(".scales"):
                 continue  # consumed with its blocks
+            held = self.placement(name, value.dtype)
             if name.endswith(".blocks"):
                 prefix = name[: -len(".blocks")]
                 scales = weights[prefix + ".scales"]
                 if value.dtype != mx.uint8 or scales.dtype != mx.uint8:
                     raise CheckpointError(f"MXFP4 tensors {prefix}.blocks/.scales must be "
                                           f"uint8, got {value.dtype}/{scales.dtype}")
-                if native.is_mapped(value) != native.is_mapped(scales):
-                    raise CheckpointError(f"{prefix}.blocks and .scales must both be mapped "
-                                          "or both be arrays")
                 params[prefix + ".weight"], params[prefix + ".scales"] = (
-                    (value, scales) if native.is_mapped(value) else to_mlx(value, scales))
-            elif native.is_mapped(value):
-                if value.dtype != dense_weight_dtype(name, value.dtype, self.dtype):
+                    self.kernels.pack_mxfp4(value, scales))
+            elif self.kernels.is_mapped(value):
+                if value.dtype != held.dtype:
                     raise CheckpointError(f"{name} is mapped in {value.dtype}, but this model "
-                                          f"holds it in {self.dtype}")
+                                          f"holds it in {held.dtype}")
                 params[name] = value
-            elif name == "lm_head.weight" and self.quantized_lm_head:
+            elif held.packed == MXFP4:  # the opt-in quantized lm_head
                 params["lm_head.weight"], params["lm_head.scales"] = _quantize_mxfp4(value)
             else:
-                params[name] = value.astype(dense_weight_dtype(name, value.dtype, self.dtype))
+                params[name] = value.astype(held.dtype)
         return params
+
+
+def _reporter(observe, layer: int | None):
+    """`Model.__call__`'s `observe` for one layer (None: the model's own parts), as the
+    `report(part, value) -> value` the layers call."""
+    if observe is None:
+        return unreported
+
+    def report(part: str, value):
+        observe(part, layer, value)
+        return value
+    return report
 
 
 def _quantize_mxfp4(weight: mx.array) -> tuple[mx.array, mx.array]:
@@ -310,51 +358,6 @@ def _quantize_mxfp4(weight: mx.array) -> tuple[mx.array, mx.array]:
                                   group_size=MXFP4_BLOCK, bits=4, mode="mxfp4"))
         mx.eval(chunks[-1])  # one chunk's temporaries at a time
     return (mx.concatenate([w for w, _ in chunks]), mx.concatenate([s for _, s in chunks]))
-
-
-def used_in_place(name: str, stored: mx.Dtype, dtype: mx.Dtype,
-                  quantized_lm_head: bool = False) -> bool:
-    """Whether a model of compute dtype `dtype` uses the engine tensor `name` (stored as
-    `stored`) in place from the checkpoint's mapping (`Model.uses_in_place`).
-
-    With the native kernels, every tensor they read as stored: the MXFP4 experts and the
-    bfloat16 embedding, attention projections and lm_head, 98% of the bytes. The rest (norms,
-    biases, sinks, router: ~50 MB on 20b) is read and converted into MLX's memory.
-    """
-    if not native.use_native():
-        return False
-    if loader.is_expert_tensor(name) and name.endswith((".blocks", ".scales")):
-        return True
-    if name == "lm_head.weight" and quantized_lm_head:
-        return False
-    return (stored == mx.bfloat16 and (_native_dense(name) or name == "embed_tokens.weight")
-            and dense_weight_dtype(name, stored, dtype) == stored)
-
-
-def dense_weight_dtype(name: str, stored: mx.Dtype, dtype: mx.Dtype) -> mx.Dtype:
-    """The dtype a floating engine tensor `name` stored as `stored` is held in, for compute
-    dtype `dtype` (an MXFP4-quantized lm_head aside)."""
-    if _kept_in_float32(name):
-        return mx.float32
-    if name == "embed_tokens.weight" and stored.size <= dtype.size:
-        # Only gathered rows are ever cast, exactly; in float32 mode this halves the table
-        # (1.16 GB on gpt-oss).
-        return stored
-    if stored == mx.bfloat16 and _native_dense(name) and native.use_native():
-        # The native kernel multiplies bfloat16 weights with float32 activations in float32
-        # (openharmony/linear.py): the same products from half the bytes (1.16 GB less for
-        # the lm_head alone).
-        return stored
-    return dtype
-
-
-def _native_dense(name: str) -> bool:
-    """The `Linear` weights: attention projections and the lm_head."""
-    return (".self_attn." in name and name.endswith("_proj.weight")) or name == "lm_head.weight"
-
-
-def _kept_in_float32(name: str) -> bool:
-    return name.endswith("norm.weight") or ".mlp.router." in name
 
 
 def _summarize(names: list[str], limit: int = 4) -> str:

@@ -25,7 +25,7 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from openharmony import native
+from openharmony import native, runtime
 from openharmony.errors import CheckpointError
 from openharmony.load import load_model
 from openharmony.testing.random_checkpoint import write_random_checkpoint
@@ -169,7 +169,7 @@ def test_a_model_maps_its_files_read_only_never_writes_them_and_unmaps_them_with
 
 
 def test_in_place_needs_the_native_kernels(monkeypatch, tiny_checkpoint):
-    monkeypatch.setenv(native.ENV_VAR, "mlx")
+    monkeypatch.setenv(runtime.ENV_VAR, "mlx")
     with pytest.raises(native.NativeKernelsError, match="in_place=True"):
         load_model(tiny_checkpoint, in_place=True)
     model = load_model(tiny_checkpoint)  # MLX's kernels: everything read, nothing mapped

@@ -24,7 +24,8 @@ import pytest
 
 import openharmony.model as model_module
 import openharmony.moe as moe_module
-from openharmony import native
+import openharmony.mxfp4 as mxfp4_module
+from openharmony import native, runtime
 from openharmony.cache import KVCache
 from openharmony.config import FULL, SLIDING, ModelConfig, YarnScaling
 from openharmony.errors import CheckpointError, ConfigError
@@ -32,6 +33,8 @@ from openharmony.loader import open_checkpoint
 from openharmony.load import load_model
 from openharmony.model import Model
 from openharmony.mxfp4 import decode, from_mlx
+from openharmony.runtime import MLXKernels, placement
+from openharmony.runtime.mlx import SORT_THRESHOLD
 from openharmony.testing.random_checkpoint import write_random_checkpoint
 from openharmony.testing.reference import load_reference, reference_logits, reference_rope
 
@@ -92,7 +95,7 @@ def kernels(request):
     if request.param == "native" and not native.available:
         pytest.skip(f"native kernels unavailable: {native.unavailable_reason}")
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv(native.ENV_VAR, request.param)
+        patch.setenv(runtime.ENV_VAR, request.param)
         yield request.param
 
 
@@ -173,14 +176,13 @@ def test_prefill_expert_dispatch_matches_transformers(cases, kernels, monkeypatc
     monkeypatch.setattr(Linear, "dense", spy(Linear.dense, "dense"))
     monkeypatch.setattr(Linear, "__call__", spy(Linear.__call__, "gather_qmm"))
     pairs = case.tokens.size * c.num_experts_per_tok
-    if dispatch == "gather_qmm only":
-        monkeypatch.setattr(moe_module, "prefill_dequantizes_experts", lambda: False)
+    if dispatch == "gather_qmm only":  # as on a GPU
+        min_rows = None
     else:
-        monkeypatch.setattr(moe_module, "prefill_dequantizes_experts", lambda: True)
         # "mixed": the mean rows per expert, so that some experts fall on either side.
         min_rows = 1 if dispatch == "all dequantized" else pairs // c.num_local_experts
-        monkeypatch.setattr(moe_module, "DEQUANTIZE_MIN_ROWS", min_rows)
-    assert pairs >= moe_module.SORT_THRESHOLD  # the prefill path
+    monkeypatch.setattr(case.model.kernels, "dequantize_min_rows", min_rows)
+    assert pairs >= SORT_THRESHOLD  # the prefill path
 
     assert max_diff(case.model(mx.array(case.tokens)), case.reference) <= TOLERANCE
     # Two projections per expert call.
@@ -190,6 +192,37 @@ def test_prefill_expert_dispatch_matches_transformers(cases, kernels, monkeypatc
         assert calls["gather_qmm"] == 0 and calls["dense"] >= 2 * c.num_hidden_layers
     else:
         assert calls["dense"] > 0 and calls["gather_qmm"] > 0
+
+
+@pytest.mark.parametrize("last_only", [False, True])
+def test_the_forward_reports_every_part_in_order(cases, last_only):
+    """`observe` sees each part of the forward once, in order, with the shapes the config
+    implies; evaluating every part as it comes (a profiler's barriers) leaves the logits
+    transformers' (of the last position only with `last_only`)."""
+    case = cases("mha-truncated-yarn")  # three layers
+    c = case.config
+    tokens = case.tokens[:, :2 * c.sliding_window + 1]
+    B, T = tokens.shape
+    seen = []
+
+    def observe(part, layer, value):
+        mx.eval(value)
+        seen.append((part, layer, tuple(v.shape for v in value) if isinstance(value, tuple)
+                     else value.shape))
+
+    logits = case.model(mx.array(tokens), observe=observe, last_only=last_only)
+    hidden = (B, T, c.hidden_size)
+    routed = ((B * T, c.num_experts_per_tok),) * 2  # expert indices, routing weights
+    per_layer = [("attention_norm", hidden), ("attention", hidden),
+                 ("attention_residual", hidden), ("experts_norm", hidden), ("router", routed),
+                 ("experts", hidden), ("experts_residual", hidden)]
+    out = 1 if last_only else T
+    assert seen == [("embed", None, hidden),
+                    *[(part, layer, shape) for layer in range(c.num_hidden_layers)
+                      for part, shape in per_layer],
+                    ("norm", None, (B, out, c.hidden_size)),
+                    ("lm_head", None, (B, out, c.vocab_size))]
+    assert max_diff(logits, case.reference[:, T - out:T]) <= TOLERANCE
 
 
 @pytest.mark.parametrize("name", CONFIGS)
@@ -259,7 +292,7 @@ def _swap_nibbles(blocks: mx.array) -> mx.array:
 
 
 def _bug_window_off_by_one(monkeypatch):  # W + 1 keys, as shipped ports did
-    def caches(config):
+    def caches(config, **options):
         return [KVCache() for _ in range(config.num_hidden_layers)]
     mask = KVCache._mask
     monkeypatch.setattr(model_module, "make_caches", caches)
@@ -279,23 +312,20 @@ def _bug_yarn_attention_factor_dropped(monkeypatch):
                         lambda config: (rope(config)[0], 1.0))
 
 
-def _read_not_mapped(monkeypatch):
-    # The MXFP4 bugs below are injected where the loader converts the blocks (to_mlx), so the
-    # experts must be read, not used in place from the (read-only) mapping; what the native
-    # kernel does with mapped bytes is tested against the spec in test_native.py.
-    monkeypatch.setattr(model_module.Model, "uses_in_place", lambda self, name, stored: False)
+# The MXFP4 bugs below are injected where the loader converts the blocks (to_mlx), so the
+# experts must be read (`in_place=False`), not used in place from the (read-only) mapping; what
+# the native kernel does with mapped bytes is tested against the spec in test_native.py.
+READ_NOT_MAPPED = {"nibble order swapped", "scale bias 128"}
 
 
 def _bug_nibble_order(monkeypatch):
-    _read_not_mapped(monkeypatch)
-    to_mlx = model_module.to_mlx
-    monkeypatch.setattr(model_module, "to_mlx", lambda b, s: to_mlx(_swap_nibbles(b), s))
+    to_mlx = mxfp4_module.to_mlx
+    monkeypatch.setattr(mxfp4_module, "to_mlx", lambda b, s: to_mlx(_swap_nibbles(b), s))
 
 
 def _bug_scale_bias_128(monkeypatch):
-    _read_not_mapped(monkeypatch)
-    to_mlx = model_module.to_mlx
-    monkeypatch.setattr(model_module, "to_mlx", lambda b, s: to_mlx(b, s - 1))
+    to_mlx = mxfp4_module.to_mlx
+    monkeypatch.setattr(mxfp4_module, "to_mlx", lambda b, s: to_mlx(b, s - 1))
 
 
 def _bug_gate_up_halves(monkeypatch):
@@ -357,7 +387,7 @@ BUGS = {
 def test_deliberate_bugs_are_caught(cases, monkeypatch, bug):
     case = cases("gqa-yarn")  # gpt-oss's RoPE and limit: the unrounded YaRN range matters here
     BUGS[bug](monkeypatch)
-    buggy = load_model(case.path, mx.float32)
+    buggy = load_model(case.path, mx.float32, in_place=False if bug in READ_NOT_MAPPED else None)
     # At least 10x the parity bound: the bound catches the bug with a wide margin.
     assert max_diff(buggy(mx.array(case.tokens)), case.reference) > 10 * TOLERANCE
 
@@ -496,15 +526,17 @@ def _load_overhead(path: Path, load) -> tuple[int, int]:
     return weights, overhead
 
 
-def test_loading_holds_one_stored_tensor_at_most_beyond_the_weights(tmp_path):
+def test_loading_holds_one_stored_tensor_at_most_beyond_the_weights(tmp_path, monkeypatch):
     # Converting every tensor in one evaluation would hold each stored bf16 copy next to its
     # float32 conversion at the peak; one tensor at a time holds only the one being converted.
+    # (On MLX's kernels, which read every tensor into memory.)
+    monkeypatch.setenv(runtime.ENV_VAR, "mlx")
     config = replace(CONFIGS["gqa-yarn"][0], hidden_size=512, head_dim=64, vocab_size=2048)
     path = write_random_checkpoint(tmp_path, config, seed=1)
     checkpoint = open_checkpoint(path)
+    held = placement.table(checkpoint, mx.float32, MLXKernels())
     converted = [checkpoint.nbytes(name) for name in checkpoint.names()
-                 if checkpoint.dtype(name) == mx.bfloat16 and name != "embed_tokens.weight"
-                 and not model_module._kept_in_float32(name)]
+                 if held[name].dtype != checkpoint.dtype(name) and held[name].packed is None]
     assert sum(converted) >= 2 * max(converted)
 
     def load_all_at_once(path):
@@ -539,12 +571,11 @@ def test_quantized_lm_head_is_the_mxfp4_rounding_of_the_head(cases):
     assert (error <= step + 1e-12).all()
 
     tokens = mx.array(case.tokens)
-    float32 = case.model
-    x = float32.embed_tokens(tokens).astype(mx.float32)
-    cache = float32.make_cache()
-    for layer, layer_cache in zip(float32.layers, cache):
-        x = layer(x, layer_cache)
-    expected = np.array(float32.norm(x)) @ dequantized.T
+    # The final hidden states (the float32 model's "norm" part: both models share everything
+    # before the head) times the spec-decoded head.
+    hidden = {}
+    case.model(tokens, observe=lambda part, layer, value: hidden.setdefault(part, value))
+    expected = np.array(hidden["norm"]) @ dequantized.T
     logits = model(tokens)
     assert max_diff(logits, expected) <= 1e-4
     top1 = np.mean(np.array(logits).argmax(-1) == case.reference.argmax(-1))

@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 
 import mlx.core as mx
@@ -21,7 +20,7 @@ import numpy as np
 import pytest
 
 from openharmony import native
-from openharmony.native import NativeKernelsError, build
+from openharmony.native import build
 
 ISAS = ("avx512", "avx2", "portable")
 REPO = Path(__file__).resolve().parents[1]
@@ -222,30 +221,7 @@ print(native.threads())
     assert np.array_equal(results["1"], results["3"])
 
 
-# -- the switch, the fallback and the build --------------------------------------------------
-
-
-def test_the_kernels_setting_is_checked(monkeypatch):
-    monkeypatch.setenv(native.ENV_VAR, "fast")
-    with pytest.raises(NativeKernelsError, match="OPENHARMONY_KERNELS"):
-        native.use_native()
-    monkeypatch.setenv(native.ENV_VAR, "mlx")
-    assert native.use_native() is False
-
-
-def test_without_the_extension_auto_warns_once_and_native_refuses(monkeypatch):
-    monkeypatch.setattr(native, "_kernels", None)
-    monkeypatch.setattr(native, "available", False)
-    monkeypatch.setattr(native, "unavailable_reason", "the native kernels are not built")
-    monkeypatch.setattr(native, "_warned", False)
-    monkeypatch.setenv(native.ENV_VAR, "auto")
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        assert [native.use_native() for _ in range(3)] == [False] * 3
-    assert len(caught) == 1 and "not built" in str(caught[0].message)
-    monkeypatch.setenv(native.ENV_VAR, "native")
-    with pytest.raises(NativeKernelsError, match="not built"):
-        native.use_native()
+# -- the fallback and the build (the switch: tests/test_runtime.py) ----------------------------
 
 
 def test_a_model_runs_on_mlx_kernels_with_one_warning_when_the_extension_is_absent(

@@ -22,7 +22,7 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from openharmony import load_model, native
+from openharmony import load_model, runtime
 from openharmony.errors import ConfigError
 from openharmony.loader import is_expert_tensor, open_checkpoint
 from openharmony.parallel import expert_ranges
@@ -157,7 +157,7 @@ def test_every_rank_returns_the_full_model(ranks, which, tiny_checkpoint,
         # model's parameters less the experts this rank does not hold, plus MLX's first-use
         # overhead (~4 KB) and the RoPE tables.
         share = len(shares[rank]) / config.num_local_experts
-        if native.use_native():  # used in place: the share's bytes of the mapping, no more
+        if runtime.select().reads_mapped:  # used in place: the share's bytes of the mapping, no more
             mxfp4 = sum(stored.nbytes(n) for n in stored.names()
                         if is_expert_tensor(n) and n.endswith((".blocks", ".scales")))
             assert out["in_place_experts"] == mxfp4 * share

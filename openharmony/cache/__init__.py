@@ -33,7 +33,7 @@ __all__ = ["Cache", "Storage", "attention_mask", "FloatStorage", "QuantizedStora
 
 def make_caches(config: ModelConfig, *, kv_bits: int | None = None,
                 kv_group_size: int | None = None, kv_dtype: mx.Dtype | str | None = None,
-                quantize_sliding: bool = False, start: int = 0) -> list:
+                quantize_sliding: bool = False, start: int = 0, attention=None) -> list:
     """One cache per layer: rotating on sliding-window layers, growing on full-attention ones.
 
     `kv_bits` (4 or 8): the full-attention layers store keys and values quantized (groups of
@@ -41,9 +41,11 @@ def make_caches(config: ModelConfig, *, kv_bits: int | None = None,
     multiple of 64); the sliding layers too with `quantize_sliding` (they hold only `window`
     positions, so that saves little: docs/cache.md). `kv_dtype`: the float caches store in
     this dtype (e.g. bfloat16 under float32 compute); None keeps the compute dtype. `start`:
-    the position of the first token (see `KVCache`).
+    the position of the first token (see `KVCache`). `attention`: the float attention kernel
+    the storages call (`Kernels.attention`, which `Model.make_cache` passes; default MLX's
+    `mx.fast.scaled_dot_product_attention`, base.py's `float_attention`).
     """
-    float_storage = FloatStorage(kv_dtype_of(kv_dtype))
+    float_storage = FloatStorage(kv_dtype_of(kv_dtype), attention)
     quantized = float_storage
     if kv_bits is not None:
         if isinstance(kv_bits, bool) or kv_bits not in BITS:
@@ -54,7 +56,7 @@ def make_caches(config: ModelConfig, *, kv_bits: int | None = None,
             raise ConfigError(f"a quantized KV cache needs head_dim ({config.head_dim}) to be a "
                               f"multiple of the kv group size ({group}; 32, 64 or 128)")
         try:
-            quantized = QuantizedStorage(kv_bits, group)
+            quantized = QuantizedStorage(kv_bits, group, attention)
         except ValueError as e:
             raise ConfigError(str(e)) from None
     if isinstance(start, bool) or not isinstance(start, int) or start < 0:

@@ -23,8 +23,10 @@ class FloatStorage:
     attention casts the held keys and values back to the queries' dtype first.
     """
 
-    def __init__(self, dtype: mx.Dtype | None = None) -> None:
+    def __init__(self, dtype: mx.Dtype | None = None, attention=None) -> None:
         self.dtype = dtype
+        # The attention kernel (`Kernels.attention`, from the model; default MLX's sdpa).
+        self.float_attention = attention or float_attention
 
     def encode(self, x: mx.array) -> Parts:
         return (x if self.dtype is None else x.astype(self.dtype),)
@@ -32,7 +34,7 @@ class FloatStorage:
     def attention(self, queries: mx.array, keys: Parts, values: Parts, *, scale: float,
                   sinks: mx.array, mask: Mask) -> mx.array:
         (k,), (v,) = keys, values
-        return float_attention(queries, k, v, scale=scale, sinks=sinks, mask=mask)
+        return self.float_attention(queries, k, v, scale=scale, sinks=sinks, mask=mask)
 
     def __repr__(self) -> str:
         return f"FloatStorage({self.dtype})"

@@ -34,7 +34,7 @@ DEQUANTIZE_FROM = 4
 
 
 class QuantizedStorage:
-    def __init__(self, bits: int = 8, group_size: int = 64) -> None:
+    def __init__(self, bits: int = 8, group_size: int = 64, attention=None) -> None:
         if bits not in BITS:
             raise ValueError(f"kv_bits must be one of {', '.join(map(str, BITS))}, got {bits!r}")
         if group_size not in GROUP_SIZES:
@@ -42,6 +42,8 @@ class QuantizedStorage:
                              f"{', '.join(map(str, GROUP_SIZES))}, got {group_size!r}")
         self.bits, self.group_size = bits, group_size
         self.dequantize_from = DEQUANTIZE_FROM  # scripts/measure_cache.py times both paths
+        # The float path's kernel (`Kernels.attention`, from the model; default MLX's sdpa).
+        self.float_attention = attention or float_attention
 
     def encode(self, x: mx.array) -> tuple[mx.array, mx.array, mx.array]:
         """[B, H, T, D] -> (packed uint32 [B, H, T, D*bits/32], scales, biases [B, H, T, D/g])."""
@@ -53,7 +55,7 @@ class QuantizedStorage:
         if T >= self.dequantize_from:
             k, v = (mx.dequantize(*parts, group_size=self.group_size, bits=self.bits)
                     for parts in (keys, values))
-            return float_attention(queries, k, v, scale=scale, sinks=sinks, mask=mask)
+            return self.float_attention(queries, k, v, scale=scale, sinks=sinks, mask=mask)
         n_kv_heads = keys[0].shape[1]
         repeats = n_heads // n_kv_heads
         # GQA: query head h = kv * repeats + r reads kv head kv. The repeats go into the rows

@@ -1,4 +1,4 @@
-"""openharmony's own CPU kernels (csrc/, an MLX C++ extension) and the one backend switch.
+"""openharmony's own CPU kernels (csrc/, an MLX C++ extension).
 
 The kernels are MLX primitives with a CPU implementation, so they are nodes of MLX's lazy
 graph like `mx.gather_qmm`:
@@ -23,10 +23,9 @@ thread per usable core, `OPENHARMONY_THREADS` to change it) with AVX-512, AVX2 o
 code chosen at run time; `isa=` (or `OPENHARMONY_NATIVE_ISA`) forces one, `isas()` lists what
 this CPU runs.
 
-`use_native()` is the switch the model asks: `OPENHARMONY_KERNELS=auto` (default) uses these
-kernels when the default device is the CPU and the extension is built for the installed MLX,
-and MLX's own kernels otherwise (Metal, CUDA, or one warning when the extension is missing);
-`native` insists (an error where it cannot), `mlx` never uses them. Build the extension with
+Whether a model runs on them is chosen once, when it loads, by `openharmony.runtime.select`
+(`OPENHARMONY_KERNELS`), and the layers reach them only through `runtime.NativeKernels`.
+`available` and `unavailable_reason` say whether they can run here. Build the extension with
 `python -m openharmony.native.build` (scripts/test.sh and scripts/download_and_run.sh do).
 """
 
@@ -34,19 +33,17 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import warnings
 
 import mlx.core as mx
 
 from ..errors import OpenHarmonyError
 
-ENV_VAR = "OPENHARMONY_KERNELS"
-CHOICES = ("auto", "native", "mlx")
 ISA_ENV_VAR = "OPENHARMONY_NATIVE_ISA"
 
 
 class NativeKernelsError(OpenHarmonyError):
-    """The native kernels were asked for (OPENHARMONY_KERNELS=native) but cannot be used."""
+    """The native kernels were asked for (OPENHARMONY_KERNELS=native, `in_place=True`) but
+    cannot be used."""
 
 
 def _load():
@@ -71,31 +68,6 @@ def _load():
 
 _kernels, unavailable_reason = _load()
 available = _kernels is not None
-_warned = False
-
-
-def kernels_choice() -> str:
-    choice = os.environ.get(ENV_VAR, "auto").strip().lower() or "auto"
-    if choice not in CHOICES:
-        raise NativeKernelsError(f"{ENV_VAR} must be one of {', '.join(CHOICES)}, got {choice!r}")
-    return choice
-
-
-def use_native() -> bool:
-    """Whether the model's expert and dense matmuls run on these kernels now (the switch)."""
-    global _warned
-    choice = kernels_choice()
-    if choice == "mlx" or mx.default_device() != mx.cpu:
-        return False  # MLX's own kernels: asked for, or a GPU, where they are the fast ones
-    if available:
-        return True
-    if choice == "native":
-        raise NativeKernelsError(f"{ENV_VAR}=native, but {unavailable_reason}")
-    if not _warned:
-        _warned = True
-        warnings.warn(f"{unavailable_reason}; running on MLX's kernels (slower on the CPU)",
-                      stacklevel=2)
-    return False
 
 
 def isas() -> list[str]:

@@ -1,0 +1,95 @@
+"""The runtime seam (openharmony/runtime): the one switch, and a model held as its table says.
+
+The switch is `select(device, env)`; the kernels themselves are checked against MLX's ops
+and the OCP MX spec in test_native.py, and the model on each of them against transformers in
+test_model.py.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import mlx.core as mx
+import pytest
+
+from openharmony import native, runtime
+from openharmony.load import load_model
+from openharmony.loader import open_checkpoint
+from openharmony.runtime import MLXKernels, NativeKernels, NativeKernelsError, placement
+
+needs_native = pytest.mark.skipif(not native.available,
+                                  reason=f"native kernels unavailable: {native.unavailable_reason}")
+
+
+def test_the_kernels_setting_is_checked():
+    with pytest.raises(NativeKernelsError, match="OPENHARMONY_KERNELS must be one of"):
+        runtime.select(env={runtime.ENV_VAR: "fast"})
+    assert type(runtime.select(mx.cpu, env={runtime.ENV_VAR: "mlx"})) is MLXKernels
+    assert type(runtime.select(mx.cpu, env={runtime.ENV_VAR: " MLX "})) is MLXKernels
+
+
+def test_a_gpu_runs_on_mlx_kernels_without_the_cpu_dequantize_path():
+    kernels = runtime.select(mx.Device(mx.gpu), env={runtime.ENV_VAR: "auto"})
+    assert type(kernels) is MLXKernels and kernels.dequantize_min_rows is None
+    assert runtime.select(mx.cpu, env={runtime.ENV_VAR: "mlx"}).dequantize_min_rows == 16
+
+
+@needs_native
+@pytest.mark.parametrize("asked", ["auto", "native", ""])
+def test_the_cpu_runs_on_the_native_kernels_where_they_are_built(asked):
+    kernels = runtime.select(mx.cpu, env={runtime.ENV_VAR: asked})
+    assert type(kernels) is NativeKernels and kernels.reads_mapped and kernels.reads_bf16
+    assert type(runtime.select(mx.cpu, env={})) is NativeKernels
+
+
+def test_without_the_extension_auto_warns_once_and_native_refuses(monkeypatch):
+    monkeypatch.setattr(native, "available", False)
+    monkeypatch.setattr(native, "unavailable_reason", "the native kernels are not built")
+    monkeypatch.setattr(runtime, "_warned", False)
+    auto = {runtime.ENV_VAR: "auto"}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert [type(runtime.select(mx.cpu, auto)) for _ in range(3)] == [MLXKernels] * 3
+    assert len(caught) == 1 and "not built" in str(caught[0].message)
+    with pytest.raises(NativeKernelsError, match="not built"):
+        runtime.select(mx.cpu, env={runtime.ENV_VAR: "native"})
+
+
+@pytest.mark.parametrize("kernels", ["native", "mlx"])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_the_loaded_model_holds_every_tensor_as_the_placement_table_says(
+        monkeypatch, tiny_checkpoint, kernels, dtype):
+    if kernels == "native" and not native.available:
+        pytest.skip(f"native kernels unavailable: {native.unavailable_reason}")
+    monkeypatch.setenv(runtime.ENV_VAR, kernels)
+    model = load_model(tiny_checkpoint, dtype)
+    assert model.kernels.name == kernels
+    checkpoint = open_checkpoint(tiny_checkpoint)
+    table = placement.table(checkpoint, model.dtype, model.kernels)
+    held = dict(_tensors(model))
+    for name, where in table.items():
+        if where.packed is not None:  # MXFP4: the blocks are the module's `weight`
+            name = name.replace(".blocks", ".weight")
+        tensor = held[name]
+        assert native.is_mapped(tensor) == where.in_place, name
+        if where.packed is None:
+            assert tensor.dtype == where.dtype, name
+        elif where.in_place:
+            assert tensor.dtype == mx.uint8, name  # the stored bytes
+        else:
+            assert tensor.dtype == (mx.uint8 if name.endswith(".scales") else mx.uint32), name
+    # Something is mapped exactly where the kernels read mapped tensors.
+    assert any(w.in_place for w in table.values()) == (kernels == "native")
+
+
+def _tensors(module, prefix=""):
+    """Every tensor a module holds, parameters and mapped tensors alike, by dotted name."""
+    for key, value in module.items():
+        name = prefix + key
+        if isinstance(value, list):
+            for i, item in enumerate(value):
+                yield from _tensors(item, f"{name}.{i}.")
+        elif hasattr(value, "items"):
+            yield from _tensors(value, name + ".")
+        else:
+            yield name, value
