@@ -18,6 +18,8 @@ REPO = Path(__file__).resolve().parent.parent
 # llama-bench -p 128,512 -n 32 -r 2 --repack 1 -t 2 -o json as it printed it (this build, on the
 # GGUF that `llama_cpp.py convert` made of the tiny-vocab preset, 2026-12-01).
 SAMPLE = REPO / "tests" / "data" / "llama_bench_tiny.json"
+# llama-bench -p 0 -n 16 -d 0,64 -fa 1 --repack 1 -r 1 -t 2 -o json (llama.cpp 0c1e570).
+DEPTH_SAMPLE = REPO / "tests" / "data" / "llama_bench_depth_tiny.json"
 VOCAB = Path(os.environ.get("OPENHARMONY_VOCAB", "/work/shared/vocab/o200k_base.tiktoken"))
 
 
@@ -38,11 +40,13 @@ def test_parse_reads_every_test_of_a_real_output():
 
 
 def test_parse_reads_depths_of_both_anchors():
+    # llama.cpp: `-p 0 -n 16 -d 0,64` as it printed it (the tiny-vocab GGUF, 2026-12-06).
+    text = DEPTH_SAMPLE.read_text()
+    tests = json.loads(text)
+    assert [(m["kind"], m["tokens"], m["depth"], m["tok_s"])
+            for m in llama_bench.parse("llama.cpp", text)] == [
+        ("decode", 16, 0, tests[0]["avg_ts"]), ("decode", 16, 64, tests[1]["avg_ts"])]
     test = json.loads(SAMPLE.read_text())[2]
-    # llama.cpp: decode after a 2048-token prompt is n_gen 32 at n_depth 2048.
-    at_depth = dict(test, n_depth=2048)
-    (m,) = llama_bench.parse("llama.cpp", json.dumps([at_depth]))
-    assert (m["kind"], m["tokens"], m["depth"]) == ("decode", 32, 2048)
     # ik_llama.cpp's -gp 2048,32: a test named tg32@pp2048 with both counts and no n_depth.
     gp = {k: v for k, v in test.items() if k != "n_depth"}
     gp.update(n_prompt=2048, test="tg32@pp2048")
