@@ -206,3 +206,19 @@ def test_a_benchmark_evicts_every_engines_files_before_each_run(tiny_checkpoint,
     assert result["cpu"] and result["threads"] == harness.threads()
     assert ModelConfig.from_path(Path(result["checkpoint"])).num_hidden_layers == 2
     assert math.isfinite(result["bandwidth_bytes_s"])
+
+
+def test_parts_are_timed_through_the_models_own_hook(tiny_checkpoint):
+    import mlx.core as mx
+
+    from openharmony.bench import parts
+    from openharmony.load import load_model
+    from openharmony.model import PARTS
+
+    assert set(parts.GROUP) == set(PARTS)  # every part the model reports has a group
+    model = load_model(tiny_checkpoint, dtype="float32")
+    seconds: dict = {}
+    prompt = mx.array([harness.prompt_ids(9, model.config.vocab_size)])
+    logits = parts.timed_forward(model, prompt, model.make_cache(), seconds)
+    assert logits.shape == (1, 1, model.config.vocab_size)
+    assert set(seconds) == set(parts.GROUPS) and all(s > 0 for s in seconds.values())
