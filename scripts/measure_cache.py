@@ -39,7 +39,6 @@ from openharmony.bench.harness import bench_lock
 from openharmony.cache import FloatStorage, KVCache, RotatingKVCache
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
 
 VARIANTS = {
     "float": {},
@@ -258,7 +257,7 @@ def parity(args) -> dict:
     from openharmony.load import load_model
     import tempfile
     from openharmony.testing.reference import load_reference, reference_logits
-    from test_cache import QUANTIZABLE, chunked_then_decoded
+    from openharmony.testing.parity import QUANTIZABLE, chunked_then_decoded
 
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -289,8 +288,7 @@ def long_positions(args) -> dict:
     import torch
     from openharmony.load import load_model
     from openharmony.testing.reference import load_exact_reference, load_reference
-    from test_cache import chunked_then_decoded
-    from test_model import CONFIGS
+    from openharmony.testing.parity import CONFIGS, chunked_then_decoded
 
     def transformers_logits(reference, tokens, start):
         positions = torch.arange(start, start + tokens.shape[1])[None].expand(
@@ -377,7 +375,7 @@ def quantization_error(args) -> dict:
     scales not counted), and range/std per group (an outlier-free Gaussian group of 64: ~4.7)."""
     from openharmony.cache import QuantizedStorage
     from openharmony.load import load_model
-    from test_cache import as_stored  # x as a storage holds it, decoded by MLX
+    from openharmony.testing.parity import as_stored  # x as a storage holds it, decoded by MLX
 
     storages = {"8-bit": QuantizedStorage(8, 64), "4-bit": QuantizedStorage(4, 64),
                 "bf16": FloatStorage(mx.bfloat16)}
