@@ -60,7 +60,8 @@ def report(title: str, runs: list[dict[str, float]], steps: list[float], layers:
            full_layers: int, tokens: int) -> None:
     per_layer = PER_LAYER
     print(f"\n{title}: median of {len(runs)} runs, {tokens} token(s) per step")
-    print(f"  {'part':16s} {'ms (this model)':>16s} {'ms/layer':>10s} {f'ms x{full_layers} layers':>16s}")
+    print(f"  {'part':16s} {'ms (this model)':>16s} {'ms/layer':>10s} "
+          f"{f'ms x{full_layers} layers':>16s}")
     total_full = 0.0
     for part in runs[0]:
         ms = statistics.median(r[part] for r in runs) * 1e3

@@ -395,8 +395,10 @@ def test_prompt_cache_reuses_everything_but_the_last_token_of_a_repeated_prompt(
 from openharmony.generate import GenerationError, generate  # noqa: E402
 from openharmony.load import load_model  # noqa: E402
 from openharmony.testing.random_checkpoint import write_random_checkpoint  # noqa: E402
-from openharmony.testing.reference import load_exact_reference, load_reference, reference_logits  # noqa: E402
-from openharmony.testing.parity import CONFIGS, QUANTIZABLE, as_stored, chunked_then_decoded  # noqa: E402,E501
+from openharmony.testing.parity import (CONFIGS, QUANTIZABLE, as_stored,  # noqa: E402
+                                        chunked_then_decoded)
+from openharmony.testing.reference import (load_exact_reference, load_reference,  # noqa: E402
+                                           reference_logits)
 
 VARIANTS = {
     "8-bit full layers": {"kv_bits": 8},
