@@ -176,13 +176,13 @@ def test_a_benchmark_evicts_every_engines_files_before_each_run(tiny_checkpoint,
     assert set(files) == {*checkpoint.glob("*.safetensors"), gguf}
     seen = []
 
-    def run_one(engine, what):
+    def run_one(engine, what, log):
         # What the page cache holds of every engine's files when a run starts, by fincore;
         # then this run reads them all back in, as a run that leaves its files cached does.
         seen.append(sum(fincore_bytes(f) for f in files))
         for f in files:
             f.read_bytes()
-        return real_run_one(engine, what)
+        return real_run_one(engine, what, log)
 
     real_run_one = runner.run_one
     monkeypatch.setattr(runner, "run_one", run_one)

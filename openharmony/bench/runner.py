@@ -63,14 +63,17 @@ class Plan:
         return runs
 
 
-def run_one(engine: str, what) -> tuple[list[dict], int]:
-    """One process: its measurements and its peak resident memory (from wait4)."""
+def run_one(engine: str, what, log=print) -> tuple[list[dict], int]:
+    """One process: its measurements and its peak resident memory (from wait4); our engines'
+    progress lines go to `log` as they come."""
     if engine in ENGINES:
         env = dict(os.environ)
         if engine == "mlx-lm":
             env["OPENHARMONY_BLAS"] = "mlx"  # mlx-lm runs on the BLAS MLX ships with
         command = [sys.executable, "-m", "openharmony.bench.engines", json.dumps(what)]
-        out, _, peak = harness.run_measured(command, env=env)
+        out, _, peak = harness.run_measured(
+            command, env=env, on_stderr=lambda line, seconds: log(f"  [{seconds:.0f} s] "
+                                                                  f"{line.rstrip()}"))
         found = json.loads(out.strip().splitlines()[-1])
         return [m for m in found if m["kind"] != "process"], peak
     out, _, peak = harness.run_measured(what)
@@ -97,7 +100,7 @@ def benchmark(plan: Plan, log=print) -> dict:
             log(f"{engine} {label}: page cache evicted ({resident / 1e6:.0f} MB of every "
                 f"engine's files still resident); running ...")
             start = time.perf_counter()
-            found, peak = run_one(engine, what)
+            found, peak = run_one(engine, what, log)
             seconds = time.perf_counter() - start
             for m in found:
                 m.update(label=label, peak_rss_bytes=peak)
@@ -106,6 +109,9 @@ def benchmark(plan: Plan, log=print) -> dict:
                          "peak_rss_bytes": peak, "seconds": seconds,
                          "command": what if isinstance(what, list) else None})
             log(f"{engine} {label}: {seconds:.0f} s, peak RSS {peak / 1e9:.2f} GB")
+            for m in found:  # each figure as soon as it is known: a long run may be cut short
+                log(f"  {m['kind']} {m['tokens']} tokens at depth {m['depth']}: "
+                    f"{m['tok_s']:.2f} tok/s")
         after = harness.load_average()
     return {"cpu": harness.cpu_model(), "threads": harness.threads(),
             "bandwidth_bytes_s": bandwidth, "load_average": {"before": before, "after": after},
