@@ -112,7 +112,8 @@ def vm_hwm_bytes() -> int:
 def run_measured(command: list[str], env: dict | None = None,
                  on_stderr=None) -> tuple[str, str, int]:
     """Run `command` to its end: (stdout, stderr, peak resident bytes of the process, from
-    wait4). `on_stderr(line, seconds since start)` sees stderr as it comes. A failure raises
+    wait4; that counts the pages a forked child shares with this process until it execs, so
+    the caller must be small, as scripts/bench.py is). `on_stderr(line, seconds since start)` sees stderr as it comes. A failure raises
     with the end of stderr."""
     start = time.perf_counter()
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
