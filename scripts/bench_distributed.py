@@ -28,9 +28,8 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import (LOCK_ABOVE_BYTES, big_memory_lock, blas_in_use, prompt_ids,  # noqa: E402
-                   vm_hwm_bytes)
+from openharmony.bench.harness import (LOCK_ABOVE_BYTES, bench_lock, blas_in_use, prompt_ids,
+                                       vm_hwm_bytes)
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_CHECKPOINT = Path("/tmp/openharmony-20b-8l")
@@ -168,7 +167,7 @@ def main() -> None:
     runs: dict[int, list[list[dict]]] = {1: [], args.ranks: []}
     from openharmony.weights import open_checkpoint
 
-    with big_memory_lock(open_checkpoint(args.checkpoint).tensor_bytes >= LOCK_ABOVE_BYTES):
+    with bench_lock(open_checkpoint(args.checkpoint).tensor_bytes >= LOCK_ABOVE_BYTES):
         for _ in range(args.rounds):
             for ranks in runs:
                 runs[ranks].append(launch(args.checkpoint, ranks, args))

@@ -21,15 +21,11 @@ import argparse
 import statistics
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import openharmony  # noqa: E402,F401  before mlx: the BLAS
-import mlx.core as mx  # noqa: E402
-from openharmony import native  # noqa: E402
-
-from bench import big_memory_lock  # noqa: E402
+import openharmony  # noqa: F401  before mlx: the BLAS
+import mlx.core as mx
+from openharmony import native
+from openharmony.bench.harness import bench_lock
 
 HIDDEN, INTERMEDIATE, EXPERTS, TOP_K = 2880, 2880, 32, 4
 QKV, VOCAB = (64 + 2 * 8) * 64, 201088
@@ -111,7 +107,7 @@ def main(argv=None) -> None:
     print(f"{platform.processor() or platform.machine()}, {native.threads()} threads, "
           f"mlx {mx.__version__}, BLAS {openharmony.blas.active}")
     print("| matmul | native | MLX | speedup |\n| --- | --- | --- | --- |")
-    with big_memory_lock(True):
+    with bench_lock():
         for rows in args.rows:
             repeats = args.repeats if rows == 1 else max(1, args.repeats // 2)
             common = (isas, args.precisions, repeats, not args.no_mlx)

@@ -1,6 +1,6 @@
 """Decode throughput of the server's continuous batching for 1, 2 and 4 concurrent clients.
 
-    flock /tmp/openharmony-bigmem.lock .venv/bin/python scripts/bench_server.py \\
+    flock /tmp/openharmony-bench.lock .venv/bin/python scripts/bench_server.py \\
         --model /work/ckpt/gpt-oss-20b-random           # the 20b shapes (docs/server.md)
     .venv/bin/python scripts/bench_server.py --model tests-tiny-checkpoint --tokens 8   # a look
 

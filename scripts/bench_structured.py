@@ -19,18 +19,15 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import mlx.core as mx
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from openharmony.generate import generate, make_decoding  # noqa: E402
-from openharmony.load import load_model  # noqa: E402
-from openharmony.sampling import SamplingOptions  # noqa: E402
-from openharmony.tokenizer import load_tokenizer  # noqa: E402
+from openharmony.generate import generate, make_decoding
+from openharmony.load import load_model
+from openharmony.sampling import SamplingOptions
+from openharmony.tokenizer import load_tokenizer
 
 SCHEMA = {"type": "object", "properties": {"answer": {"type": "string"}},
           "required": ["answer"]}

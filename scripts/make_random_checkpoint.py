@@ -8,14 +8,13 @@
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from enum import Enum
 from pathlib import Path
 
 import typer
 
-from openharmony.random_checkpoint import PRESETS, checkpoint_nbytes, write_random_checkpoint
+from openharmony.testing import PRESETS, checkpoint_nbytes, preset_config, write_random_checkpoint
 
 Preset = Enum("Preset", {name: name for name in PRESETS}, type=str)
 
@@ -53,13 +52,10 @@ def main(
     layers: int = typer.Option(None, min=1, help="Keep only the first N layers (a smaller "
                                                  "checkpoint with the preset's widths)."),
 ) -> None:
-    config = PRESETS[preset.value]
-    if layers is not None:
-        if layers > config.num_hidden_layers:
-            raise typer.BadParameter(f"the {preset.value} preset has "
-                                     f"{config.num_hidden_layers} layers", param_hint="--layers")
-        config = dataclasses.replace(config, num_hidden_layers=layers,
-                                     layer_types=config.layer_types[:layers])
+    try:
+        config = preset_config(preset.value, layers)
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint="--layers") from None
     size = parse_size(max_shard_size) if max_shard_size else None
     layouts = ["hf", "original"] if layout == Layout.both else [layout.value]
     total = sum(checkpoint_nbytes(config, lay) for lay in layouts)

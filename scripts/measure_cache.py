@@ -35,11 +35,10 @@ import numpy as np
 import openharmony  # noqa: F401 - first: it picks MLX's BLAS (openharmony/blas.py)
 import mlx.core as mx
 
-from bench import big_memory_lock
+from openharmony.bench.harness import bench_lock
 from openharmony.cache import FloatStorage, KVCache, RotatingKVCache
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
 
 VARIANTS = {
     "float": {},
@@ -110,7 +109,7 @@ PROXY = {"vocab_size": 8192, "intermediate_size": 704,
 
 def truncated_20b(layers: int, proxy: bool = False) -> Path:
     """A random checkpoint with the 20b shapes and `layers` layers (sliding, full, ...)."""
-    from openharmony.random_checkpoint import PRESETS, write_random_checkpoint
+    from openharmony.testing.random_checkpoint import PRESETS, write_random_checkpoint
 
     name = f"gpt-oss-20b-random-{layers}layers" + ("-attention-proxy" if proxy else "")
     path = REPO / "bench_cache" / name
@@ -208,7 +207,7 @@ def accuracy(args) -> dict:
             raise SystemExit(f"unknown variant {name!r}")
     path = model_path(args)
     reference_file = args.reference
-    with big_memory_lock(needs_lock(args)):
+    with bench_lock(needs_lock(args)):
         model = load_model(path, "float32")
         tokens = prompt_ids(args.tokens, model.config.vocab_size, seed=0)
         out = {"checkpoint": str(path), "layers": model.config.num_hidden_layers,
@@ -243,7 +242,7 @@ def parity_checkpoints(configs: dict, folder: Path):
     """(name, config, checkpoint path, tokens [2, 6 windows]) for each of the parity configs
     (name -> (config, RoPE spelling)), written into `folder` as tests/test_model.py writes
     them (seed 7, tokens from seed 11)."""
-    from openharmony.random_checkpoint import write_random_checkpoint
+    from openharmony.testing.random_checkpoint import write_random_checkpoint
 
     for name, (config, spelling) in configs.items():
         path = write_random_checkpoint(folder / name, config, seed=7, rope_spelling=spelling)
@@ -257,8 +256,8 @@ def parity(args) -> dict:
     every variant, chunked prefill then decoding token by token (tests/test_cache.py)."""
     from openharmony.load import load_model
     import tempfile
-    from reference import load_reference, reference_logits
-    from test_cache import QUANTIZABLE, chunked_then_decoded
+    from openharmony.testing.reference import load_reference, reference_logits
+    from openharmony.testing.parity import QUANTIZABLE, chunked_then_decoded
 
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -288,9 +287,8 @@ def long_positions(args) -> dict:
 
     import torch
     from openharmony.load import load_model
-    from reference import load_exact_reference, load_reference
-    from test_cache import chunked_then_decoded
-    from test_model import CONFIGS
+    from openharmony.testing.reference import load_exact_reference, load_reference
+    from openharmony.testing.parity import CONFIGS, chunked_then_decoded
 
     def transformers_logits(reference, tokens, start):
         positions = torch.arange(start, start + tokens.shape[1])[None].expand(
@@ -323,7 +321,7 @@ def long_positions(args) -> dict:
     if args.with_20b:
         path = truncated_20b(2, proxy=True)
         tokens = np.array([prompt_ids(args.length, PROXY["vocab_size"], seed=5)])
-        with big_memory_lock(True):  # ~5 GB: the float64 reference
+        with bench_lock(True):  # ~5 GB: the float64 reference
             out["20b attention, 2 layers (proxy)"] = compare(path, tokens)
     return out
 
@@ -377,11 +375,11 @@ def quantization_error(args) -> dict:
     scales not counted), and range/std per group (an outlier-free Gaussian group of 64: ~4.7)."""
     from openharmony.cache import QuantizedStorage
     from openharmony.load import load_model
-    from test_cache import as_stored  # x as a storage holds it, decoded by MLX
+    from openharmony.testing.parity import as_stored  # x as a storage holds it, decoded by MLX
 
     storages = {"8-bit": QuantizedStorage(8, 64), "4-bit": QuantizedStorage(4, 64),
                 "bf16": FloatStorage(mx.bfloat16)}
-    with big_memory_lock(needs_lock(args)):
+    with bench_lock(needs_lock(args)):
         model = load_model(model_path(args), "float32")
         caches = model.make_cache()
         model(mx.array([prompt_ids(args.tokens, model.config.vocab_size, seed=0)]), caches)
@@ -438,7 +436,7 @@ def cache_bytes(caches, positions: int) -> dict:
 def memory_worker(variant: str, positions: int) -> dict:
     """In a fresh process: the 20b caches (24 layers) filled to `positions`, no model."""
     from openharmony.cache import make_caches
-    from openharmony.random_checkpoint import PRESETS
+    from openharmony.testing.random_checkpoint import PRESETS
 
     config = PRESETS["20b"]
     mx.eval(mx.zeros((1,)))
@@ -452,7 +450,7 @@ def memory_worker(variant: str, positions: int) -> dict:
 def memory(args) -> dict:
     out = {}
     for variant in args.variants:
-        with big_memory_lock(True):  # 1.6 GB of float caches at 32k
+        with bench_lock(True):  # 1.6 GB of float caches at 32k
             result = subprocess.run([sys.executable, __file__, "memory-worker", variant,
                                      str(args.positions)], check=True, capture_output=True,
                                     text=True)
@@ -472,7 +470,7 @@ def speed(args) -> dict:
     from openharmony.load import load_model
 
     out = {"checkpoint": None, "steps": args.steps, "contexts": {}}
-    with big_memory_lock(needs_lock(args)):
+    with bench_lock(needs_lock(args)):
         path = model_path(args)
         out["checkpoint"] = str(path)
         model = load_model(path, "float32")
@@ -526,7 +524,7 @@ def attention_alone(args) -> dict:
     Small enough to need no lock (134 MB at 32k)."""
     from openharmony import runtime
     from openharmony.cache import make_caches
-    from openharmony.random_checkpoint import PRESETS
+    from openharmony.testing.random_checkpoint import PRESETS
     from openharmony.runtime import MLXKernels
 
     config = PRESETS["20b"]

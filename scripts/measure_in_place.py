@@ -28,7 +28,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench import VOCAB, big_memory_lock, prompt_ids, vm_hwm_bytes
+from openharmony.bench.harness import bench_lock, prompt_ids, vm_hwm_bytes
 
 DEFAULT = Path(__file__).resolve().parents[1] / "bench_cache" / "gpt-oss-20b-random"
 MODES = ("in place", "read")
@@ -62,7 +62,7 @@ def worker(mode: str, checkpoint: Path, decode_tokens: int) -> dict:
     from openharmony.memory import kv_cache_bytes
     from openharmony.tokenizer import load_tokenizer
 
-    tokenizer = load_tokenizer(VOCAB)
+    tokenizer = load_tokenizer()
     start = time.perf_counter()
     model = load_model(checkpoint, in_place=(mode == "in place"))
     load_s = time.perf_counter() - start
@@ -124,11 +124,11 @@ def main() -> None:
         print(json.dumps(worker(args.worker, args.checkpoint, args.decode)))
         return
     if args.in_place_only:
-        with big_memory_lock(True):
+        with bench_lock():
             print(json.dumps(result(start_worker("in place", args.checkpoint, args.decode))))
         return
     runs: dict[str, list[dict]] = {mode: [] for mode in MODES}
-    with big_memory_lock(True):
+    with bench_lock():
         file_bytes = warm(args.checkpoint)
         for round_ in range(args.rounds):
             for mode in MODES[round_ % 2:] + MODES[:round_ % 2]:

@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench import big_memory_lock, evict_from_page_cache
+from openharmony.bench.harness import bench_lock, evict
 
 DEFAULT = Path(__file__).resolve().parents[1] / "bench_cache" / "gpt-oss-20b-random"
 SYSTEMS = ("openharmony", "openharmony-no-read-ahead", "mlx-lm")
@@ -57,9 +57,9 @@ def main() -> None:
     for round_ in range(args.rounds):
         # Rotated each round: the first load after other work pays for reclaiming its memory.
         for system in SYSTEMS[round_ % 3:] + SYSTEMS[:round_ % 3]:
-            with big_memory_lock(True):
+            with bench_lock():
                 for file in args.checkpoint.rglob("*.safetensors"):
-                    evict_from_page_cache(file)
+                    evict([file])
                 out = subprocess.run([sys.executable, __file__, str(args.checkpoint),
                                       "--worker", system], check=True, capture_output=True,
                                      text=True).stdout

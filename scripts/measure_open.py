@@ -20,7 +20,7 @@ from pathlib import Path
 
 import typer
 
-from bench import evict_from_page_cache
+from openharmony.bench.harness import evict
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -73,14 +73,14 @@ def main(
                                          "(posix_fadvise DONTNEED; no root needed)."),
 ) -> None:
     if not (cache_dir / "config.json").is_file():  # config.json is written last
-        from openharmony.random_checkpoint import PRESETS, write_random_checkpoint
+        from openharmony.testing.random_checkpoint import PRESETS, write_random_checkpoint
 
         typer.echo(f"writing a random {preset} checkpoint to {cache_dir}", err=True)
         write_random_checkpoint(cache_dir, PRESETS[preset], seed=seed, shards=shards,
                                 progress=True)
     if cold:
         for file in cache_dir.iterdir():
-            evict_from_page_cache(file)
+            evict([file])
     result = subprocess.run([sys.executable, "-c", MEASURE, str(cache_dir),
                              "cold" if cold else "warm"],
                             capture_output=True, text=True, check=False)

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """What the loader's NaN-scale scan costs next to reading the scales it scans.
 
-    flock /tmp/openharmony-bigmem.lock scripts/measure_scale_scan.py /work/ckpt/gpt-oss-20b-random
+    flock /tmp/openharmony-bench.lock scripts/measure_scale_scan.py /work/ckpt/gpt-oss-20b-random
 
 For every MXFP4 scales tensor of the checkpoint: the seconds to read it (evaluating the lazy
 array from `mx.load`, page cache as it is) and the seconds of the scan `Checkpoint.get` adds

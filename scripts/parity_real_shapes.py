@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench import big_memory_lock
+from openharmony.bench.harness import bench_lock
 
 # openharmony-mxfp4-head: openharmony with its opt-in quantized lm_head, openharmony-fast: with
 # precision="fast"; this measures their accuracy cost (docs/speed.md).
@@ -46,8 +46,7 @@ def logits(engine: str, path: Path, tokens: np.ndarray) -> np.ndarray:
         model, _ = load_model(path)
         model.set_dtype(mx.float32)
         return np.array(model(mx.array(tokens[None])).astype(mx.float32))[0]
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from reference import load_reference, reference_logits
+    from openharmony.testing.reference import load_reference, reference_logits
 
     return reference_logits(load_reference(path), tokens[None])[0]
 
@@ -72,7 +71,7 @@ def main() -> None:
         results = {}
         for engine in ENGINES:
             out = Path(folder) / f"{engine}.npy"
-            with big_memory_lock(True):
+            with bench_lock():
                 subprocess.run([sys.executable, __file__, str(args.checkpoint), "--tokens",
                                 str(args.tokens), "--worker", engine, "--out", str(out)],
                                check=True)

@@ -15,26 +15,36 @@ import argparse
 import resource
 import statistics
 import time
-from dataclasses import replace
 from pathlib import Path
 
-from openharmony.config import FULL, SLIDING  # first: openharmony picks MLX's BLAS (blas.py)
-from openharmony.load import load_model
-from openharmony.random_checkpoint import PRESETS, write_random_checkpoint
+from openharmony.load import load_model  # first: openharmony picks MLX's BLAS (blas.py)
+from openharmony.testing import PRESETS, preset_config, write_random_checkpoint
 
 import mlx.core as mx
 
-from bench import LOCK_FILE, big_memory_lock
+from openharmony.bench.harness import LOCK_FILE, bench_lock
+from openharmony.bench.parts import GROUPS, PER_LAYER, timed_forward, timed_step
 
 
 def truncated_checkpoint(path: Path, layers: int) -> Path:
     if not (path / "config.json").exists():
-        config = replace(PRESETS["20b"], num_hidden_layers=layers,
-                         layer_types=tuple(SLIDING if i % 2 == 0 else FULL
-                                           for i in range(layers)))
         print(f"writing {path} ({layers} layers)")
-        write_random_checkpoint(path, config)
+        write_random_checkpoint(path, preset_config("20b", layers))
     return path
+
+
+def barriered_forward(model, tokens: mx.array, cache: list) -> tuple[dict[str, float], mx.array]:
+    """One forward through the model's own parts hook, a barrier after each; seconds per part
+    group summed over layers. The lm_head runs on the last position only, as generation does."""
+    parts = dict.fromkeys(GROUPS, 0.0)
+    logits = timed_forward(model, tokens, cache, parts)
+    return parts, logits
+
+
+def prefill_step(model, tokens: mx.array, cache: list) -> list[mx.array]:
+    """A prefill as generate runs it: the model's logits stay unevaluated, the cache is not."""
+    model(tokens, cache)
+    return [c.state for c in cache]
 
 
 def timed(fn, *args):
@@ -46,46 +56,12 @@ def timed(fn, *args):
     return time.perf_counter() - start, out
 
 
-def barriered_forward(model, tokens: mx.array, cache: list) -> tuple[dict[str, float], mx.array]:
-    """One forward with an eval barrier after every part; seconds per part, summed over layers.
-
-    The lm_head runs on the last position only, as generation does (a prompt's other logits
-    are never needed: generate evaluates only the cache during prefill).
-    """
-    parts = dict.fromkeys(["embed", "attention", "router", "experts", "norms+residual",
-                           "lm_head"], 0.0)
-
-    def add(part, fn, *args):
-        seconds, out = timed(fn, *args)
-        parts[part] += seconds
-        return out
-
-    x = add("embed", lambda t: model.embed_tokens(t).astype(model.dtype), tokens)
-    for layer, layer_cache in zip(model.layers, cache):
-        n = add("norms+residual", layer.input_layernorm, x)
-        a = add("attention", layer.self_attn, n, layer_cache)
-        x = add("norms+residual", lambda x, a: x + a, x, a)
-        m = add("norms+residual", layer.post_attention_layernorm, x)
-        B, T, H = m.shape
-        flat = m.reshape(B * T, H)
-        indices, weights = add("router", layer.mlp.router, flat)
-        y = add("experts", layer.mlp.experts, flat, indices, weights)
-        x = add("norms+residual", lambda x, y: x + y.reshape(B, T, H), x, y)
-    logits = add("lm_head", lambda x: model.lm_head(model.norm(x[:, -1:])).astype(mx.float32), x)
-    return parts, logits
-
-
-def prefill_step(model, tokens: mx.array, cache: list) -> list[mx.array]:
-    """A prefill as generate runs it: the model's logits stay unevaluated, the cache is not."""
-    model(tokens, cache)
-    return [c.state for c in cache]
-
-
 def report(title: str, runs: list[dict[str, float]], steps: list[float], layers: int,
            full_layers: int, tokens: int) -> None:
-    per_layer = {"attention", "router", "experts", "norms+residual"}
+    per_layer = PER_LAYER
     print(f"\n{title}: median of {len(runs)} runs, {tokens} token(s) per step")
-    print(f"  {'part':16s} {'ms (this model)':>16s} {'ms/layer':>10s} {f'ms x{full_layers} layers':>16s}")
+    print(f"  {'part':16s} {'ms (this model)':>16s} {'ms/layer':>10s} "
+          f"{f'ms x{full_layers} layers':>16s}")
     total_full = 0.0
     for part in runs[0]:
         ms = statistics.median(r[part] for r in runs) * 1e3
@@ -116,7 +92,7 @@ def main() -> None:
     path = truncated_checkpoint(args.checkpoint or Path(f"/tmp/openharmony-20b-{args.layers}l"),
                                 args.layers)
 
-    with big_memory_lock(not args.no_lock):  # one big-memory process at a time here
+    with bench_lock(not args.no_lock):  # one big-memory process at a time here
         start = time.perf_counter()
         model = load_model(path, args.dtype, quantized_lm_head=args.quantized_lm_head)
         print(f"load: {time.perf_counter() - start:.2f} s, "
@@ -142,7 +118,7 @@ def main() -> None:
             parts, logits = barriered_forward(model, token, cache)
             decode_runs.append(parts)
             token = mx.argmax(logits[:, -1:], axis=-1)
-            seconds, logits = timed(model, token, cache)
+            seconds, logits = timed_step(model, token, cache)
             decode_steps.append(seconds)
             token = mx.argmax(logits[:, -1:], axis=-1)
         report("decode", decode_runs, decode_steps, layers, args.full_layers, 1)

@@ -3,8 +3,8 @@ cache pool and without it (`max_cache_bytes=0`: what a cache-less server compute
 
     OPENHARMONY_VOCAB=/path/to/o200k_base.tiktoken .venv/bin/python scripts/server_prompt_tokens.py
 
-The model is tests/test_server.py's tool-calling bigram checkpoint (tiny, built in a temporary
-folder): every reply is the call `get_weather({"city": "Paris"})`, so each turn of the loop
+The model is the server tests' tool-calling bigram checkpoint (`openharmony.testing.server`;
+tiny, built in a temporary folder): every reply is the call `get_weather({"city": "Paris"})`, so each turn of the loop
 sends the whole conversation again (as Codex CLI does) with one more call and its output.
 The client is the openai SDK, as in the tests; the token counts are the server's `usage`
 (computed = input_tokens - cached_tokens). The sliding-window layers of this model have a
@@ -14,16 +14,12 @@ window of 8 tokens, so their caches wrap many times within each turn.
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-
-from openharmony.random_checkpoint import PRESETS, write_random_checkpoint  # noqa: E402
-from openharmony.tokenizer import load_tokenizer  # noqa: E402
-from openharmony.testing import write_bigram_checkpoint  # noqa: E402
-from test_server import WEATHER_TOOL, Server, chains  # noqa: E402
+from openharmony.testing import PRESETS, write_bigram_checkpoint, write_random_checkpoint
+from openharmony.testing.server import WEATHER_TOOL, Server, chains
+from openharmony.tokenizer import load_tokenizer
 
 
 def run_loop(server: Server, turns: int) -> list[tuple[int, int]]:

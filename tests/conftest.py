@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 
 from openharmony.config import ModelConfig
-from openharmony.random_checkpoint import PRESETS, write_random_checkpoint
+from openharmony.testing.random_checkpoint import PRESETS, write_random_checkpoint
 
 
 @pytest.fixture(scope="session")

@@ -18,10 +18,10 @@ from openharmony.cache import PromptCache
 from openharmony.config import FULL, SLIDING
 from openharmony.generate import generate, make_decoding
 from openharmony.load import load_model
-from openharmony.random_checkpoint import write_random_checkpoint
+from openharmony.testing.random_checkpoint import write_random_checkpoint
 from openharmony.tokenizer import load_tokenizer
 
-from reference import load_reference, reference_logits
+from openharmony.testing.reference import load_reference, reference_logits
 from vocab import VOCAB, requires_vocab
 
 pytestmark = requires_vocab

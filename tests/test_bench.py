@@ -1,58 +1,83 @@
-"""Smoke test of scripts/bench.py on the tiny checkpoint: the script runs end to end, its JSON
-holds every figure, the ratios follow from the figures, the bytes of a decode step match the
-safetensors headers, and both engines decode the same greedy tokens."""
+"""openharmony.bench against facts it does not compute itself: the page cache as util-linux's
+`fincore` reports it, peak memory of a process that holds a known allocation, the bytes of a
+decode step from the safetensors headers, a read rate timed here, the crippled-anchor rule on
+figures chosen here, and a whole benchmark on the tiny checkpoint with llama-bench stand-ins
+that print real llama-bench output."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
+import shutil
 import struct
 import subprocess
 import sys
 from pathlib import Path
 
-import mlx.core as mx
+import numpy as np
 import pytest
 
+from openharmony.bench import harness, report, runner, traffic
+from openharmony.config import ModelConfig
+
 REPO = Path(__file__).resolve().parent.parent
-SCRIPT = REPO / "scripts" / "bench.py"
+DATA = REPO / "tests" / "data"
 
 
-@pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("bench", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def fincore_bytes(file: Path) -> int:
+    done = subprocess.run(["fincore", "--bytes", "--noheadings", "--output", "RES", str(file)],
+                          capture_output=True, text=True, check=True)
+    return int(done.stdout.split()[0])
 
 
-ALL_CONFIGS = ["openharmony/float32", "openharmony/bfloat16", "mlx-lm/float32",
-               "mlx-lm/bfloat16"]
+@pytest.mark.skipif(shutil.which("fincore") is None, reason="no fincore (util-linux)")
+def test_eviction_empties_the_page_cache_as_fincore_sees_it(tmp_path):
+    file = tmp_path / "data.bin"
+    file.write_bytes(os.urandom(16 << 20))
+    with open(file, "rb") as f:
+        f.read()  # now cached (written and read back)
+    cached = fincore_bytes(file)
+    assert cached > 8 << 20  # the kernel may drop a little of it on its own
+    assert abs(harness.resident_bytes(file) - cached) <= 1 << 20
+    harness.evict([file])
+    assert fincore_bytes(file) == 0
+    assert harness.resident_bytes(file) == 0
+    with open(file, "rb") as f:
+        os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_RANDOM)  # no readahead racing us
+        f.read(4 << 20)  # a quarter back
+    assert harness.resident_bytes(file) == fincore_bytes(file) == 4 << 20
 
 
-def run_bench(checkpoint: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
-    done = subprocess.run(
-        [sys.executable, str(SCRIPT), "--checkpoint", str(checkpoint), "--repeats", "1",
-         "--prompt-tokens", "12", "--bf16-prompt-tokens", "7", "--decode-tokens", "5",
-         "--bandwidth-bytes", str(1 << 24), "--json", str(out), *extra],
-        capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr
-    return done
+def test_run_measured_reports_the_peak_memory_of_the_process():
+    held = 300 << 20
+    script = (f"import sys; b = bytearray({held}); b[::4096] = b'\\1' * len(b[::4096]); "
+              "print('out'); print('err', file=sys.stderr)")
+    # From a small parent, as scripts/bench.py is: a forked child's peak counts the pages it
+    # shares with its parent until it execs, and this test process has grown large.
+    measure = ("import json, sys; from openharmony.bench import harness; "
+               f"print(json.dumps(harness.run_measured([sys.executable, '-c', {script!r}])))")
+    done = subprocess.run([sys.executable, "-c", measure], capture_output=True, text=True,
+                          check=True)
+    out, err, peak = json.loads(done.stdout)
+    assert out == "out\n" and err == "err\n"
+    assert held <= peak < held + (200 << 20)  # the interpreter itself is a few tens of MB
+    with pytest.raises(RuntimeError, match="exit status 3(.|\n)*last words"):
+        harness.run_measured([sys.executable, "-c",
+                              "import sys; print('last words', file=sys.stderr); sys.exit(3)"])
 
 
-@pytest.fixture(scope="module")
-def report_path(tiny_checkpoint, tmp_path_factory):
-    out = tmp_path_factory.mktemp("bench") / "bench.json"
-    done = run_bench(tiny_checkpoint, out, "--configs", *ALL_CONFIGS)
-    assert "| openharmony | float32 (default) |" in done.stdout
-    return out
+def test_read_bandwidth_is_bytes_over_the_best_seconds(monkeypatch):
+    # A clock where the k-th measured pass takes (k + 1) * 10 ms: the best is the first.
+    ticks = iter([0.0, 0.01, 1.0, 1.02, 2.0, 2.03])
+    monkeypatch.setattr(harness.time, "perf_counter", lambda: next(ticks))
+    nbytes = 8 << 20
+    assert harness.read_bandwidth(nbytes, threads_=2, tries=3) == pytest.approx(nbytes / 0.01)
 
 
-@pytest.fixture(scope="module")
-def report(report_path):
-    return json.loads(report_path.read_text())
+def test_read_bandwidth_is_a_plausible_rate():
+    rate = harness.read_bandwidth(1 << 24, tries=2)
+    assert 1e8 < rate < 1e13  # between 0.1 GB/s and 10 TB/s: bytes per second, not GB or bits
 
 
 def header_bytes(folder: Path) -> dict[str, int]:
@@ -69,66 +94,9 @@ def header_bytes(folder: Path) -> dict[str, int]:
     return sizes
 
 
-def test_every_configuration_is_measured(report):
-    assert set(report["results"]) == {"openharmony/float32", "openharmony/bfloat16",
-                                      "mlx-lm/float32", "mlx-lm/bfloat16"}
-    for key, entry in report["results"].items():
-        assert entry["runs"] == 1
-        for field in ("load_s", "prefill_tok_s", "decode_tok_s", "vm_hwm_bytes",
-                      "mlx_peak_bytes", "ceiling_share"):
-            assert entry[field] > 0, (key, field)
-    assert report["results"]["openharmony/float32"]["default"]
-    assert report["results"]["mlx-lm/bfloat16"]["default"]
-    assert not report["results"]["mlx-lm/float32"]["default"]
-    assert len(report["runs"]) == 4
-    assert all(len(run["tokens"]) == 5 for run in report["runs"])
-    assert {run["dtype"]: run["prompt_tokens"] for run in report["runs"]} == {
-        "float32": 12, "bfloat16": 7}
-    # mlx-lm runs on the BLAS MLX ships with; openharmony on the one openharmony.blas picks.
-    from openharmony import blas
-
-    expected = "mkl" if blas.find_mkl() and os.environ.get(blas.ENV_VAR) != "mlx" else "mlx"
-    assert {(run["engine"], run["blas"]) for run in report["runs"]} == {
-        ("openharmony", expected), ("mlx-lm", "mlx")}
-    machine = report["settings"]["machine"]
-    assert machine["cores"] >= 1 and machine["ram_bytes"] > 0 and machine["mlx"] == mx.__version__
-
-
-def test_ratios_follow_from_the_figures(report):
-    results, ratios = report["results"], report["ratios"]
-    for dtype in ("float32", "bfloat16"):
-        ours, theirs = results[f"openharmony/{dtype}"], results[f"mlx-lm/{dtype}"]
-        row = ratios[f"openharmony/{dtype} vs mlx-lm/{dtype}"]
-        for field in ("load_s", "prefill_tok_s", "decode_tok_s", "vm_hwm_bytes"):
-            assert math.isclose(row[field], ours[field] / theirs[field]), (dtype, field)
-        for entry in (ours, theirs):
-            # float32 on the native kernels reads the dense weights as stored (bf16).
-            native = entry["kernels"] == ["native"]
-            basis = "stored dense" if native else dtype
-            assert entry["ceiling_basis"] == basis
-            ceiling = report["bandwidth_bytes_s"] / report["decode_step_bytes"][basis]["total"]
-            assert math.isclose(report["ceiling_decode_tok_s"][basis], ceiling)
-            assert math.isclose(entry["ceiling_share"], entry["decode_tok_s"] / ceiling)
-    assert ratios["openharmony/float32 vs mlx-lm/float32"]["prompt_tokens"] == [12, 12]
-    defaults = ratios["defaults: openharmony/float32 vs mlx-lm/bfloat16"]
-    assert defaults["prompt_tokens"] == [12, 7]
-    assert math.isclose(defaults["decode_tok_s"], results["openharmony/float32"]["decode_tok_s"]
-                        / results["mlx-lm/bfloat16"]["decode_tok_s"])
-
-
-def test_both_engines_decode_the_same_greedy_tokens_in_float32(report):
-    # Same weights, same prompt, greedy: a different token means different work was timed.
-    ours, theirs = (next(r["tokens"] for r in report["runs"]
-                         if r["engine"] == engine and r["dtype"] == "float32")
-                    for engine in ("openharmony", "mlx-lm"))
-    assert ours == theirs
-    assert report["same_greedy_tokens"]["float32"] == {"leading_equal": 5, "of": 5}
-
-
-def test_decode_step_bytes_match_the_headers(bench, tiny_checkpoint, tiny_config):
+def test_step_bytes_match_the_headers(tiny_checkpoint, tiny_config):
     c = tiny_config
     stored = header_bytes(tiny_checkpoint)
-    context = 20  # longer than the tiny sliding window of 8
     expected = {"attention": 0, "router": 0, "experts": 0, "norms": 0}
     for name, size in stored.items():
         if ".self_attn." in name:
@@ -141,145 +109,119 @@ def test_decode_step_bytes_match_the_headers(bench, tiny_checkpoint, tiny_config
             expected["norms"] += size
     expected["lm_head"] = stored["lm_head.weight"]
     expected["embedding"] = stored["model.embed_tokens.weight"] // c.vocab_size
-    kv_positions = sum(min(context, c.sliding_window) if t == "sliding_attention" else context
-                       for t in c.layer_types)
-    expected["kv_cache"] = 2 * kv_positions * c.num_key_value_heads * c.head_dim * 2  # bf16
-    expected["total"] = sum(expected.values())
-    assert bench.decode_step_bytes(tiny_checkpoint, context, None) == expected
-
-    in_float32 = bench.decode_step_bytes(tiny_checkpoint, context, 4)
-    # Every dense tensor of the tiny checkpoint is bf16: float32 doubles them; the MXFP4
-    # blocks and scales (uint8) stay, the expert biases double.
-    expert_bias = sum(size for name, size in stored.items() if name.endswith("_bias")
-                      and ".experts." in name) * c.num_experts_per_tok // c.num_local_experts
-    assert in_float32["attention"] == 2 * expected["attention"]
-    assert in_float32["lm_head"] == 2 * expected["lm_head"]
-    assert in_float32["kv_cache"] == 2 * expected["kv_cache"]
-    assert in_float32["experts"] == expected["experts"] + expert_bias
+    step = traffic.StepBytes.of(tiny_checkpoint)
+    assert step.weights == expected
+    depth = 20  # longer than the tiny sliding window of 8
+    positions = sum(min(depth, c.sliding_window) if t == "sliding_attention" else depth
+                    for t in c.layer_types)
+    per_position = 2 * c.num_key_value_heads * c.head_dim  # keys and values
+    assert step.total(depth, "bf16") == sum(expected.values()) + positions * per_position * 2
+    assert step.total(depth, "float") == sum(expected.values()) + positions * per_position * 4
+    assert step.total(0, "8bit") == sum(expected.values())
 
 
-def test_read_bandwidth_is_a_plausible_rate(bench):
-    rate = bench.read_bandwidth(nbytes=1 << 24, tries=2)
-    assert 1e8 < rate < 1e13  # between 0.1 GB/s and 10 TB/s
+def _decode(engine: str, tok_s: float, depth: int = 0, **extra) -> dict:
+    return {"engine": engine, "kind": "decode", "tokens": 16, "depth": depth, "tok_s": tok_s,
+            "peak_rss_bytes": 1, **extra}
 
 
-def test_profile_computes_the_models_own_forward(bench, tiny_checkpoint):
-    from openharmony.load import load_model
-
-    model = load_model(tiny_checkpoint, dtype="float32")
-    prompt = bench.prompt_ids(9, model.config.vocab_size)
-    seconds: dict = {}
-    caches = model.make_cache()
-    token, logits = bench.forward_by_part(model, mx.array([prompt]), caches, seconds)
-    expected = model(mx.array([prompt]))[:, -1:]
-    # The profile's lm_head runs on the last position only (a matrix-vector product), the
-    # model's on all of them (a GEMM): with MKL as the BLAS the two round differently, by up
-    # to ~1e-6 on logits of size ~3. Any mistake in the parts moves them by far more.
-    assert mx.allclose(logits, expected, rtol=1e-5, atol=1e-5).item()
-    assert token == int(mx.argmax(expected[0, -1]))
-    # And a decode step on the caches it filled, against the full forward of prompt + token.
-    next_token, logits = bench.forward_by_part(model, mx.array([[token]]), caches, seconds)
-    expected = model(mx.array([prompt + [token]]))[:, -1:]
-    assert mx.allclose(logits, expected, rtol=1e-5, atol=1e-5).item()
-    assert next_token == int(mx.argmax(expected[0, -1]))
-    assert set(seconds) - {"_last"} == set(bench.PARTS)
-    assert all(seconds[part] > 0 for part in bench.PARTS)
-
-
-def test_profile_mode_writes_every_part(tiny_checkpoint, tmp_path):
-    out = tmp_path / "profile.json"
-    done = subprocess.run(
-        [sys.executable, str(SCRIPT), "--profile", "--checkpoint", str(tiny_checkpoint),
-         "--prompt-tokens", "10", "--decode-tokens", "3", "--profile-dtypes", "float32",
-         "--json", str(out)],
-        capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr
-    result = json.loads(out.read_text())["float32"]
-    for phase in ("prefill_s", "decode_step_s"):
-        assert set(result[phase]) == {"embedding", "attention", "router", "experts", "lm_head",
-                                      "sampling"}
-    assert sum(result["decode_step_s"].values()) <= result["decode_step_barriered_s"]
-    assert "| experts |" in done.stdout
+def test_an_anchor_under_half_the_machines_bandwidth_is_suspect(tiny_checkpoint):
+    step = traffic.StepBytes.of(tiny_checkpoint)
+    bytes0 = step.total(0, "f16")
+    machine = 1e11
+    # llama.cpp reads at 30% of the machine, ik_llama.cpp at 80%: figures chosen here.
+    result = {"bandwidth_bytes_s": machine, "measurements": [
+        _decode("openharmony", 0.2 * machine / step.total(0, "float"), kv="float"),
+        _decode("llama.cpp", 0.3 * machine / bytes0),
+        _decode("ik_llama.cpp", 0.8 * machine / bytes0),
+        {"engine": "openharmony", "kind": "prefill", "tokens": 512, "depth": 0, "tok_s": 10.0,
+         "kv": "float", "peak_rss_bytes": 1},
+        {"engine": "llama.cpp", "kind": "prefill", "tokens": 512, "depth": 0, "tok_s": 40.0,
+         "peak_rss_bytes": 1},
+        {"engine": "ik_llama.cpp", "kind": "prefill", "tokens": 512, "depth": 0, "tok_s": 20.0,
+         "peak_rss_bytes": 1}]}
+    found = report.annotate(result, step)
+    shares = {m["engine"]: m["machine_share"] for m in found if m["kind"] == "decode"}
+    assert shares == pytest.approx({"openharmony": 0.2, "llama.cpp": 0.3, "ik_llama.cpp": 0.8})
+    lines = report.ratio_lines(found)
+    clean = [line for line in lines if "SUSPECT" not in line]
+    assert clean == ["ratio prefill 512: openharmony/ik_llama.cpp = 0.50x",
+                     "ratio decode d0: openharmony/ik_llama.cpp = 0.25x"]
+    suspect = [line for line in lines if "SUSPECT" in line]
+    assert len(suspect) == 2 and all("openharmony/llama.cpp = SUSPECT (crippled anchor"
+                                     in line and "30%" in line for line in suspect)
 
 
-def test_reuse_carries_the_other_configurations_over(report_path, tiny_checkpoint, tmp_path):
-    out = tmp_path / "again.json"
-    run_bench(tiny_checkpoint, out, "--configs", "openharmony/float32", "--reuse",
-              str(report_path))
-    again, earlier = json.loads(out.read_text()), json.loads(report_path.read_text())
-    fresh = [r for r in again["runs"] if "reused_from" not in r]
-    reused = [r for r in again["runs"] if "reused_from" in r]
-    assert [(r["engine"], r["dtype"]) for r in fresh] == [("openharmony", "float32")]
-    assert sorted((r["engine"], r["dtype"], r["load_s"]) for r in reused) == sorted(
-        (r["engine"], r["dtype"], r["load_s"]) for r in earlier["runs"]
-        if (r["engine"], r["dtype"]) != ("openharmony", "float32"))
-    assert set(again["results"]) == set(earlier["results"])
-
-    # Runs of other token counts cannot be mixed in.
-    refused = subprocess.run(
-        [sys.executable, str(SCRIPT), "--checkpoint", str(tiny_checkpoint), "--repeats", "1",
-         "--prompt-tokens", "12", "--bf16-prompt-tokens", "7", "--decode-tokens", "4",
-         "--configs", "openharmony/float32", "--reuse", str(report_path)],
-        capture_output=True, text=True, timeout=600)
-    assert refused.returncode != 0 and "--reuse" in refused.stderr
+def write_stand_in(path: Path, sample: Path) -> Path:
+    """An executable that prints `sample` (a real llama-bench JSON output) as llama-bench
+    does, and records its arguments next to itself."""
+    path.write_text(f"""#!{sys.executable}
+import json, sys
+open({str(path) + '.args'!r}, "a").write(json.dumps(sys.argv[1:]) + "\\n")
+sys.stdout.write(open({str(sample)!r}).read())
+""")
+    path.chmod(0o755)
+    return path
 
 
-def test_mlx_lm_float32_casts_every_floating_parameter(bench, tiny_checkpoint):
-    from mlx.utils import tree_flatten
-
-    for dtype, floating in (("float32", mx.float32), ("bfloat16", mx.bfloat16)):
-        model = bench._load_mlx_lm(tiny_checkpoint, dtype)
-        dtypes = {value.dtype for _, value in tree_flatten(model.parameters())}
-        assert dtypes == {floating, mx.uint32, mx.uint8}, dtype  # MXFP4 stays packed
-
-
-def test_llama_cpp_is_compared_beside_openharmony(tiny_checkpoint, tmp_path):
-    # llama-bench's part is a stand-in that prints a real llama-bench output (tests/data/), so
-    # this checks what bench.py makes of it: the runs, the ratios and the ceiling shares.
-    from test_llama_cpp import SAMPLE, write_stand_in
-
-    binary = write_stand_in(tmp_path / "llama-bench")
+@pytest.mark.skipif(shutil.which("fincore") is None, reason="no fincore (util-linux)")
+def test_a_benchmark_evicts_every_engines_files_before_each_run(tiny_checkpoint, tmp_path,
+                                                                monkeypatch):
+    # A private copy: other tests' models may hold the shared one mapped (unevictable).
+    checkpoint = shutil.copytree(tiny_checkpoint, tmp_path / "checkpoint")
     gguf = tmp_path / "model.gguf"
-    gguf.write_bytes(b"GGUF")
-    out = tmp_path / "bench.json"
-    done = run_bench(tiny_checkpoint, out, "--configs", "openharmony/float32",
-                     "llama.cpp/bfloat16", "llama.cpp-no-repack/bfloat16",
-                     "--prompt-tokens", "512", "--prefill-tokens", "128", "512",
-                     "--decode-tokens", "32", "--llama-cpp", str(gguf),
-                     "--llama-bench", str(binary))
-    report = json.loads(out.read_text())
-    sample = json.loads(SAMPLE.read_text())
-    sample_rate = {(t["n_prompt"], t["n_gen"]): t["avg_ts"] for t in sample}
+    gguf.write_bytes(os.urandom(1 << 20))
+    binary = write_stand_in(tmp_path / "llama-bench", DATA / "llama_bench_tiny.json")
+    plan = runner.Plan(checkpoint=checkpoint, engines=["openharmony", "llama.cpp"],
+                       prefill=[8], depths=[0, 12], decode_tokens=4, gguf=gguf,
+                       binaries={"llama.cpp": binary}, bandwidth_bytes=1 << 22)
+    files = plan.files()
+    assert set(files) == {*checkpoint.glob("*.safetensors"), gguf}
+    seen = []
 
-    # Each llama.cpp engine ran llama-bench once, on the GGUF, openharmony's thread count,
-    # the prefill lengths and the decode length asked, repacked or not.
+    def run_one(engine, what, log):
+        # What the page cache holds of every engine's files when a run starts, by fincore;
+        # then this run reads them all back in, as a run that leaves its files cached does.
+        seen.append(sum(fincore_bytes(f) for f in files))
+        for f in files:
+            f.read_bytes()
+        return real_run_one(engine, what, log)
+
+    real_run_one = runner.run_one
+    monkeypatch.setattr(runner, "run_one", run_one)
+    result = runner.benchmark(plan, log=lambda line: None)
+    assert seen == [0, 0, 0]  # openharmony, llama.cpp prefill, llama.cpp decode
+    assert [r["resident_before_bytes"] for r in result["runs"]] == [0, 0, 0]
+
+    ours = {(m["kind"], m["tokens"], m["depth"]) for m in result["measurements"]
+            if m["engine"] == "openharmony"}
+    assert ours == {("prefill", 8, 0), ("decode", 4, 0), ("decode", 4, 12)}
+    assert all(m["tok_s"] > 0 and m["peak_rss_bytes"] > 0 for m in result["measurements"])
     calls = [json.loads(line) for line in Path(f"{binary}.args").read_text().splitlines()]
-    threads = report["settings"]["threads"]
-    assert sorted(c[c.index("--repack") + 1] for c in calls) == ["0", "1"]
-    for call in calls:
-        options = dict(zip(call[::2], call[1::2]))
-        assert (options["-m"], options["-t"], options["-p"], options["-n"]) == (
-            str(gguf), str(threads), "128,512", "32")
+    assert [c[c.index("-p") + 1] for c in calls] == ["8", "0"]
+    # The sample's rates, as llama-bench printed them, are what the report divides by.
+    sample = {(t["n_prompt"], t["n_gen"]): t["avg_ts"]
+              for t in json.loads((DATA / "llama_bench_tiny.json").read_text())}
+    theirs = [m for m in result["measurements"] if m["engine"] == "llama.cpp"]
+    assert {(m["kind"], m["tokens"]): m["tok_s"] for m in theirs} == {
+        ("prefill", 128): sample[128, 0], ("prefill", 512): sample[512, 0],
+        ("decode", 32): sample[0, 32]}
+    assert result["cpu"] and result["threads"] == harness.threads()
+    assert ModelConfig.from_path(Path(result["checkpoint"])).num_hidden_layers == 2
+    assert math.isfinite(result["bandwidth_bytes_s"])
 
-    results = report["results"]
-    for engine in ("llama.cpp", "llama.cpp-no-repack"):
-        entry = results[f"{engine}/bfloat16"]
-        assert entry["decode_tok_s"] == sample_rate[0, 32]
-        assert entry["prefill_tok_s"] == sample_rate[512, 0]
-        assert entry["prefill_tok_s_at"] == {"128": sample_rate[128, 0],
-                                             "512": sample_rate[512, 0]}
-        assert entry["load_s"] > 0 and entry["vm_hwm_bytes"] > 0
-        assert entry["ceiling_basis"] == "bfloat16"  # MXFP4 experts, bf16 dense: as stored
-        assert math.isclose(entry["ceiling_share"], entry["decode_tok_s"]
-                            / report["ceiling_decode_tok_s"]["bfloat16"])
-    ours = results["openharmony/float32"]
-    assert set(ours["prefill_tok_s_at"]) == {"128", "512"}
-    assert all(v > 0 for v in ours["prefill_tok_s_at"].values())
-    for engine in ("llama.cpp", "llama.cpp-no-repack"):
-        row = report["ratios"][f"openharmony/float32 vs {engine}/bfloat16"]
-        assert math.isclose(row["decode_tok_s"], ours["decode_tok_s"] / sample_rate[0, 32])
-        for n in (128, 512):
-            assert math.isclose(row["prefill_tok_s_at"][str(n)],
-                                ours["prefill_tok_s_at"][str(n)] / sample_rate[n, 0])
-    assert "| llama.cpp-no-repack | bfloat16 (default) | ggml |" in done.stdout
-    assert "| openharmony/float32 vs llama.cpp/bfloat16 |" in done.stdout
+
+def test_parts_are_timed_through_the_models_own_hook(tiny_checkpoint):
+    import mlx.core as mx
+
+    from openharmony.bench import parts
+    from openharmony.load import load_model
+    from openharmony.model import PARTS
+
+    assert set(parts.GROUP) == set(PARTS)  # every part the model reports has a group
+    model = load_model(tiny_checkpoint, dtype="float32")
+    seconds: dict = {}
+    prompt = mx.array([harness.prompt_ids(9, model.config.vocab_size)])
+    logits = parts.timed_forward(model, prompt, model.make_cache(), seconds)
+    assert logits.shape == (1, 1, model.config.vocab_size)
+    assert set(seconds) == set(parts.GROUPS) and all(s > 0 for s in seconds.values())

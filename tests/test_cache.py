@@ -61,15 +61,6 @@ def random_qkv(n, seed=0, batch=1, dim=DIM):
     return q, k, v, sinks
 
 
-def as_stored(storage, x: np.ndarray) -> np.ndarray:
-    """x [B, H, N, D] as the storage rounds it, by MLX's own decoders."""
-    if isinstance(storage, QuantizedStorage):
-        parts = storage.encode(mx.array(x))
-        return np.array(mx.dequantize(*parts, group_size=storage.group_size,
-                                      bits=storage.bits))
-    return np.array(storage.encode(mx.array(x))[0].astype(mx.float32))
-
-
 def feed(cache, q, k, v, sinks, chunks, window, begin=0):
     """Attend chunk by chunk from position `begin` of the arrays; the outputs concatenated."""
     outputs = []
@@ -415,17 +406,12 @@ def test_prompt_cache_reuses_everything_but_the_last_token_of_a_repeated_prompt(
 
 from openharmony.generate import GenerationError, generate  # noqa: E402
 from openharmony.load import load_model  # noqa: E402
-from openharmony.random_checkpoint import write_random_checkpoint  # noqa: E402
-from reference import load_exact_reference, load_reference, reference_logits  # noqa: E402
-from test_model import CONFIGS  # noqa: E402 - the parity configs
+from openharmony.testing.random_checkpoint import write_random_checkpoint  # noqa: E402
+from openharmony.testing.parity import (CONFIGS, QUANTIZABLE, as_stored,  # noqa: E402
+                                        chunked_then_decoded)
+from openharmony.testing.reference import (load_exact_reference, load_reference,  # noqa: E402
+                                           reference_logits)
 
-# The parity configs whose head_dim a quantized cache accepts (a multiple of 32): the MHA one
-# (head_dim 32) as it is, and the GQA/YaRN one with gpt-oss's head_dim of 64.
-QUANTIZABLE = {
-    "mha-truncated-yarn": CONFIGS["mha-truncated-yarn"],
-    "gqa-yarn, head_dim 64": (dataclasses.replace(CONFIGS["gqa-yarn"][0], head_dim=64),
-                              CONFIGS["gqa-yarn"][1]),
-}
 VARIANTS = {
     "8-bit full layers": {"kv_bits": 8},
     "8-bit all layers": {"kv_bits": 8, "quantize_sliding": True},
@@ -462,16 +448,6 @@ def parity(tmp_path_factory):
         return built[name]
 
     return get
-
-
-def chunked_then_decoded(model, tokens, caches):
-    """A prefill in chunks (shorter and longer than the window), then token by token."""
-    W = model.config.sliding_window
-    cut = [0, 3, 3 + W + 2, 4 * W]
-    logits = [model(mx.array(tokens[:, a:b]), caches) for a, b in zip(cut, cut[1:])]
-    logits += [model(mx.array(tokens[:, t:t + 1]), caches) for t in range(cut[-1],
-                                                                          tokens.shape[1])]
-    return np.array(mx.concatenate(logits, axis=1))
 
 
 def next_token_agreement(logits: np.ndarray, reference: np.ndarray) -> tuple[float, ...]:

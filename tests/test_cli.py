@@ -364,7 +364,7 @@ class _HeadersOnly:
                                                    ("120b", 116.83, 5.13)])
 def test_parameter_counts_match_the_published_ones(preset, total, active):
     """OpenAI's model card: gpt-oss-20b 20.91B total / 3.61B active, 120b 116.83B / 5.13B."""
-    from openharmony.random_checkpoint import PRESETS
+    from openharmony.testing.random_checkpoint import PRESETS
 
     summary = checkpoint_summary(_HeadersOnly(PRESETS[preset]), "bfloat16", 4096)
     assert round(summary["parameters"] / 1e9, 2) == total
@@ -674,7 +674,7 @@ def test_info_kv_cache_per_token_for_each_storage(tmp_path, tiny_config, tiny_ch
     import mlx.core as mx
 
     from openharmony.load import load_model
-    from openharmony.random_checkpoint import write_random_checkpoint
+    from openharmony.testing.random_checkpoint import write_random_checkpoint
 
     config = dataclasses.replace(tiny_config, head_dim=64)  # a quantized cache needs 32 | D
     path = write_random_checkpoint(tmp_path / "hf", config, seed=0)

@@ -27,7 +27,7 @@ from openharmony.generate import (ContextLengthError, GenerationError, StopStrin
 generate_module = importlib.import_module("openharmony.generate")
 decoding_module = importlib.import_module("openharmony.decoding")
 from openharmony.load import load_model
-from openharmony.random_checkpoint import write_random_checkpoint
+from openharmony.testing.random_checkpoint import write_random_checkpoint
 from openharmony.sampling import SamplingError, SamplingOptions
 from openharmony.tokenizer import load_tokenizer
 

@@ -1,38 +1,30 @@
-"""scripts/llama_cpp.py without llama.cpp: parsing a real llama-bench JSON output (captured on
-this project's machine, tests/data/), the llama-bench command, the load time and peak memory
-taken from a process, and the tokenizer given to the converter, against tiktoken's
+"""The anchors without building them: a real llama-bench JSON output (captured on this
+project's machine, tests/data/) read as measurements, the commands against llama-bench's
+documented options, and the tokenizer given to the converter, against tiktoken's
 o200k_harmony."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import statistics
-import sys
 from pathlib import Path
 
 import pytest
 
+from openharmony.bench import llama_bench, llama_build
+
 REPO = Path(__file__).resolve().parent.parent
-SCRIPT = REPO / "scripts" / "llama_cpp.py"
 # llama-bench -p 128,512 -n 32 -r 2 --repack 1 -t 2 -o json as it printed it (this build, on the
 # GGUF that `llama_cpp.py convert` made of the tiny-vocab preset, 2026-12-01).
 SAMPLE = REPO / "tests" / "data" / "llama_bench_tiny.json"
+# llama-bench -p 0 -n 16 -d 0,64 -fa 1 --repack 1 -r 1 -t 2 -o json (llama.cpp 0c1e570).
+DEPTH_SAMPLE = REPO / "tests" / "data" / "llama_bench_depth_tiny.json"
 VOCAB = Path(os.environ.get("OPENHARMONY_VOCAB", "/work/shared/vocab/o200k_base.tiktoken"))
 
 
-@pytest.fixture(scope="module")
-def llama_cpp():
-    spec = importlib.util.spec_from_file_location("llama_cpp_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_parse_reads_every_test_of_a_real_output(llama_cpp):
+def test_parse_reads_every_test_of_a_real_output():
     text = SAMPLE.read_text()
-    parsed = llama_cpp.parse_bench_json(text)
     tests = json.loads(text)
     assert [(t["n_prompt"], t["n_gen"]) for t in tests] == [(128, 0), (512, 0), (0, 32)]
     # avg_ts is llama-bench's mean over its repetitions of tokens / seconds of each one.
@@ -40,83 +32,58 @@ def test_parse_reads_every_test_of_a_real_output(llama_cpp):
         tokens = test["n_prompt"] + test["n_gen"]
         rates = [tokens / (ns / 1e9) for ns in test["samples_ns"]]
         assert test["avg_ts"] == pytest.approx(statistics.mean(rates), rel=1e-5)
-    assert parsed["prefill_tok_s_at"] == {128: tests[0]["avg_ts"], 512: tests[1]["avg_ts"]}
-    assert parsed["decode_tok_s"] == tests[2]["avg_ts"]
-    assert parsed["decode_tokens"] == 32
-    assert parsed["repack"] is True
-    assert parsed["threads"] == tests[0]["n_threads"]
-    assert parsed["model_size"] == tests[0]["model_size"]
+    found = llama_bench.parse("llama.cpp", text)
+    assert [(m["kind"], m["tokens"], m["depth"], m["tok_s"]) for m in found] == [
+        ("prefill", 128, 0, tests[0]["avg_ts"]), ("prefill", 512, 0, tests[1]["avg_ts"]),
+        ("decode", 32, 0, tests[2]["avg_ts"])]
+    assert llama_bench.build_info(text)["n_threads"] == tests[0]["n_threads"]
 
 
-def test_parse_refuses_tests_it_does_not_run(llama_cpp):
-    tests = json.loads(SAMPLE.read_text())
-    at_depth = [dict(tests[0], n_depth=512)]
-    with pytest.raises(ValueError, match="depth"):
-        llama_cpp.parse_bench_json(json.dumps(at_depth))
-    combined = [dict(tests[0], n_gen=32)]
+def test_parse_reads_depths_of_both_anchors():
+    # llama.cpp: `-p 0 -n 16 -d 0,64` as it printed it (the tiny-vocab GGUF, 2026-12-06).
+    text = DEPTH_SAMPLE.read_text()
+    tests = json.loads(text)
+    assert [(m["kind"], m["tokens"], m["depth"], m["tok_s"])
+            for m in llama_bench.parse("llama.cpp", text)] == [
+        ("decode", 16, 0, tests[0]["avg_ts"]), ("decode", 16, 64, tests[1]["avg_ts"])]
+    test = json.loads(SAMPLE.read_text())[2]
+    # ik_llama.cpp's -gp 2048,32: a test named tg32@pp2048 with both counts and no n_depth.
+    gp = {k: v for k, v in test.items() if k != "n_depth"}
+    gp.update(n_prompt=2048, test="tg32@pp2048")
+    (m,) = llama_bench.parse("ik_llama.cpp", json.dumps([gp]))
+    assert (m["kind"], m["tokens"], m["depth"]) == ("decode", 32, 2048)
+    combined = dict(test, n_prompt=512, test="pp512+tg32")
     with pytest.raises(ValueError, match="combined"):
-        llama_cpp.parse_bench_json(json.dumps(combined))
-    with pytest.raises(ValueError, match="more than one decode"):
-        llama_cpp.parse_bench_json(json.dumps([tests[2], tests[2]]))
+        llama_bench.parse("llama.cpp", json.dumps([combined]))
 
 
-def test_bench_command_uses_llama_benchs_options(llama_cpp, tmp_path):
-    command = llama_cpp.bench_command(Path("/x/llama-bench"), Path("/m.gguf"), threads=2,
-                                      prompt_tokens=[128, 512], decode_tokens=32, repack=False)
+def test_commands_use_each_anchors_options():
+    binary, gguf = Path("/x/llama-bench"), Path("/m.gguf")
     # llama-bench's usage: -m model, -t threads, -p/-n comma lists of prompt and generation
-    # lengths, --repack <0|1>, -r repetitions, -o output format, --progress to stderr.
-    assert command == ["/x/llama-bench", "-m", "/m.gguf", "-t", "2", "-p", "128,512",
-                       "-n", "32", "--repack", "0", "-r", "1", "-o", "json", "--progress"]
-    repacked = llama_cpp.bench_command(Path("b"), Path("m"), threads=1, prompt_tokens=[64],
-                                       decode_tokens=8, repack=True, repetitions=3)
-    assert repacked[repacked.index("--repack") + 1] == "1"
-    assert repacked[repacked.index("-r") + 1] == "3"
-
-
-def write_stand_in(path: Path, *, exit_status: int = 0, allocate_mb: int = 0,
-                   sleep_s: float = 0.0) -> Path:
-    """An executable that behaves as llama-bench does on its streams: the progress line after
-    loading on stderr (after `sleep_s`), the sample JSON on stdout; it holds `allocate_mb`
-    of touched memory, and records its arguments next to itself."""
-    path.write_text(f"""#!{sys.executable}
-import json, sys, time
-open({str(path) + '.args'!r}, "a").write(json.dumps(sys.argv[1:]) + "\\n")
-time.sleep({sleep_s})
-print("llama-bench: benchmark 1/3: starting", file=sys.stderr, flush=True)
-print("llama-bench: benchmark 1/3: warmup prompt run", file=sys.stderr, flush=True)
-held = bytearray({allocate_mb} << 20)
-for i in range(0, len(held), 4096):
-    held[i] = 1
-sys.stdout.write(open({str(SAMPLE)!r}).read())
-print("stand-in done", file=sys.stderr)
-sys.exit({exit_status})
-""")
-    path.chmod(0o755)
-    return path
-
-
-def test_run_bench_times_the_load_and_reads_the_peak_memory(llama_cpp, tmp_path):
-    binary = write_stand_in(tmp_path / "llama-bench", allocate_mb=300, sleep_s=0.4)
-    result = llama_cpp.run_bench([str(binary), "-o", "json"])
-    assert result["load_s"] >= 0.4
-    assert 300 << 20 <= result["vm_hwm_bytes"] < 2 << 30
-    parsed = llama_cpp.parse_bench_json(SAMPLE.read_text())
-    assert {k: result[k] for k in parsed} == parsed
-    assert result["raw_json"] == json.loads(SAMPLE.read_text())
-
-
-def test_run_bench_reports_a_failure_with_its_stderr(llama_cpp, tmp_path):
-    binary = write_stand_in(tmp_path / "llama-bench", exit_status=3)
-    with pytest.raises(RuntimeError, match="exit status 3(.|\n)*stand-in done"):
-        llama_cpp.run_bench([str(binary)])
+    # lengths, -d depths, -fa flash attention, --repack <0|1>, -r repetitions, -o format.
+    assert llama_bench.prefill_command("llama.cpp", binary, gguf, threads=2,
+                                       lengths=[512, 2048]) == [
+        "/x/llama-bench", "-m", "/m.gguf", "-t", "2", "-fa", "1", "--repack", "1",
+        "-p", "512,2048", "-n", "0", "-r", "1", "-o", "json"]
+    assert llama_bench.decode_command("llama.cpp", binary, gguf, threads=2, depths=[0, 2048],
+                                      repetitions=2) == [
+        "/x/llama-bench", "-m", "/m.gguf", "-t", "2", "-fa", "1", "--repack", "1",
+        "-p", "0", "-n", "16", "-d", "0,2048", "-r", "2", "-o", "json"]
+    # ik_llama.cpp: -rtr run-time repacking, -fmoe fused MoE; no -d, but -gp <prompt,gen>.
+    assert llama_bench.decode_command("ik_llama.cpp", binary, gguf, threads=2,
+                                      depths=[0, 2048, 8192]) == [
+        "/x/llama-bench", "-m", "/m.gguf", "-t", "2", "-fa", "1", "-rtr", "1", "-fmoe", "1",
+        "-p", "0", "-n", "16", "-gp", "2048,16", "-gp", "8192,16", "-r", "1", "-o", "json"]
+    no_zero = llama_bench.decode_command("ik_llama.cpp", binary, gguf, threads=1, depths=[512])
+    assert no_zero[no_zero.index("-n") + 1] == "0"
 
 
 @pytest.fixture(scope="module")
-def tokenizer_folder(llama_cpp, tmp_path_factory):
+def tokenizer_folder(tmp_path_factory):
     if not VOCAB.is_file():
         pytest.skip(f"no o200k_base vocabulary at {VOCAB}")
     folder = tmp_path_factory.mktemp("tokenizer")
-    llama_cpp.write_tokenizer(folder, VOCAB)
+    llama_build.write_tokenizer(folder, VOCAB)
     return folder
 
 
@@ -144,33 +111,33 @@ def test_the_converters_tokenizer_encodes_as_o200k_harmony(tokenizer_folder):
         reference.encode("<|start|>user<|message|>", allowed_special="all")
 
 
-def test_converter_input_links_the_checkpoint(llama_cpp, tiny_sharded_checkpoint,
+def test_converter_input_links_the_checkpoint(tiny_sharded_checkpoint,
                                               tokenizer_folder, tmp_path):
     # A checkpoint with a tokenizer of its own: the converter gets that one.
     checkpoint = tmp_path / "checkpoint"
     checkpoint.mkdir()
     for file in [*tiny_sharded_checkpoint.iterdir(), *tokenizer_folder.iterdir()]:
         (checkpoint / file.name).symlink_to(file)
-    folder = llama_cpp.converter_input(checkpoint, tmp_path / "input", VOCAB)
+    folder = llama_build.converter_input(checkpoint, tmp_path / "input", VOCAB)
     names = {f.name for f in folder.iterdir()}
     assert names == {f.name for f in checkpoint.iterdir()}
     for name in names:
         assert (folder / name).resolve() == (checkpoint / name).resolve()
     # Again into the same folder: the links are replaced, not refused.
-    assert llama_cpp.converter_input(checkpoint, folder, VOCAB) == folder
+    assert llama_build.converter_input(checkpoint, folder, VOCAB) == folder
 
 
-def test_convert_command_keeps_the_dense_dtype(llama_cpp):
-    command = llama_cpp.convert_command(Path("/tree"), Path("/in"), Path("/out.gguf"))
+def test_convert_command_keeps_the_dense_dtype():
+    command = llama_build.convert_command(Path("/tree"), Path("/in"), Path("/out.gguf"))
     assert command[1:] == ["/tree/convert_hf_to_gguf.py", "/in", "--outfile", "/out.gguf",
                            "--outtype", "bf16"]
 
 
 def test_converter_input_writes_a_tokenizer_where_the_checkpoint_has_none(
-        llama_cpp, tiny_sharded_checkpoint, tmp_path, monkeypatch):
+        tiny_sharded_checkpoint, tmp_path, monkeypatch):
     written = []
-    monkeypatch.setattr(llama_cpp, "write_tokenizer",
+    monkeypatch.setattr(llama_build, "write_tokenizer",
                         lambda folder, vocab: written.append((folder, vocab)))
-    folder = llama_cpp.converter_input(tiny_sharded_checkpoint, tmp_path / "input", VOCAB)
+    folder = llama_build.converter_input(tiny_sharded_checkpoint, tmp_path / "input", VOCAB)
     assert written == [(folder, VOCAB)]
     assert {f.name for f in folder.iterdir()} == {f.name for f in tiny_sharded_checkpoint.iterdir()}

@@ -28,7 +28,7 @@ import pytest
 from openharmony import native, runtime
 from openharmony.errors import CheckpointError
 from openharmony.load import load_model
-from openharmony.random_checkpoint import write_random_checkpoint
+from openharmony.testing.random_checkpoint import write_random_checkpoint
 
 pytestmark = pytest.mark.skipif(not native.available,
                                 reason=f"native kernels unavailable: {native.unavailable_reason}")

@@ -18,7 +18,7 @@ import pytest
 
 from openharmony import memory
 from openharmony.cache import make_caches
-from openharmony.random_checkpoint import PRESETS, write_random_checkpoint
+from openharmony.testing.random_checkpoint import PRESETS, write_random_checkpoint
 from vocab import VOCAB, requires_vocab
 
 REPO = Path(__file__).resolve().parents[1]

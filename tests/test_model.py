@@ -27,54 +27,21 @@ import openharmony.moe as moe_module
 import openharmony.mxfp4 as mxfp4_module
 from openharmony import native, runtime
 from openharmony.cache import KVCache
-from openharmony.config import FULL, SLIDING, ModelConfig, YarnScaling
+from openharmony.config import ModelConfig
 from openharmony.errors import CheckpointError, ConfigError
 from openharmony.weights import open_checkpoint
 from openharmony.load import load_model
 from openharmony.model import Model
 from openharmony.mxfp4 import decode, from_mlx
-from openharmony.random_checkpoint import write_random_checkpoint
 from openharmony.runtime import MLXKernels, placement
 from openharmony.runtime.mlx import SORT_THRESHOLD
-from reference import load_reference, reference_logits, reference_rope
+from openharmony.testing.parity import CONFIGS
+from openharmony.testing.random_checkpoint import write_random_checkpoint
+from openharmony.testing.reference import load_reference, reference_logits, reference_rope
 
 TOLERANCE = 1e-4  # max |logit difference| in float32
 BATCH = 2
 WINDOWS_PER_SEQUENCE = 6
-
-
-def _layers(kinds: str) -> tuple[str, ...]:
-    return tuple(SLIDING if k == "s" else FULL for k in kinds)
-
-
-CONFIGS = {
-    # gpt-oss's own RoPE (YaRN factor 32, unrounded range) and SwiGLU limit, GQA 3:1.
-    "gqa-yarn": (ModelConfig(
-        num_hidden_layers=2, num_local_experts=8, num_experts_per_tok=4, vocab_size=512,
-        hidden_size=64, intermediate_size=128, head_dim=16, num_attention_heads=6,
-        num_key_value_heads=2, sliding_window=8, layer_types=_layers("sf"),
-        rope_theta=150000.0, rope_scaling=YarnScaling(), swiglu_limit=7.0,
-        eos_token_id=2, pad_token_id=0), "rope_scaling"),
-    # MHA, two sliding layers in a row, a truncated (rounded) YaRN range, a tight clamp; the
-    # config spells RoPE as transformers 5 re-saves it.
-    "mha-truncated-yarn": (ModelConfig(
-        num_hidden_layers=3, num_local_experts=6, num_experts_per_tok=2, vocab_size=384,
-        hidden_size=96, intermediate_size=64, head_dim=32, num_attention_heads=4,
-        num_key_value_heads=4, sliding_window=5, layer_types=_layers("ssf"),
-        rope_theta=10000.0,
-        rope_scaling=YarnScaling(factor=8.0, beta_fast=16.0, beta_slow=2.0,
-                                 original_max_position_embeddings=256, truncate=True),
-        swiglu_limit=2.0, eos_token_id=2, pad_token_id=0), "rope_parameters"),
-    # MQA, full attention first, many experts with top-3, an explicit YaRN attention factor.
-    "mqa-attention-factor": (ModelConfig(
-        num_hidden_layers=2, num_local_experts=16, num_experts_per_tok=3, vocab_size=640,
-        hidden_size=32, intermediate_size=96, head_dim=8, num_attention_heads=8,
-        num_key_value_heads=1, sliding_window=12, layer_types=_layers("fs"),
-        rope_theta=500000.0,
-        rope_scaling=YarnScaling(factor=4.0, beta_fast=24.0, beta_slow=1.5,
-                                 original_max_position_embeddings=1024, attention_factor=1.3),
-        swiglu_limit=4.0, eos_token_id=2, pad_token_id=0), "rope_scaling"),
-}
 
 
 ORIGINAL_LAYOUT_CONFIG = "gqa-yarn"

@@ -392,7 +392,7 @@ def test_a_fast_model_stays_close_to_transformers_and_the_exact_one_matches_it(t
     # tolerance of the fast mode on this checkpoint (docs/speed.md has the measured figures):
     # top-1 agreement >= 0.97 and mean KL <= 5e-3; the exact mode keeps <= 1e-4.
     from openharmony import load_model
-    from reference import load_reference, reference_logits
+    from openharmony.testing.reference import load_reference, reference_logits
 
     tokens = np.random.default_rng(0).integers(0, 1024, (1, 256))
     reference = reference_logits(load_reference(tiny_checkpoint), tokens)[0].astype(np.float64)

@@ -26,10 +26,10 @@ from openharmony import load_model, runtime
 from openharmony.errors import ConfigError
 from openharmony.weights import is_expert_tensor, open_checkpoint
 from openharmony.parallel import expert_ranges
-from openharmony.random_checkpoint import PRESETS, write_random_checkpoint
+from openharmony.testing.random_checkpoint import PRESETS, write_random_checkpoint
 
 from parallel_worker import CHUNKS, PROMPT
-from reference import load_reference, reference_logits
+from openharmony.testing.reference import load_reference, reference_logits
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = Path(__file__).with_name("parallel_worker.py")

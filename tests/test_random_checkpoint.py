@@ -19,10 +19,10 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from openharmony import random_checkpoint
+from openharmony.testing import random_checkpoint
 from openharmony.config import ModelConfig
 from openharmony.errors import ConfigError
-from openharmony.random_checkpoint import PRESETS, write_random_checkpoint
+from openharmony.testing.random_checkpoint import PRESETS, write_random_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -18,7 +18,7 @@ from openharmony.cache import make_caches
 from openharmony.load import load_model
 from openharmony.memory import checkpoint_summary
 from openharmony.model import Model
-from openharmony.random_checkpoint import write_random_checkpoint
+from openharmony.testing.random_checkpoint import write_random_checkpoint
 from openharmony.weights import open_checkpoint
 from openharmony.runtime import MLXKernels, NativeKernels, NativeKernelsError, placement
 

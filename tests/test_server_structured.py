@@ -26,7 +26,8 @@ import pytest
 from pydantic import BaseModel
 
 from openharmony.testing import bigram_chains, write_bigram_checkpoint
-from test_server import CODEX_CONFIG, ANSWER, THOUGHT, Server, codex_binary, reply_tokens
+from openharmony.testing.server import ANSWER, THOUGHT, Server, reply_tokens
+from test_server import CODEX_CONFIG, codex_binary
 from vocab import requires_vocab
 
 pytestmark = requires_vocab

@@ -22,7 +22,7 @@ from safetensors import safe_open
 from openharmony.errors import CheckpointError, OpenHarmonyError
 from openharmony.weights import (ReadAhead, hf_tensor_specs, open_checkpoint,
                                  original_tensor_specs, read_safetensors_header, readahead)
-from openharmony.random_checkpoint import PRESETS, write_random_checkpoint
+from openharmony.testing.random_checkpoint import PRESETS, write_random_checkpoint
 
 
 def engine_names(num_layers: int) -> list[str]:

@@ -2,8 +2,8 @@
 current one, so what it says is known in advance, independently of the generation code.
 
 `write_bigram_checkpoint(source, folder, chains)` copies a single-file random checkpoint (the
-tiny-vocab one the tests write with `openharmony.random_checkpoint`) and zeroes its attention
-and expert outputs, so the residual stream stays the current token's embedding; then it sets
+tiny-vocab one the tests write with `openharmony.testing.random_checkpoint`) and zeroes its
+attention and expert outputs, so the residual stream stays the current token's embedding; then it sets
 one embedding dimension per chained token and the lm_head row of its successor, so greedy
 decoding follows `chains[current token]`. `bigram_chains(*sequences)` builds `chains` from
 token sequences, each token followed by the next.

@@ -1,4 +1,5 @@
-"""The independent reference for model parity: Hugging Face transformers' GptOssForCausalLM.
+"""The independent reference for model parity: Hugging Face transformers' GptOssForCausalLM
+(the tests' oracle, and the parity scripts'; transformers and torch come with the `test` extra).
 
 Runs on torch CPU in float32 with eager attention. The MXFP4 experts are dequantized by
 transformers itself while loading (`Mxfp4Config(dequantize=True)`; this works offline on CPU,
