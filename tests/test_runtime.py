@@ -16,6 +16,7 @@ import pytest
 from openharmony import native, runtime
 from openharmony.cache import make_caches
 from openharmony.load import load_model
+from openharmony.memory import checkpoint_summary
 from openharmony.model import Model
 from openharmony.random_checkpoint import write_random_checkpoint
 from openharmony.weights import open_checkpoint
@@ -84,6 +85,23 @@ def test_the_loaded_model_holds_every_tensor_as_the_placement_table_says(
             assert tensor.dtype == (mx.uint8 if name.endswith(".scales") else mx.uint32), name
     # Something is mapped exactly where the kernels read mapped tensors.
     assert any(w.in_place for w in table.values()) == (kernels == "native")
+
+
+@pytest.mark.parametrize("kernels", ["native", "mlx"])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_the_memory_estimate_is_what_the_loaded_model_holds(monkeypatch, tiny_checkpoint,
+                                                            kernels, dtype):
+    """memory.py reads the placement table: its weight bytes (and those in place) are what a
+    model loaded on the same kernels holds, counted from the loaded tensors."""
+    if kernels == "native" and not native.available:
+        pytest.skip(f"native kernels unavailable: {native.unavailable_reason}")
+    monkeypatch.setenv(runtime.ENV_VAR, kernels)
+    model = load_model(tiny_checkpoint, dtype)
+    held = dict(_tensors(model))
+    in_place = sum(t.nbytes for t in held.values() if native.is_mapped(t))
+    summary = checkpoint_summary(open_checkpoint(tiny_checkpoint), dtype, 16, model.kernels)
+    assert summary["weight_bytes"] == sum(t.nbytes for t in held.values())
+    assert summary["weight_bytes_in_place"] == in_place
 
 
 def _tensors(module, prefix=""):

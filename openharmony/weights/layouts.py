@@ -6,7 +6,7 @@ which stored names, with which shapes and dtypes.
 
 `_engine_sources` is the only place where stored names are mapped to engine names. The rules
 that read the config files (which spelling is OpenAI's, `config.is_original`; the original
-layout's sliding layers, `config.alternating_layers`) live in openharmony/config.py, which
+layout's sliding layers, `config.alternating_layers`) live in openharmony/config/, which
 everything here builds on.
 """
 
