@@ -1,5 +1,6 @@
-"""One request (`DecodeRequest`) and its per-token decoding (`Decoding`): sampling (under a constraint's mask),
-log-probabilities, stops, text, stats; and what it yields (`GenerationChunk`) or raises.
+"""One request (`DecodeRequest`) and its per-token decoding (`Decoding`): sampling (under a
+constraint's mask), log-probabilities, stops, text, stats; and what it yields
+(`GenerationChunk`) or raises.
 
 `openharmony.generate.stream_generate` steps one alone, the server's batch
 (openharmony/batch.py) steps several with one forward per token; see openharmony/generate.py
