@@ -1,5 +1,6 @@
-"""One request's per-token decoding (`Decoding`): sampling (under a constraint's mask),
-log-probabilities, stops, text, stats; and what it yields (`GenerationChunk`) or raises.
+"""One request (`DecodeRequest`) and its per-token decoding (`Decoding`): sampling (under a
+constraint's mask), log-probabilities, stops, text, stats; and what it yields
+(`GenerationChunk`) or raises.
 
 `openharmony.generate.stream_generate` steps one alone, the server's batch
 (openharmony/batch.py) steps several with one forward per token; see openharmony/generate.py
@@ -16,7 +17,7 @@ import mlx.core as mx
 
 from .cache import PromptCache
 from .errors import OpenHarmonyError
-from .sampling import Sampler, log_probabilities
+from .sampling import Sampler, SamplingOptions, log_probabilities
 
 
 class GenerationError(OpenHarmonyError, ValueError):
@@ -59,12 +60,39 @@ class GenerationChunk:
     reused_prompt_tokens: int | None = None
 
 
+@dataclass(frozen=True)
+class DecodeRequest:
+    """What one request asks for, checked: `openharmony.generate.make_decoding` builds it from
+    its keywords (the one place they are checked), `Decoding` runs it. Plain values only; the
+    state that changes per token (sampler, detokenizer, stop matcher) lives in `Decoding`."""
+
+    prompt_ids: tuple[int, ...]  # within the model's vocabulary, at least one
+    max_tokens: int = 256
+    sampling: SamplingOptions = field(default_factory=SamplingOptions)
+    seed: int | None = None
+    stop_ids: frozenset[int] = frozenset()  # the eos tokens included (unless ignore_eos)
+    stop_strings: tuple[str, ...] = ()
+    logprobs: bool = False
+    top_logprobs: int = 0
+    detokenize: bool = True
+    prefill_chunk: int = 512
+    kv_bits: int | None = None  # the prompt cache's storage, when `Decoding` makes it
+    kv_dtype: object = None
+    # mask() / advance(token), or None. The one stateful part: a request is decoded once.
+    constraint: object = None
+
+    @property
+    def cache_options(self) -> dict:
+        return {name: value for name, value in
+                (("kv_bits", self.kv_bits), ("kv_dtype", self.kv_dtype)) if value is not None}
+
+
 class Decoding:
     """One request's decoding state, stepped by `stream_generate` (alone) or by the server's
     batch (with other requests' rows in one forward): the one implementation of what happens
     per token.
 
-        decoding.prefill()                  # the prompt into its own prompt cache
+        decoding = Decoding(model, request, tokenizer, prompt_cache)  # or make_decoding(...)
         while ...:
             if decoding.needs_step:         # it wants another token after the queued ones
                 logits = <the model on decoding.next_input with decoding.caches>  # [1, V]
@@ -72,49 +100,67 @@ class Decoding:
             chunk = decoding.read()         # the oldest sampled token, read back: text,
                                             # stops, stats; chunk.finish_reason at the end
 
-    `sample` queues a lazy token; `read` blocks on the oldest queued one. Between them the
-    caller may queue the next step first (pipelining), so up to two tokens are in flight.
-    A decoding that stops being stepped (finished, or its client left) leaves its prompt
-    cache consistent: the cache holds exactly the tokens `read` has recorded.
+    The prompt goes into its prompt cache on first use (the first `next_input` or `caches`),
+    or earlier by `prefill()` (the batch calls it at join, so a failing prefill leaves the
+    batch alone). `sample` queues a lazy token; `read` blocks on the oldest queued one and
+    raises RuntimeError when nothing is queued. Between them the caller may queue the next
+    step first (pipelining), so up to two tokens are in flight. A decoding that stops being
+    stepped (finished, or its client left) leaves its prompt cache consistent: the cache holds
+    exactly the tokens `read` has recorded.
     """
 
-    def __init__(self, model, prompt_ids: list[int], tokenizer, max_tokens: int,
-                 sampler: Sampler, stop_ids: set[int], stop_matcher: "StopStrings",
-                 prompt_cache: PromptCache, prefill_chunk: int, logprobs: bool,
-                 top_logprobs: int, detokenize: bool, constraint=None) -> None:
-        self.model, self.prompt_ids, self.tokenizer = model, prompt_ids, tokenizer
-        self.max_tokens, self.sampler, self.stop_ids = max_tokens, sampler, stop_ids
-        self.stop_matcher, self.prompt_cache = stop_matcher, prompt_cache
-        self.prefill_chunk = prefill_chunk
-        self.logprobs, self.top_logprobs = logprobs, top_logprobs
-        self.detokenize = detokenize
-        self.constraint = constraint  # mask() / advance(token), or None
+    def __init__(self, model, request: DecodeRequest, tokenizer=None,
+                 prompt_cache: PromptCache | None = None) -> None:
+        if request.detokenize and tokenizer is None:
+            raise GenerationError("a request with detokenize=True needs a tokenizer")
+        self.model, self.request, self.tokenizer = model, request, tokenizer
+        self.prompt_ids = list(request.prompt_ids)
+        self.max_tokens, self.stop_ids = request.max_tokens, request.stop_ids
+        self.logprobs, self.top_logprobs = request.logprobs, request.top_logprobs
+        self.detokenize, self.constraint = request.detokenize, request.constraint
+        self.sampler = Sampler(request.sampling, model.config.vocab_size,
+                               prompt_tokens=self.prompt_ids, seed=request.seed,
+                               group=getattr(model, "group", None))
+        self.stop_matcher = StopStrings(request.stop_strings)
+        self.prompt_cache = (prompt_cache if prompt_cache is not None
+                             else PromptCache(model, **request.cache_options))
         self.generated = 0  # tokens read so far
         self.finish_reason: str | None = None
         self._queued: list[_Step] = []  # the steps whose token is not read yet, oldest first
-        self.next_input: mx.array | None = None  # the token the next step feeds [1]
+        self._next_input: mx.array | None = None  # the token the next step feeds [1]
+        self._prefilled = False
 
     @property
     def caches(self) -> list:
+        self.prefill()
         return self.prompt_cache.caches
+
+    @property
+    def next_input(self) -> mx.array:
+        """The token the next step feeds [1] (the prompt's last, then each sampled one)."""
+        self.prefill()
+        return self._next_input
 
     def prefill(self) -> None:
         """Reuse the prompt cache's prefix and compute the rest of the prompt but its last
         token (only the caches are wanted, so only they are evaluated: the lm_head of these
-        positions is never computed)."""
+        positions is never computed). Done once: later calls return at once."""
+        if self._prefilled:
+            return
         self._start_time = time.perf_counter()
         self._first_token_time = None
         self.reused = self.prompt_cache.reuse(self.prompt_ids)
         rest = self.prompt_ids[self.reused:]
-        for begin in range(0, len(rest) - 1, self.prefill_chunk):
-            chunk = rest[begin:min(begin + self.prefill_chunk, len(rest) - 1)]
-            self.model(mx.array([chunk]), cache=self.caches)
+        for begin in range(0, len(rest) - 1, self.request.prefill_chunk):
+            chunk = rest[begin:min(begin + self.request.prefill_chunk, len(rest) - 1)]
+            self.model(mx.array([chunk]), cache=self.prompt_cache.caches)
             mx.eval(self.prompt_cache.state)
             self.prompt_cache.add_tokens(chunk)
         self.prompt_cache.snapshot()
-        self.next_input = mx.array(rest[-1:], dtype=mx.uint32)
+        self._next_input = mx.array(rest[-1:], dtype=mx.uint32)
         self._detokenizer = (self.tokenizer.detokenizer() if self.tokenizer is not None
                              else None)
+        self._prefilled = True
 
     @property
     def queued(self) -> int:
@@ -134,6 +180,10 @@ class Decoding:
 
         With a constraint whose mask needs a token not read yet, the token is drawn by the
         `read` of that token instead (the logits are evaluated meanwhile)."""
+        if not self._prefilled:
+            raise RuntimeError("Decoding.sample() takes the logits of the model run on "
+                               "decoding.next_input: read next_input (which prefills the "
+                               "prompt) and run the model on it first")
         if self._queued:
             self._queued[-1].fed = True  # the input was the last queued token
         else:  # the first step: the input was the prompt's last token
@@ -158,11 +208,16 @@ class Decoding:
             top = mx.argpartition(-all_logprobs, self.top_logprobs - 1)[:self.top_logprobs]
             step.scores += [top, all_logprobs[top]]
         step.logits = None
-        self.next_input = step.token
+        self._next_input = step.token
         return [step.token, step.finite, *self.sampler.state, *step.scores]
 
     def read(self) -> GenerationChunk:
         """The oldest queued token, read back (the one place decoding blocks), as a chunk."""
+        if not self._queued:
+            raise RuntimeError("Decoding.read() with no token sampled: call sample() with the "
+                               "model's logits for next_input first" + (
+                                   f" (the decoding finished: {self.finish_reason})"
+                                   if self.finish_reason is not None else ""))
         step = self._queued.pop(0)
         token_id = _read_token(step.token)
         if not step.finite.item():

@@ -52,13 +52,13 @@ import mlx.core as mx
 import numpy as np
 
 from .cache import PromptCache
-from .decoding import (ContextLengthError, Decoding, GenerationChunk, GenerationError,
-                       GenerationStats, NonFiniteLogitsError, StopStrings)
+from .decoding import (ContextLengthError, DecodeRequest, Decoding, GenerationChunk,
+                       GenerationError, GenerationStats, NonFiniteLogitsError, StopStrings)
 from .errors import OpenHarmonyError
 from .memory import check_prompt_fits  # issue 20's memory guard
-from .sampling import Sampler, SamplingOptions
+from .sampling import SamplingOptions
 
-__all__ = ["ContextLengthError", "Decoding", "GenerationChunk", "GenerationError",
+__all__ = ["ContextLengthError", "DecodeRequest", "Decoding", "GenerationChunk", "GenerationError",
            "GenerationResult", "GenerationStats", "NonFiniteLogitsError", "StopStrings",
            "generate", "make_decoding", "stream_decoding", "stream_generate"]
 
@@ -127,7 +127,8 @@ def make_decoding(
     constraint=None,
 ) -> "Decoding":
     """The checked decoding state of one request (what `stream_generate` steps alone, and the
-    server's batch steps with others).
+    server's batch steps with others): the keywords checked once, here, into a frozen
+    `DecodeRequest`, run by a `Decoding` on `prompt_cache` (a new one by default).
 
     `prompt`: text (encoded with `tokenizer`, special tokens such as <|start|> allowed) or
     token ids (Python or NumPy integers, or a 1-D integer array). `tokenizer`: default
@@ -207,8 +208,6 @@ def make_decoding(
     # before anything is allocated (PromptMemoryError; the CLI prints it, the server: 400).
     check_prompt_fits(model, len(prompt_ids), caches=prompt_cache.caches,
                       cache_options=prompt_cache.cache_options, prefill_chunk=prefill_chunk)
-    sampler = Sampler(options, config.vocab_size, prompt_tokens=prompt_ids, seed=seed,
-                      group=getattr(model, "group", None))
     asked = {name: value for name, value in
              (("json_schema", json_schema), ("grammar", grammar), ("regex", regex),
               ("constraint", constraint)) if value is not None}
@@ -218,9 +217,12 @@ def make_decoding(
     if asked and "constraint" not in asked:
         constraint = _grammar_constraint(*asked.popitem(), tokenizer, config.vocab_size,
                                          stop_ids)
-    return Decoding(model, prompt_ids, tokenizer, max_tokens, sampler, stop_ids, stop_matcher,
-                    prompt_cache, prefill_chunk, logprobs, top_logprobs, detokenize,
-                    constraint)
+    request = DecodeRequest(
+        prompt_ids=tuple(prompt_ids), max_tokens=max_tokens, sampling=options, seed=seed,
+        stop_ids=frozenset(stop_ids), stop_strings=tuple(stop_matcher.stop_strings),
+        logprobs=logprobs, top_logprobs=top_logprobs, detokenize=detokenize,
+        prefill_chunk=prefill_chunk, kv_bits=kv_bits, kv_dtype=kv_dtype, constraint=constraint)
+    return Decoding(model, request, tokenizer, prompt_cache)  # a bad seed raises here
 
 
 def _grammar_constraint(kind: str, source, tokenizer, vocab_size: int, stop_ids: set[int]):
@@ -245,7 +247,7 @@ def stream_decoding(decoding: "Decoding") -> Iterator[GenerationChunk]:
     next (pipelined: step i+1 is queued before token i is read back, see the module
     docstring)."""
     mx.reset_peak_memory()
-    decoding.prefill()
+    decoding.prefill()  # now, at the first next() (else at the first use of next_input)
     model = decoding.model
 
     def step() -> None:

@@ -12,10 +12,11 @@ tokens/s (decode: the median step), MLX's peak memory and the process's VmHWM.
 
 --fill: a prefill of the whole prompt would take hours on a small CPU at 131k, so the caches
 are filled to tokens - chunk positions with random keys and values at the model's own scale
-(measure_cache.fill: the cost of attention does not depend on the values), and the prompt's
-first and last chunks are prefilled for real (depth 0, and tokens - chunk). A chunk's time is
-its weights (fixed) plus its attention (linear in the depth), so the whole prefill is
-projected as chunks x (first + last) / 2 (the first chunk timed warm, on its second pass). "per layer" figures divide by the layers, for the
+(openharmony.bench.cache_speed.fill: the cost of attention does not depend on the values), and
+the prompt's first and last chunks are prefilled for real (depth 0, and tokens - chunk). A
+chunk's time is its weights (fixed) plus its attention (linear in the depth), so the whole
+prefill is projected as chunks x (first + last) / 2 (the first chunk timed warm, on its second
+pass). "per layer" figures divide by the layers, for the
 projection to the full depth (--project-layers, e.g. 24 for the 20b: the time scales with the
 layers, the memory adds the other layers' weights and caches; docs/cache.md).
 """
@@ -31,7 +32,8 @@ from pathlib import Path
 import openharmony  # noqa: F401 - first: it picks MLX's BLAS (openharmony/blas.py)
 import mlx.core as mx
 
-from measure_cache import fill, key_value_scales, prompt_ids, rss_bytes  # noqa: F401
+from openharmony.bench.cache import prompt_ids
+from openharmony.bench.cache_speed import fill, key_value_scales
 from openharmony.load import load_model
 from openharmony.memory import _read_fields, prompt_memory
 
