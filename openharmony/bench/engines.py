@@ -15,7 +15,6 @@ llama-bench's warm-up run does.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -69,6 +68,7 @@ def _mlx_lm(spec: dict):
 def measure(spec: dict) -> list[dict]:
     """Every measurement of `spec` ({"engine", "checkpoint", "prefill": [N...], "depths":
     [N...], "decode_tokens", "kv", "dtype"}) in this process."""
+    from ..runtime import select as select_kernels
     from .harness import prompt_ids, vm_hwm_bytes
 
     engine = spec["engine"]
@@ -89,7 +89,7 @@ def measure(spec: dict) -> list[dict]:
     for m in found:
         m.update(engine=engine, kv=spec.get("kv", "float"))
     return [*found, {"kind": "process", "vm_hwm_bytes": vm_hwm_bytes(),
-                     "kernels": os.environ.get("OPENHARMONY_KERNELS", "auto")}]
+                     "kernels": select_kernels().name}]
 
 
 if __name__ == "__main__":
