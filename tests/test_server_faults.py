@@ -23,11 +23,9 @@ from pathlib import Path
 import pytest
 
 from openharmony.chat import Chat, ChatOptions, FunctionTool
-from openharmony.load import load_model
-from openharmony.server.app import create_app
 from openharmony.server.render import MAX_WORD_CHARS, render_conversation
-from openharmony.server.run import uvicorn_server
 from openharmony.testing import bigram_chains, write_bigram_checkpoint
+from openharmony.testing.server import Server, reply_tokens
 from openharmony.tokenizer import load_tokenizer
 from vocab import VOCAB, requires_vocab
 
@@ -39,42 +37,6 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def tokenizer():
     return load_tokenizer(VOCAB)
-
-
-def reply_tokens(tokenizer, kind: str) -> list[int]:
-    """What each checkpoint writes after `<|start|>assistant`: a short answer, or " la"
-    forever."""
-    s, encode = tokenizer.special_ids, tokenizer.encode
-    if kind == "answer":
-        return ([s["<|channel|>"]] + encode("final") + [s["<|message|>"]] + encode("Hello")
-                + [s["<|return|>"]])
-    return [s["<|channel|>"]] + encode("final") + [s["<|message|>"]] + encode(" la" * 2)
-
-
-class Server:
-    """A server in a thread of this process, on a free loopback port, configured as
-    `openharmony serve` configures uvicorn (openharmony.server.run)."""
-
-    def __init__(self, folder: Path, tokenizer, header_timeout=10, keep_alive=5, **options):
-        self.app = create_app(load_model(folder), tokenizer, "bigram", **options)
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        self.port = sock.getsockname()[1]
-        self._server = uvicorn_server(self.app, header_timeout=header_timeout,
-                                      keep_alive=keep_alive, grace=1)
-        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]},
-                                        daemon=True)
-        self._thread.start()
-        while not self._server.started:
-            time.sleep(0.01)
-
-    @property
-    def engine(self):
-        return self.app.state.engine
-
-    def stop(self):
-        self._server.should_exit = True
-        self._thread.join(timeout=10)
 
 
 @pytest.fixture(scope="module")

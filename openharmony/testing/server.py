@@ -9,10 +9,9 @@ import threading
 import time
 from pathlib import Path
 
-import uvicorn
-
 from ..load import load_model
 from ..server.app import create_app
+from ..server.run import HEADER_TIMEOUT_SECONDS, KEEP_ALIVE_SECONDS, uvicorn_server
 from .scripted import bigram_chains
 
 ANSWER = "Hello"
@@ -48,14 +47,17 @@ def chains(tokenizer, kind: str) -> dict[int, int]:
 class Server:
     """A server in a thread of this process, on a free loopback port."""
 
-    def __init__(self, folder: Path, tokenizer, model_id: str = "bigram", **options):
+    def __init__(self, folder: Path, tokenizer, model_id: str = "bigram", *,
+                 header_timeout: float = HEADER_TIMEOUT_SECONDS,
+                 keep_alive: float = KEEP_ALIVE_SECONDS, **options):
         self.app = create_app(load_model(folder), tokenizer, model_id, **options)
         sock = socket.socket()
         sock.bind(("127.0.0.1", 0))
         self.port = sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        self._server = uvicorn.Server(uvicorn.Config(self.app, log_level="warning",
-                                                     timeout_graceful_shutdown=1))
+        # uvicorn configured as `openharmony serve` configures it (openharmony.server.run).
+        self._server = uvicorn_server(self.app, header_timeout=header_timeout,
+                                      keep_alive=keep_alive, grace=1)
         self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]},
                                         daemon=True)
         self._thread.start()
@@ -64,7 +66,7 @@ class Server:
 
     @property
     def engine(self):
-        return self.app.app.app.state.engine
+        return self.app.state.engine
 
     def client(self, **options):
         """An openai SDK client of this server."""
