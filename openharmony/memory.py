@@ -222,8 +222,8 @@ def check_prompt_fits(model, tokens: int, *, caches: list | None = None,
                          kv_bits=options.get("kv_bits"),
                          kv_dtype_size=kv_dtype.size if kv_dtype is not None else None,
                          prefill_chunk=prefill_chunk,
-                         native_attention=getattr(getattr(model, "kernels", None), "name",
-                                                  "") == "native")
+                         native_attention=not getattr(getattr(model, "kernels", None),
+                                                      "materializes_scores", True))
     held = sum(cache.nbytes for cache in caches or [])
     needed = max(0, need["total"] - held)
     available, bound = memory_limit()

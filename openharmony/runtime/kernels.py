@@ -22,6 +22,10 @@ class Kernels:
     # Reads tensors in place from a checkpoint's mapping (`Checkpoint.map`), so loading copies
     # none of them.
     reads_mapped: bool = False
+    # The attention materializes a chunk's scores and probabilities [heads, chunk, keys] in
+    # float32 (MLX's sdpa does; a flash-style kernel does not): what a prefill's working memory
+    # must count (memory.check_prompt_fits).
+    materializes_scores: bool = True
 
     def linear(self, x: mx.array, weight, bias: mx.array | None = None) -> mx.array:
         """x [..., in] @ weight [out, in].T (+ bias [out]) -> [..., out] in x's dtype."""

@@ -42,6 +42,7 @@ class NativeKernels(MLXKernels):
     name = "native"
     reads_bf16 = True
     reads_mapped = True
+    materializes_scores = False  # csrc/attention*: key blocks with an online softmax
 
     def __init__(self, precision: str = "exact"):
         super().__init__(mx.cpu, why="the CPU, with the native kernels built")
